@@ -1,0 +1,141 @@
+"""The errors durably raises.
+
+Every error a user can see derives from :class:`DurablyError`; driver errors are
+mapped to :class:`StorageError` subclasses with the original chained as
+``__cause__``::
+
+    DurablyError
+    ├── ValidationError          bad input, labels or options; nothing was written
+    ├── NotFoundError            no run (or job) with that id / name
+    ├── ConflictError            the operation does not apply to the run's status
+    ├── LeaseLostError           this worker no longer owns the run; it wrote nothing
+    ├── RunFailedError           trigger_and_wait / wait_for_run: the run failed
+    ├── RunCancelledError        trigger_and_wait / wait_for_run: the run was cancelled
+    ├── WaitTimeoutError         trigger_and_wait / wait_for_run: gave up waiting
+    ├── StepOutputError          a step's result cannot be stored as JSON
+    ├── UnknownBackendError      no installed plugin handles the URL's scheme
+    ├── PluginError              plugins disagree (e.g. two claim one scheme)
+    └── StorageError             the database failed
+        ├── StorageBusyError         locked by another writer for too long
+        ├── StorageCorruptError      the file is not a database we can use
+        ├── StorageReadOnlyError     the database cannot be written
+        ├── StorageConnectionError   the database server cannot be reached
+        ├── StorageAuthError         the server refused our credentials
+        └── SchemaVersionError       the database was made by a newer release
+"""
+
+from __future__ import annotations
+
+
+class DurablyError(Exception):
+    """Base class of every error durably raises."""
+
+
+class ValidationError(DurablyError, ValueError):
+    """Input, labels or options were invalid; nothing was written."""
+
+
+class NotFoundError(DurablyError, LookupError):
+    """No run (or job) with that id / name exists."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class ConflictError(DurablyError):
+    """The operation does not apply to the run in its current status."""
+
+    def __init__(
+        self, message: str, *, run_id: str | None = None, status: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+
+
+class LeaseLostError(DurablyError):
+    """This worker no longer holds the run's lease (expired and taken, or cancelled).
+
+    Raised inside a job when a fenced write is refused; the write did not happen.
+    """
+
+    def __init__(self, message: str, *, run_id: str, generation: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.generation = generation
+
+
+class RunFailedError(DurablyError):
+    """A run that was waited on ended as ``failed``; ``error`` is the run's error."""
+
+    def __init__(self, run_id: str, error: str | None, failed_step_name: str | None = None):
+        where = f" in step {failed_step_name!r}" if failed_step_name else ""
+        super().__init__(f"Run {run_id} failed{where}: {error}")
+        self.run_id = run_id
+        self.error = error
+        self.failed_step_name = failed_step_name
+
+
+class RunCancelledError(DurablyError):
+    """A run that was waited on was cancelled."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"Run {run_id} was cancelled")
+        self.run_id = run_id
+
+
+class WaitTimeoutError(DurablyError, TimeoutError):
+    """Waiting for a run took longer than the timeout. The run keeps going."""
+
+    def __init__(self, run_id: str, timeout: float) -> None:
+        super().__init__(
+            f"Run {run_id} did not finish within {timeout:g}s; it keeps running — "
+            "wait again with wait_for_run() or check it with get_run()"
+        )
+        self.run_id = run_id
+        self.timeout = timeout
+
+
+class StepOutputError(DurablyError):
+    """A step returned a value that cannot be stored as JSON."""
+
+    def __init__(self, step_name: str, message: str) -> None:
+        super().__init__(message)
+        self.step_name = step_name
+
+
+class UnknownBackendError(DurablyError):
+    """No installed storage plugin handles the URL's scheme."""
+
+
+class PluginError(DurablyError):
+    """Installed plugins are inconsistent (e.g. two claim the same URL scheme)."""
+
+
+class StorageError(DurablyError):
+    """The database failed. The driver's exception is chained as ``__cause__``."""
+
+
+class StorageBusyError(StorageError):
+    """The database stayed locked by another writer longer than the busy timeout."""
+
+
+class StorageCorruptError(StorageError):
+    """The file is not a database durably can use (not SQLite, or damaged)."""
+
+
+class StorageReadOnlyError(StorageError):
+    """The database cannot be written (read-only file, directory, or permissions)."""
+
+
+class StorageConnectionError(StorageError):
+    """The database server cannot be reached."""
+
+
+class StorageAuthError(StorageError):
+    """The database server refused the credentials."""
+
+
+class SchemaVersionError(StorageError):
+    """The database schema was written by a newer release than this one."""

@@ -1,0 +1,197 @@
+"""The run lifecycle as pure rules: statuses, transitions, claimability, fencing.
+
+No I/O and no clock reads: "now" is always an argument. The memory backend
+applies these functions directly; the SQL backend expresses the same rules as
+``WHERE`` clauses; the property tests check both against an independent model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+import msgspec
+
+from ._records import Progress, Run, RunStatus
+
+TERMINAL_STATUSES: frozenset[RunStatus] = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}
+)
+ACTIVE_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.PENDING, RunStatus.LEASED})
+CANCELLABLE_STATUSES = ACTIVE_STATUSES
+RETRYABLE_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
+RETRIGGERABLE_STATUSES = TERMINAL_STATUSES
+DELETABLE_STATUSES = TERMINAL_STATUSES
+
+#: Filter spellings accepted for a status; ``running`` is the documentation's older word.
+STATUS_ALIASES: dict[str, RunStatus] = {
+    **{s.value: s for s in RunStatus},
+    "running": RunStatus.LEASED,
+}
+
+
+def is_terminal(status: RunStatus) -> bool:
+    return status in TERMINAL_STATUSES
+
+
+def can_cancel(status: RunStatus) -> bool:
+    return status in CANCELLABLE_STATUSES
+
+
+def can_retry(status: RunStatus) -> bool:
+    return status in RETRYABLE_STATUSES
+
+
+def can_retrigger(status: RunStatus) -> bool:
+    return status in RETRIGGERABLE_STATUSES
+
+
+def can_delete(status: RunStatus) -> bool:
+    return status in DELETABLE_STATUSES
+
+
+def has_live_lease(run: Run, now: datetime) -> bool:
+    """Leased and not yet expired at ``now``."""
+    return (
+        run.status is RunStatus.LEASED
+        and run.lease_expires_at is not None
+        and run.lease_expires_at > now
+    )
+
+
+def is_claimable(run: Run, now: datetime) -> bool:
+    """Pending, or leased with a lease that expired at or before ``now``."""
+    if run.status is RunStatus.PENDING:
+        return True
+    return (
+        run.status is RunStatus.LEASED
+        and run.lease_expires_at is not None
+        and run.lease_expires_at <= now
+    )
+
+
+def concurrency_blocked(run: Run, others: Iterable[Run], now: datetime) -> bool:
+    """Another run with the same concurrency key holds a live lease."""
+    if run.concurrency_key is None:
+        return False
+    return any(
+        o.id != run.id and o.concurrency_key == run.concurrency_key and has_live_lease(o, now)
+        for o in others
+    )
+
+
+def claim_order(run: Run) -> tuple[datetime, str]:
+    """Oldest first: ``created_at``, then ``id``."""
+    return (run.created_at, run.id)
+
+
+def holds_lease(run: Run, generation: int) -> bool:
+    """The fencing guard of every write about a claimed run."""
+    return run.status is RunStatus.LEASED and run.lease_generation == generation
+
+
+def can_renew(run: Run, generation: int, now: datetime) -> bool:
+    """Renewal also requires the lease not to have expired yet."""
+    return holds_lease(run, generation) and has_live_lease(run, now)
+
+
+def pending_conflicts(run: Run, others: Iterable[Run]) -> bool:
+    """Would ``run`` be a second pending run for its (job, concurrency key)?"""
+    if run.status is not RunStatus.PENDING or run.concurrency_key is None:
+        return False
+    return any(
+        o.id != run.id
+        and o.status is RunStatus.PENDING
+        and o.job_name == run.job_name
+        and o.concurrency_key == run.concurrency_key
+        for o in others
+    )
+
+
+# -- transitions: each returns the new record; callers check the guard first --
+
+
+def claimed(run: Run, owner: str, now: datetime, expires_at: datetime) -> Run:
+    return msgspec.structs.replace(
+        run,
+        status=RunStatus.LEASED,
+        lease_owner=owner,
+        lease_expires_at=expires_at,
+        lease_generation=run.lease_generation + 1,
+        started_at=run.started_at or now,
+        updated_at=now,
+    )
+
+
+def renewed(run: Run, now: datetime, expires_at: datetime) -> Run:
+    return msgspec.structs.replace(run, lease_expires_at=expires_at, updated_at=now)
+
+
+def step_completed(run: Run, index: int, now: datetime) -> Run:
+    return msgspec.structs.replace(
+        run,
+        current_step_index=max(run.current_step_index, index + 1),
+        completed_step_count=run.completed_step_count + 1,
+        updated_at=now,
+    )
+
+
+def with_progress(run: Run, progress: Progress, now: datetime) -> Run:
+    return msgspec.structs.replace(run, progress=progress, updated_at=now)
+
+
+def completed(run: Run, output: object, now: datetime) -> Run:
+    return msgspec.structs.replace(
+        run,
+        status=RunStatus.COMPLETED,
+        output=output,
+        error=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        completed_at=now,
+        updated_at=now,
+    )
+
+
+def failed(run: Run, error: str, now: datetime) -> Run:
+    return msgspec.structs.replace(
+        run,
+        status=RunStatus.FAILED,
+        error=error,
+        lease_owner=None,
+        lease_expires_at=None,
+        completed_at=now,
+        updated_at=now,
+    )
+
+
+def cancelled(run: Run, now: datetime) -> Run:
+    return msgspec.structs.replace(
+        run,
+        status=RunStatus.CANCELLED,
+        lease_owner=None,
+        lease_expires_at=None,
+        completed_at=now,
+        updated_at=now,
+    )
+
+
+def retried(run: Run, now: datetime) -> Run:
+    """Back to pending with the same id, input and completed steps."""
+    return msgspec.structs.replace(
+        run,
+        status=RunStatus.PENDING,
+        output=None,
+        error=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        completed_at=None,
+        updated_at=now,
+    )
+
+
+def released(run: Run, now: datetime) -> Run:
+    """An expired lease handed back: pending again; the next claim bumps the generation."""
+    return msgspec.structs.replace(
+        run, status=RunStatus.PENDING, lease_owner=None, lease_expires_at=None, updated_at=now
+    )

@@ -1,0 +1,154 @@
+"""The records that cross the storage boundary.
+
+Reads return decoded JSON values (``input``, ``output``, ``labels``, log
+``data``); writes carry JSON text the core has already encoded (``*_json``), so
+the core alone decides what is serializable.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+import msgspec
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    LEASED = "leased"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+LogLevel = Literal["info", "warn", "error"]
+Disposition = Literal["created", "idempotent", "coalesced"]
+
+
+class Progress(msgspec.Struct, frozen=True):
+    """A run's progress: ``current`` of ``total`` (if known), with a message."""
+
+    current: float
+    total: float | None = None
+    message: str | None = None
+
+
+class Run(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of a job, as stored."""
+
+    id: str
+    job_name: str
+    input: Any
+    status: RunStatus
+    idempotency_key: str | None = None
+    concurrency_key: str | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    current_step_index: int = 0
+    completed_step_count: int = 0
+    progress: Progress | None = None
+    output: Any = None
+    error: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    lease_generation: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (RunStatus.PENDING, RunStatus.LEASED)
+
+
+class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One executed step of a run."""
+
+    id: str
+    run_id: str
+    name: str
+    index: int
+    status: StepStatus
+    output: Any = None
+    error: str | None = None
+    started_at: datetime
+    completed_at: datetime | None = None
+
+
+class LogRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``step.log`` entry."""
+
+    id: str
+    run_id: str
+    step_name: str | None
+    level: LogLevel
+    message: str
+    data: Any = None
+    created_at: datetime
+
+
+class NewRun(msgspec.Struct, frozen=True, kw_only=True):
+    """A run to enqueue. ``input_json`` is the validated input, already encoded."""
+
+    id: str
+    job_name: str
+    input_json: str
+    idempotency_key: str | None = None
+    concurrency_key: str | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    created_at: datetime
+
+
+class NewStep(msgspec.Struct, frozen=True, kw_only=True):
+    """A step row to persist (fenced). ``output_json`` only for completed steps."""
+
+    id: str
+    name: str
+    index: int
+    status: StepStatus
+    output_json: str | None = None
+    error: str | None = None
+    started_at: datetime
+    completed_at: datetime | None = None
+
+
+class NewLog(msgspec.Struct, frozen=True, kw_only=True):
+    """A log entry to persist (fenced). ``data_json`` is encoded JSON or None."""
+
+    id: str
+    step_name: str | None
+    level: LogLevel
+    message: str
+    data_json: str | None = None
+    created_at: datetime
+
+
+class EnqueueResult(msgspec.Struct, frozen=True):
+    """What ``enqueue`` did: the run that now stands for the request, and how."""
+
+    run: Run
+    disposition: Disposition
+
+
+class RunFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """A query over runs. ``None`` means "any"; ``labels`` is an AND of equalities.
+
+    Results are ordered by ``created_at`` descending, then ``id`` descending.
+    """
+
+    statuses: tuple[RunStatus, ...] | None = None
+    job_names: tuple[str, ...] | None = None
+    labels: dict[str, str] | None = None
+    limit: int | None = None
+    offset: int = 0

@@ -1,0 +1,164 @@
+"""The storage boundary: semantic operations, not SQL.
+
+An adapter implements :class:`Storage`. Rules every implementation keeps (the
+conformance suite in ``durably_testing.conformance`` checks them):
+
+- Each operation is atomic: it happens wholly or not at all, and never holds a
+  transaction open across awaits.
+- Time is never read inside storage: every ``now`` is an argument.
+- Fenced operations (``renew_lease``, ``persist_step``, ``update_progress``,
+  ``append_logs``, ``complete_run``, ``fail_run``) apply only while the run is
+  ``leased`` with the given ``lease_generation`` and return ``False`` (writing
+  nothing) otherwise; ``renew_lease`` also requires the lease to be unexpired.
+- Driver errors are raised as :class:`durably.StorageError` subclasses with the
+  driver's exception chained; no driver exception type escapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from ._records import (
+    EnqueueResult,
+    LogRecord,
+    NewLog,
+    NewRun,
+    NewStep,
+    Progress,
+    Run,
+    RunFilter,
+    StepRecord,
+)
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Persistence of runs, steps and logs. See the module docstring for the rules."""
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema. Idempotent; safe from several processes at once."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Further calls may reopen or raise ``StorageError``."""
+        ...
+
+    # -- triggering --
+
+    async def enqueue(self, run: NewRun, *, coalesce: bool = False) -> EnqueueResult:
+        """Insert a pending run.
+
+        Same (job_name, idempotency_key) as an existing run → that run,
+        ``"idempotent"``, nothing written. Otherwise, if a pending run of the same
+        (job_name, concurrency_key) exists: with ``coalesce`` that run,
+        ``"coalesced"``; without, raise ``ConflictError``. Else ``"created"``.
+        """
+        ...
+
+    async def enqueue_many(
+        self, runs: Sequence[tuple[NewRun, bool]]
+    ) -> list[EnqueueResult]:
+        """``enqueue`` for each ``(run, coalesce)`` in order, all or nothing."""
+        ...
+
+    # -- reading --
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def get_runs(self, query: RunFilter) -> list[Run]:
+        """Matching runs, newest first (``created_at`` desc, then ``id`` desc)."""
+        ...
+
+    async def get_steps(self, run_id: str) -> list[StepRecord]:
+        """All step rows of a run, in execution order (``index``, then ``started_at``)."""
+        ...
+
+    async def get_completed_steps(self, run_id: str) -> list[StepRecord]:
+        """The completed step rows of a run (what a resumed execution replays)."""
+        ...
+
+    async def get_logs(self, run_id: str) -> list[LogRecord]:
+        """A run's log entries, oldest first."""
+        ...
+
+    # -- leases --
+
+    async def claim_next(
+        self,
+        owner: str,
+        now: datetime,
+        lease_expires_at: datetime,
+        job_names: Sequence[str] | None = None,
+    ) -> Run | None:
+        """Atomically lease the oldest claimable run (see ``_lifecycle.is_claimable``)
+        whose concurrency key has no other live lease; bump its generation.
+
+        ``job_names`` restricts the claim to those jobs (``None``: any job).
+        """
+        ...
+
+    async def renew_lease(
+        self, run_id: str, generation: int, now: datetime, lease_expires_at: datetime
+    ) -> bool: ...
+
+    async def release_expired_leases(self, now: datetime) -> int:
+        """Put leased runs whose lease expired back to pending (unless another run of
+        the same job and concurrency key is already pending). Returns how many."""
+        ...
+
+    # -- fenced writes by the lease holder --
+
+    async def persist_step(
+        self, run_id: str, generation: int, step: NewStep, now: datetime
+    ) -> bool:
+        """Insert a step row; a completed one also advances the run's
+        ``current_step_index`` (to ``index + 1``) and ``completed_step_count``."""
+        ...
+
+    async def update_progress(
+        self, run_id: str, generation: int, progress: Progress, now: datetime
+    ) -> bool: ...
+
+    async def append_logs(
+        self, run_id: str, generation: int, logs: Sequence[NewLog], now: datetime
+    ) -> bool: ...
+
+    async def complete_run(
+        self,
+        run_id: str,
+        generation: int,
+        output_json: str,
+        now: datetime,
+        *,
+        delete_steps: bool,
+    ) -> bool:
+        """Mark completed (lease cleared). ``delete_steps`` also removes its steps and logs."""
+        ...
+
+    async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
+        ...
+
+    # -- control (not fenced: any process may do these) --
+
+    async def cancel_run(self, run_id: str, now: datetime) -> Run | None:
+        """Pending or leased → cancelled (lease cleared). The updated run, or ``None``
+        when the run does not exist or is in another status (nothing written)."""
+        ...
+
+    async def retry_run(self, run_id: str, now: datetime) -> Run | None:
+        """Failed or cancelled → pending, keeping id, input and completed steps.
+        ``None`` when absent or in another status. May raise ``ConflictError`` when
+        another run of the same job and concurrency key is already pending."""
+        ...
+
+    async def delete_run(self, run_id: str) -> Run | None:
+        """Delete a terminal run with its steps, logs and labels; the deleted run,
+        or ``None`` when absent or not terminal (nothing deleted)."""
+        ...
+
+    async def purge_runs(self, completed_before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` terminal runs with ``completed_at`` before the cutoff,
+        oldest first, with their steps, logs and labels. Returns how many."""
+        ...

@@ -1,0 +1,147 @@
+"""Plugin discovery: storage backends are found through pluggy.
+
+A backend package declares an entry point in the group ``durably`` pointing at
+a module with a hook implementation::
+
+    # my_backend/plugin.py  (imports only durably; the driver is imported in `open`)
+    from durably.plugins import StorageBackend, hookimpl
+
+    def _open(url: str, **options: object) -> Storage:
+        from my_backend.storage import MyStorage   # driver imported here, lazily
+        return MyStorage(url, **options)
+
+    @hookimpl
+    def durably_storage_backends() -> list[StorageBackend]:
+        return [StorageBackend(name="mine", schemes=("mine",), open=_open,
+                               package="my-backend")]
+
+A plugin manager is built per ``Durably`` (never a module global), so tests can
+pass plugins explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from ._errors import PluginError, UnknownBackendError, ValidationError
+from ._storage import Storage
+
+PROJECT = "durably"
+ENTRY_POINT_GROUP = "durably"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: Schemes of the backends we publish, so an unknown-scheme error can say what to install.
+KNOWN_PACKAGES: dict[str, str] = {
+    "sqlite": "durably-sqlite",
+    "file": "durably-libsql",
+    "libsql": "durably-libsql",
+    "http": "durably-libsql",
+    "https": "durably-libsql",
+    "memory": "durably-testing",
+}
+
+
+@dataclass(frozen=True)
+class StorageBackend:
+    """A storage backend a plugin offers: which URL schemes it opens, and how."""
+
+    name: str
+    schemes: tuple[str, ...]
+    open: Callable[..., Storage]
+    package: str = ""
+    plugin: str = field(default="", compare=False)
+
+
+class _HookSpecs:
+    @hookspec
+    def durably_storage_backends(self) -> list[StorageBackend]:  # type: ignore[empty-body]
+        """Return the storage backends this plugin provides."""
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of a database URL (``sqlite:///x.db`` → ``sqlite``, ``file:x.db`` → ``file``)."""
+    scheme, sep, _ = url.partition(":")
+    if not sep or not scheme or not (scheme[0].isalpha() and scheme.replace("+", "").replace(
+        "-", ""
+    ).replace(".", "").isalnum()):
+        raise ValidationError(
+            f"Invalid database URL {url!r}: expected '<scheme>:…', e.g. "
+            "'sqlite:///durably.db', 'file:local.db' or 'memory://'"
+        )
+    return scheme.lower()
+
+
+class BackendRegistry:
+    """The backends of one ``Durably``: a pluggy manager and a scheme table."""
+
+    def __init__(self, plugins: Sequence[object] = (), *, load_entry_points: bool = True):
+        self._pm = pluggy.PluginManager(PROJECT)
+        self._pm.add_hookspecs(_HookSpecs)
+        if load_entry_points:
+            self._pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        for plugin in plugins:
+            if not self._pm.is_registered(plugin):
+                self._pm.register(plugin)
+        self._by_scheme = self._build_table()
+
+    def _build_table(self) -> dict[str, StorageBackend]:
+        table: dict[str, StorageBackend] = {}
+        caller = self._pm.hook.durably_storage_backends
+        for impl in caller.get_hookimpls():
+            plugin_name = impl.plugin_name
+            try:
+                backends: Iterable[StorageBackend] = impl.function() or []
+            except Exception as exc:
+                raise PluginError(
+                    f"Plugin {plugin_name!r} failed while listing its storage backends: {exc}"
+                ) from exc
+            for backend in backends:
+                if not isinstance(backend, StorageBackend):
+                    raise PluginError(
+                        f"Plugin {plugin_name!r} returned {backend!r} from "
+                        "durably_storage_backends(); expected StorageBackend instances"
+                    )
+                backend = StorageBackend(
+                    name=backend.name,
+                    schemes=tuple(s.lower() for s in backend.schemes),
+                    open=backend.open,
+                    package=backend.package,
+                    plugin=plugin_name,
+                )
+                for scheme in backend.schemes:
+                    other = table.get(scheme)
+                    if other is not None:
+                        raise PluginError(
+                            f"URL scheme {scheme!r} is claimed by two storage backends: "
+                            f"{other.name!r} (plugin {other.plugin!r}) and {backend.name!r} "
+                            f"(plugin {plugin_name!r}); uninstall one of them"
+                        )
+                    table[scheme] = backend
+        return table
+
+    @property
+    def schemes(self) -> list[str]:
+        return sorted(self._by_scheme)
+
+    def backend_for(self, url: str) -> StorageBackend:
+        scheme = url_scheme(url)
+        backend = self._by_scheme.get(scheme)
+        if backend is None:
+            installed = ", ".join(f"{s}: ({b.name})" for s, b in sorted(self._by_scheme.items()))
+            hint = ""
+            if scheme in KNOWN_PACKAGES:
+                hint = f" Install {KNOWN_PACKAGES[scheme]!r} to use {scheme}: URLs."
+            raise UnknownBackendError(
+                f"No storage backend handles {scheme!r} URLs. Installed schemes: "
+                f"{installed or 'none'}.{hint}"
+            )
+        return backend
+
+    def open(self, url: str, **options: Any) -> Storage:
+        return self.backend_for(url).open(url, **options)

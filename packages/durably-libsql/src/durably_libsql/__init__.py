@@ -1,0 +1,1 @@
+"""Turso / libSQL storage for durably. Not implemented yet."""

@@ -1,0 +1,1 @@
+"""Local SQLite storage for durably."""

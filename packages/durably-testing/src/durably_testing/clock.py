@@ -1,0 +1,65 @@
+"""A clock that moves only when told to, for deterministic tests."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from datetime import UTC, datetime, timedelta
+
+
+class ManualClock:
+    """``now()`` stays put until :meth:`advance`; ``sleep()`` waits for clock time.
+
+    Sleepers whose deadline is reached by an ``advance`` are woken in deadline
+    order, and ``advance`` lets the event loop run them before returning, so a
+    test can ``await clock.advance(31)`` and then observe what timers did.
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+        if self._now.tzinfo is None:
+            raise ValueError("ManualClock needs a timezone-aware start time")
+        self._sleepers: list[tuple[datetime, int, asyncio.Future[None]]] = []
+        self._counter = itertools.count()
+
+    def now(self) -> datetime:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(
+            self._sleepers, (self._now + timedelta(seconds=seconds), next(self._counter), fut)
+        )
+        await fut
+
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps are waiting (cancelled ones excluded)."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, waking each due sleeper in order and letting it run."""
+        target = self._now + timedelta(seconds=seconds)
+        while self._sleepers and self._sleepers[0][0] <= target:
+            deadline, _, fut = heapq.heappop(self._sleepers)
+            if fut.done():
+                continue
+            self._now = max(self._now, deadline)
+            fut.set_result(None)
+            await settle()
+        self._now = target
+        await settle()
+
+    def set(self, when: datetime) -> None:
+        """Jump to ``when`` without waking sleepers (use ``advance`` to fire timers)."""
+        self._now = when
+
+
+async def settle(rounds: int = 20) -> None:
+    """Let the event loop run ready callbacks for a while (no real time passes)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
