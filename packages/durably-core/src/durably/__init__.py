@@ -1,5 +1,6 @@
 """durably: step-oriented, resumable batch jobs on an embedded database."""
 
+from ._app import Durably, create_durably
 from ._clock import Clock, SystemClock
 from ._errors import (
     ConflictError,
@@ -21,6 +22,28 @@ from ._errors import (
     ValidationError,
     WaitTimeoutError,
 )
+from ._events import (
+    Event,
+    EventType,
+    LogWriteEvent,
+    RunCancelEvent,
+    RunCoalescedEvent,
+    RunCompleteEvent,
+    RunDeleteEvent,
+    RunEvent,
+    RunFailEvent,
+    RunLeasedEvent,
+    RunLeaseRenewedEvent,
+    RunProgressEvent,
+    RunTriggerEvent,
+    StepCancelEvent,
+    StepCompleteEvent,
+    StepFailEvent,
+    StepStartEvent,
+    WorkerErrorEvent,
+)
+from ._handle import JobHandle, Jobs, RunResult, TriggerResult
+from ._job import JobDefinition, define_job
 from ._records import (
     EnqueueResult,
     LogRecord,
@@ -34,15 +57,23 @@ from ._records import (
     StepRecord,
     StepStatus,
 )
+from ._step import Step, StepLog
 from ._storage import Storage
 
 __all__ = [
     "Clock",
     "ConflictError",
+    "Durably",
     "DurablyError",
     "EnqueueResult",
+    "Event",
+    "EventType",
+    "JobDefinition",
+    "JobHandle",
+    "Jobs",
     "LeaseLostError",
     "LogRecord",
+    "LogWriteEvent",
     "NewLog",
     "NewRun",
     "NewStep",
@@ -50,13 +81,30 @@ __all__ = [
     "PluginError",
     "Progress",
     "Run",
+    "RunCancelEvent",
     "RunCancelledError",
+    "RunCoalescedEvent",
+    "RunCompleteEvent",
+    "RunDeleteEvent",
+    "RunEvent",
+    "RunFailEvent",
     "RunFailedError",
     "RunFilter",
+    "RunLeaseRenewedEvent",
+    "RunLeasedEvent",
+    "RunProgressEvent",
+    "RunResult",
     "RunStatus",
+    "RunTriggerEvent",
     "SchemaVersionError",
+    "Step",
+    "StepCancelEvent",
+    "StepCompleteEvent",
+    "StepFailEvent",
+    "StepLog",
     "StepOutputError",
     "StepRecord",
+    "StepStartEvent",
     "StepStatus",
     "Storage",
     "StorageAuthError",
@@ -66,7 +114,11 @@ __all__ = [
     "StorageError",
     "StorageReadOnlyError",
     "SystemClock",
+    "TriggerResult",
     "UnknownBackendError",
     "ValidationError",
     "WaitTimeoutError",
+    "WorkerErrorEvent",
+    "create_durably",
+    "define_job",
 ]

@@ -57,9 +57,7 @@ class Storage(Protocol):
         """
         ...
 
-    async def enqueue_many(
-        self, runs: Sequence[tuple[NewRun, bool]]
-    ) -> list[EnqueueResult]:
+    async def enqueue_many(self, runs: Sequence[tuple[NewRun, bool]]) -> list[EnqueueResult]:
         """``enqueue`` for each ``(run, coalesce)`` in order, all or nothing."""
         ...
 
@@ -137,8 +135,7 @@ class Storage(Protocol):
         """Mark completed (lease cleared). ``delete_steps`` also removes its steps and logs."""
         ...
 
-    async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
-        ...
+    async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool: ...
 
     # -- control (not fenced: any process may do these) --
 

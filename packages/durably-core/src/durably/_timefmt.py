@@ -11,8 +11,10 @@ from datetime import UTC, datetime, timedelta
 def format_ts(t: datetime) -> str:
     """``2026-11-22T03:04:05.123Z`` for an aware datetime."""
     u = t.astimezone(UTC)
-    return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:" \
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:"
         f"{u.second:02d}.{u.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_ts(s: str) -> datetime:

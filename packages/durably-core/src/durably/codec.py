@@ -11,6 +11,7 @@ validation at the edges (pydantic ``TypeAdapter``). Never pickle.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import typing
@@ -19,6 +20,7 @@ from typing import Any
 
 import msgspec
 import pydantic
+from pydantic_core import PydanticSerializationError
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -51,17 +53,16 @@ class Codec:
         except (KeyError, TypeError):
             pass
         adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(tp)
-        try:
+        # unhashable type expressions are simply not cached
+        with contextlib.suppress(TypeError):
             self._adapters[tp] = adapter
-        except TypeError:  # unhashable type expressions are simply not cached
-            pass
         return adapter
 
     def encode_typed(self, tp: Any, value: Any) -> str:
         """Encode ``value`` as ``tp`` would dump it. Raises ``TypeError`` when it cannot."""
         try:
             return self.adapter(tp).dump_json(value).decode()
-        except pydantic.PydanticSerializationError as exc:
+        except PydanticSerializationError as exc:
             raise TypeError(str(exc)) from exc
 
     def decode_typed(self, tp: Any, text: str | bytes) -> Any:

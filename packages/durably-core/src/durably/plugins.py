@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -67,9 +67,14 @@ class _HookSpecs:
 def url_scheme(url: str) -> str:
     """The scheme of a database URL (``sqlite:///x.db`` → ``sqlite``, ``file:x.db`` → ``file``)."""
     scheme, sep, _ = url.partition(":")
-    if not sep or not scheme or not (scheme[0].isalpha() and scheme.replace("+", "").replace(
-        "-", ""
-    ).replace(".", "").isalnum()):
+    if (
+        not sep
+        or not scheme
+        or not (
+            scheme[0].isalpha()
+            and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum()
+        )
+    ):
         raise ValidationError(
             f"Invalid database URL {url!r}: expected '<scheme>:…', e.g. "
             "'sqlite:///durably.db', 'file:local.db' or 'memory://'"
@@ -96,7 +101,7 @@ class BackendRegistry:
         for impl in caller.get_hookimpls():
             plugin_name = impl.plugin_name
             try:
-                backends: Iterable[StorageBackend] = impl.function() or []
+                backends = cast("Iterable[object]", impl.function() or [])
             except Exception as exc:
                 raise PluginError(
                     f"Plugin {plugin_name!r} failed while listing its storage backends: {exc}"

@@ -1,0 +1,654 @@
+"""``Durably``: the application object, and ``create_durably``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import pydantic
+from pydantic_core import PydanticSerializationError
+
+from ._clock import Clock, SystemClock
+from ._engine import Engine, Settings
+from ._errors import (
+    ConflictError,
+    NotFoundError,
+    RunCancelledError,
+    RunFailedError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from ._events import (
+    ANY,
+    TERMINAL_EVENT_TYPES,
+    ErrorHandler,
+    Event,
+    EventBus,
+    Listener,
+    RunCancelEvent,
+    RunCoalescedEvent,
+    RunDeleteEvent,
+    RunTriggerEvent,
+)
+from ._handle import JobHandle, Jobs, TriggerResult, check_job_key
+from ._job import JobDefinition
+from ._lifecycle import STATUS_ALIASES, can_retrigger
+from ._records import LogRecord, NewRun, Run, RunFilter, RunStatus, StepRecord
+from ._runtime import Execution
+from ._storage import Storage
+from ._timefmt import parse_duration
+from ._validate import (
+    describe_pydantic_error,
+    positive_int,
+    positive_number,
+    validate_coalesce,
+    validate_key,
+    validate_labels,
+)
+from ._worker import Worker, claim
+from .plugins import BackendRegistry
+
+DEFAULT_URL = "sqlite:///durably.db"
+URL_ENV = "DURABLY_DATABASE_URL"
+
+
+class Durably:
+    """Jobs, runs and a worker on one storage. Use ``create_durably`` to build one."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        settings: Settings,
+        clock: Clock,
+        labels_schema: Any = None,
+        on_listener_error: ErrorHandler | None = None,
+        owns_storage: bool = False,
+    ) -> None:
+        self._engine = Engine(
+            storage=storage,
+            clock=clock,
+            bus=EventBus(clock, on_listener_error),
+            settings=settings,
+        )
+        self._labels_adapter = (
+            None if labels_schema is None else self._engine.codec.adapter(labels_schema)
+        )
+        self._worker = Worker(self._engine)
+        self._owns_storage = owns_storage
+        self._migrated = False
+        self._migrate_lock = asyncio.Lock()
+        self.jobs = Jobs()
+
+    # -- lifecycle --
+
+    @property
+    def storage(self) -> Storage:
+        return self._engine.storage
+
+    @property
+    def clock(self) -> Clock:
+        return self._engine.clock
+
+    @property
+    def settings(self) -> Settings:
+        return self._engine.settings
+
+    @property
+    def worker_id(self) -> str:
+        """The lease owner this instance writes into the runs it claims."""
+        return self._engine.owner
+
+    async def migrate(self) -> None:
+        """Create or upgrade the database schema (idempotent, multi-process safe)."""
+        async with self._migrate_lock:
+            await self._engine.storage.migrate()
+            self._migrated = True
+
+    async def _ready(self) -> None:
+        if not self._migrated:
+            await self.migrate()
+
+    async def init(self) -> None:
+        """``migrate()`` then ``start()``."""
+        await self.migrate()
+        self.start()
+
+    def start(self) -> None:
+        """Start the worker in the background (needs a running event loop)."""
+        self._worker.start()
+
+    @property
+    def running(self) -> bool:
+        return self._worker.running
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming and wait for in-flight runs. After ``timeout`` seconds their
+        tasks are cancelled and their leases left to expire."""
+        await self._worker.stop(timeout)
+        await self._engine.bus.drain()
+
+    async def close(self) -> None:
+        """``stop()``, then release the storage if this instance opened it."""
+        await self.stop()
+        if self._owns_storage:
+            await self._engine.storage.close()
+
+    async def __aenter__(self) -> Durably:
+        await self.init()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- jobs --
+
+    def register(
+        self, jobs: Mapping[str, JobDefinition[Any, Any]]
+    ) -> dict[str, JobHandle[Any, Any]]:
+        """Register job definitions under keys; returns their handles (also in ``jobs``)."""
+        if not isinstance(jobs, Mapping):
+            raise ValidationError(
+                f"register() takes a dict of {{'key': job_definition}}, got {type(jobs).__name__}"
+            )
+        handles: dict[str, JobHandle[Any, Any]] = {}
+        registry = self._engine.jobs
+        for key, definition in jobs.items():
+            check_job_key(key)
+            if not isinstance(definition, JobDefinition):
+                raise ValidationError(
+                    f"register(): {key!r} is {definition!r}, not a job made by define_job()"
+                )
+            existing = registry.get(definition.name)
+            if existing is not None and existing is not definition:
+                raise ConflictError(
+                    f"A different job named {definition.name!r} is already registered; "
+                    "job names must be unique per Durably"
+                )
+            if key in self.jobs and self.jobs[key].definition is not definition:
+                raise ConflictError(f"Job key {key!r} is already registered to another job")
+            if key in self.jobs:
+                handles[key] = self.jobs[key]
+                continue
+            registry[definition.name] = definition
+            handle: JobHandle[Any, Any] = JobHandle(self, key, definition)
+            self.jobs._add(key, handle)
+            handles[key] = handle
+        return handles
+
+    # -- triggering (used by handles) --
+
+    def _new_run(
+        self,
+        definition: JobDefinition[Any, Any],
+        input: Any,
+        options: Mapping[str, Any],
+        where: str = "",
+    ) -> tuple[NewRun, bool]:
+        engine = self._engine
+        allowed = {"idempotency_key", "concurrency_key", "labels", "coalesce"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise ValidationError(
+                f"{where}Unknown trigger option(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
+        try:
+            if definition.input is None:
+                input_json = engine.codec.encode(input)
+            else:
+                adapter = engine.codec.adapter(definition.input)
+                input_json = adapter.dump_json(adapter.validate_python(input)).decode()
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                f"{where}Invalid input for job {definition.name!r}: {describe_pydantic_error(exc)}"
+            ) from None
+        except (TypeError, PydanticSerializationError) as exc:
+            raise ValidationError(
+                f"{where}Invalid input for job {definition.name!r}: not JSON-serializable ({exc})"
+            ) from None
+        try:
+            idem = validate_key("idempotency_key", options.get("idempotency_key"))
+            conc = validate_key("concurrency_key", options.get("concurrency_key"))
+            coalesce = validate_coalesce(options.get("coalesce"), conc)
+            labels = validate_labels(options.get("labels"), None, self._labels_adapter)
+        except ValidationError as exc:
+            raise ValidationError(f"{where}{exc}") from None
+        now = engine.now()
+        run = NewRun(
+            id=engine.new_id(now),
+            job_name=definition.name,
+            input_json=input_json,
+            idempotency_key=idem,
+            concurrency_key=conc,
+            labels=labels,
+            created_at=now,
+        )
+        return run, coalesce
+
+    def _announce(self, new: NewRun, result: TriggerResult) -> None:
+        bus = self._engine.bus
+        run = result.run
+        if result.disposition == "created":
+            bus.emit(
+                RunTriggerEvent,
+                run_id=run.id,
+                job_name=run.job_name,
+                labels=run.labels,
+                input=run.input,
+            )
+            self._worker.notify()
+        elif result.disposition == "coalesced":
+            bus.emit(
+                RunCoalescedEvent,
+                run_id=run.id,
+                job_name=run.job_name,
+                labels=run.labels,
+                skipped_input=self._engine.codec.decode(new.input_json),
+                skipped_labels=new.labels,
+            )
+
+    async def _trigger(
+        self, definition: JobDefinition[Any, Any], input: Any, **options: Any
+    ) -> TriggerResult:
+        options = {k: v for k, v in options.items() if v is not None}
+        new, coalesce = self._new_run(definition, input, options)
+        await self._ready()
+        enq = await self._engine.storage.enqueue(new, coalesce=coalesce)
+        result = TriggerResult(enq.run, enq.disposition)
+        self._announce(new, result)
+        return result
+
+    async def _batch_trigger(
+        self, definition: JobDefinition[Any, Any], items: Sequence[Any]
+    ) -> list[TriggerResult]:
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise ValidationError("batch_trigger() takes a list of inputs or (input, options)")
+        prepared: list[tuple[NewRun, bool]] = []
+        for i, item in enumerate(items):
+            if isinstance(item, tuple):
+                if len(item) != 2 or not isinstance(item[1], Mapping):
+                    raise ValidationError(
+                        f"Item {i}: expected an input or (input, options_dict), got {item!r}"
+                    )
+                input, options = item
+            else:
+                input, options = item, {}
+            options = {k: v for k, v in options.items() if v is not None}
+            prepared.append(self._new_run(definition, input, options, where=f"Item {i}: "))
+        if not prepared:
+            return []
+        await self._ready()
+        results = await self._engine.storage.enqueue_many(prepared)
+        out = [TriggerResult(r.run, r.disposition) for r in results]
+        for (new, _), result in zip(prepared, out, strict=True):
+            self._announce(new, result)
+        return out
+
+    # -- queries --
+
+    async def get_run(self, run_id: str) -> Run | None:
+        await self._ready()
+        return await self._engine.storage.get_run(run_id)
+
+    async def _require_run(self, run_id: str) -> Run:
+        run = await self.get_run(run_id)
+        if run is None:
+            raise NotFoundError(f"Run not found: {run_id}", run_id=run_id)
+        return run
+
+    async def get_runs(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        job_name: str | Sequence[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Run]:
+        """Runs newest first (``created_at`` then id, descending). ``status`` and
+        ``job_name`` take one value or a list; ``labels`` must all match."""
+        query = build_filter(status, job_name, labels, limit, offset)
+        await self._ready()
+        return await self._engine.storage.get_runs(query)
+
+    async def get_steps(self, run_id: str) -> list[StepRecord]:
+        await self._ready()
+        return await self._engine.storage.get_steps(run_id)
+
+    async def get_logs(self, run_id: str) -> list[LogRecord]:
+        await self._ready()
+        return await self._engine.storage.get_logs(run_id)
+
+    # -- control --
+
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel a pending or leased run. Terminal → ``ConflictError``."""
+        await self._ready()
+        engine = self._engine
+        run = await engine.storage.cancel_run(run_id, engine.now())
+        if run is None:
+            current = await self._require_run(run_id)
+            raise ConflictError(
+                f"Run {run_id} is {current.status.value} and cannot be cancelled; only "
+                "pending or leased runs can",
+                run_id=run_id,
+                status=current.status.value,
+            )
+        execution = engine.active.get(run_id)
+        if execution is not None:
+            execution.request_stop("cancelled")
+        engine.bus.emit(RunCancelEvent, run_id=run.id, job_name=run.job_name, labels=run.labels)
+        return run
+
+    async def retry(self, run_id: str) -> Run:
+        """Put a failed or cancelled run back to pending, keeping its completed steps."""
+        await self._ready()
+        engine = self._engine
+        run = await engine.storage.retry_run(run_id, engine.now())
+        if run is None:
+            current = await self._require_run(run_id)
+            raise ConflictError(
+                f"Run {run_id} is {current.status.value}; only failed or cancelled runs can be "
+                "retried (use retrigger() to run a completed one again)",
+                run_id=run_id,
+                status=current.status.value,
+            )
+        self._worker.notify()
+        return run
+
+    async def retrigger(self, run_id: str) -> Run:
+        """Trigger a finished run again as a new run (same input, key and labels)."""
+        old = await self._require_run(run_id)
+        if not can_retrigger(old.status):
+            raise ConflictError(
+                f"Run {run_id} is {old.status.value}; only finished runs can be retriggered "
+                "(cancel it first)",
+                run_id=run_id,
+                status=old.status.value,
+            )
+        definition = self._engine.jobs.get(old.job_name)
+        if definition is None:
+            raise NotFoundError(
+                f"Job {old.job_name!r} is not registered here; register it to retrigger its runs"
+            )
+        options: dict[str, Any] = {"labels": old.labels}
+        if old.concurrency_key is not None:
+            options["concurrency_key"] = old.concurrency_key
+        result = await self._trigger(definition, old.input, **options)
+        return result.run
+
+    async def delete_run(self, run_id: str) -> Run:
+        """Delete a finished run with its steps, logs and labels."""
+        await self._ready()
+        run = await self._engine.storage.delete_run(run_id)
+        if run is None:
+            current = await self._require_run(run_id)
+            raise ConflictError(
+                f"Run {run_id} is {current.status.value}; only finished runs can be deleted "
+                "(cancel it first)",
+                run_id=run_id,
+                status=current.status.value,
+            )
+        self._engine.bus.emit(
+            RunDeleteEvent, run_id=run.id, job_name=run.job_name, labels=run.labels
+        )
+        return run
+
+    async def purge_runs(
+        self, older_than: str | float | timedelta | datetime, limit: int = 500
+    ) -> int:
+        """Delete finished runs completed before ``older_than`` (a duration like
+        ``"7d"`` counted back from now, or a datetime), oldest first."""
+        positive_int("limit", limit)
+        if isinstance(older_than, datetime):
+            if older_than.tzinfo is None:
+                raise ValidationError("purge_runs(older_than=datetime) needs an aware datetime")
+            cutoff = older_than
+        else:
+            cutoff = self._engine.now() - parse_duration(older_than)
+        await self._ready()
+        return await self._engine.storage.purge_runs(cutoff, limit)
+
+    # -- waiting --
+
+    async def wait_for_run(self, run_id: str, *, timeout: float | None = None) -> Run:
+        """Wait until the run finishes. Returns the completed run; raises
+        ``RunFailedError``, ``RunCancelledError``, ``NotFoundError`` (deleted) or
+        ``WaitTimeoutError`` (the run keeps going)."""
+        if timeout is not None:
+            positive_number("timeout", timeout, allow_zero=True)
+        engine = self._engine
+        settled = asyncio.Event()
+        failed_step: list[str | None] = [None]
+
+        def listener(event: Any) -> None:
+            if getattr(event, "run_id", None) == run_id and event.type in TERMINAL_EVENT_TYPES:
+                if event.type == "run:fail":
+                    failed_step[0] = event.failed_step_name
+                settled.set()
+
+        unsubscribe = engine.bus.on(ANY, listener)
+        deadline = None if timeout is None else engine.clock.now() + timedelta(seconds=timeout)
+        try:
+            while True:
+                run = await self.get_run(run_id)
+                if run is None:
+                    raise NotFoundError(f"Run not found: {run_id} (deleted?)", run_id=run_id)
+                if run.status is RunStatus.COMPLETED:
+                    return run
+                if run.status is RunStatus.FAILED:
+                    raise RunFailedError(run_id, run.error, failed_step[0])
+                if run.status is RunStatus.CANCELLED:
+                    raise RunCancelledError(run_id)
+                wait = engine.settings.polling_interval
+                if deadline is not None:
+                    left = (deadline - engine.clock.now()).total_seconds()
+                    if left <= 0:
+                        raise WaitTimeoutError(run_id, timeout or 0.0)
+                    wait = min(wait, left)
+                settled.clear()
+                await _first_of(settled.wait(), engine.clock.sleep(wait))
+        finally:
+            unsubscribe()
+
+    async def subscribe(self, run_id: str) -> AsyncIterator[Event]:
+        """This run's events as they happen in this process; ends after its terminal
+        event (or at once if the run has already finished or does not exist)."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def listener(event: Any) -> None:
+            if getattr(event, "run_id", None) == run_id:
+                queue.put_nowait(event)
+
+        unsubscribe = self._engine.bus.on(ANY, listener)
+        try:
+            run = await self.get_run(run_id)
+            if run is None or run.is_terminal:
+                while not queue.empty():
+                    event = queue.get_nowait()
+                    yield event
+                    if event.type in TERMINAL_EVENT_TYPES:
+                        return
+                return
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                sleeper = asyncio.ensure_future(
+                    self._engine.clock.sleep(self._engine.settings.polling_interval)
+                )
+                try:
+                    await asyncio.wait({getter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    if not getter.done():
+                        getter.cancel()
+                if getter.done() and not getter.cancelled():
+                    event = getter.result()
+                    yield event
+                    if event.type in TERMINAL_EVENT_TYPES:
+                        return
+                    continue
+                current = await self.get_run(run_id)
+                if current is None or current.is_terminal:
+                    return
+        finally:
+            unsubscribe()
+
+    # -- events --
+
+    def on(self, event_type: str, listener: Listener) -> Callable[[], None]:
+        """Listen to an event type (or ``"*"`` for all); returns an unsubscribe function."""
+        return self._engine.bus.on(event_type, listener)
+
+    # -- running without the background worker --
+
+    async def process_one(self) -> bool:
+        """Claim one run and execute it to the end in this task. False if none was ready."""
+        await self._ready()
+        run = await claim(self._engine)
+        if run is None:
+            return False
+        await Execution(self._engine, run).execute()
+        return True
+
+    async def process_until_idle(self, max_runs: int | None = None) -> int:
+        """Process runs one after another until none is ready (or ``max_runs``)."""
+        if max_runs is not None:
+            positive_int("max_runs", max_runs)
+        count = 0
+        while max_runs is None or count < max_runs:
+            if not await self.process_one():
+                break
+            count += 1
+        return count
+
+
+async def _first_of(*aws: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def build_filter(
+    status: str | Sequence[str] | None,
+    job_name: str | Sequence[str] | None,
+    labels: Mapping[str, str] | None,
+    limit: int | None,
+    offset: int,
+) -> RunFilter:
+    statuses: tuple[RunStatus, ...] | None = None
+    if status is not None:
+        values = [status] if isinstance(status, str) else list(status)
+        resolved = []
+        for value in values:
+            s = STATUS_ALIASES.get(str(value))
+            if s is None:
+                raise ValidationError(
+                    f"Invalid status {value!r}; use one of {sorted(STATUS_ALIASES)}"
+                )
+            resolved.append(s)
+        statuses = tuple(dict.fromkeys(resolved))
+    names: tuple[str, ...] | None = None
+    if job_name is not None:
+        names = (job_name,) if isinstance(job_name, str) else tuple(job_name)
+    if labels is not None:
+        labels = validate_labels(dict(labels), None, None)
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise ValidationError(f"Invalid limit {limit!r}: expected an integer ≥ 0")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValidationError(f"Invalid offset {offset!r}: expected an integer ≥ 0")
+    return RunFilter(
+        statuses=statuses,
+        job_names=names,
+        labels=dict(labels) if labels else None,
+        limit=limit,
+        offset=offset,
+    )
+
+
+_OPTION_NAMES = {
+    "polling_interval",
+    "lease_duration",
+    "lease_renew_interval",
+    "max_concurrent_runs",
+    "preserve_steps",
+    "retain_runs",
+}
+
+
+def create_durably(
+    url_or_storage: str | Storage | None = None,
+    *,
+    jobs: Mapping[str, JobDefinition[Any, Any]] | None = None,
+    polling_interval: float = 1.0,
+    lease_duration: float = 30.0,
+    lease_renew_interval: float = 5.0,
+    max_concurrent_runs: int = 1,
+    preserve_steps: bool = False,
+    retain_runs: str | float | timedelta | None = None,
+    labels: Any = None,
+    plugins: Sequence[object] = (),
+    clock: Clock | None = None,
+    on_listener_error: ErrorHandler | None = None,
+    **backend_options: Any,
+) -> Durably:
+    """Build a ``Durably`` on a database URL (or a ``Storage`` object).
+
+    Without a URL, ``DURABLY_DATABASE_URL`` is used, else ``sqlite:///durably.db``.
+    ``labels`` is an optional pydantic model (or type) that validates run labels.
+    Remaining keyword arguments go to the storage backend (e.g. ``synchronous=``).
+    """
+    settings = Settings(
+        polling_interval=positive_number("polling_interval", polling_interval),
+        lease_duration=positive_number("lease_duration", lease_duration),
+        lease_renew_interval=positive_number("lease_renew_interval", lease_renew_interval),
+        max_concurrent_runs=positive_int("max_concurrent_runs", max_concurrent_runs),
+        preserve_steps=bool(preserve_steps),
+        retain_runs=None if retain_runs is None else parse_duration(retain_runs),
+    )
+    if settings.lease_renew_interval >= settings.lease_duration:
+        raise ValidationError(
+            f"lease_renew_interval ({settings.lease_renew_interval:g}s) must be shorter than "
+            f"lease_duration ({settings.lease_duration:g}s), or leases expire between renewals"
+        )
+    if clock is not None and not isinstance(clock, Clock):
+        raise ValidationError("clock must have now() and async sleep(seconds)")
+    owns = False
+    if url_or_storage is None:
+        url_or_storage = os.environ.get(URL_ENV) or DEFAULT_URL
+    if isinstance(url_or_storage, str):
+        storage = BackendRegistry(plugins).open(url_or_storage, **backend_options)
+        owns = True
+    elif isinstance(url_or_storage, Storage):
+        if backend_options:
+            raise ValidationError(
+                f"Backend options {sorted(backend_options)} only apply when a URL is given"
+            )
+        storage = url_or_storage
+    else:
+        raise ValidationError(
+            "create_durably() takes a database URL (e.g. 'sqlite:///durably.db') or a "
+            f"Storage object, got {type(url_or_storage).__name__}"
+        )
+    durably = Durably(
+        storage,
+        settings=settings,
+        clock=clock or SystemClock(),
+        labels_schema=labels,
+        on_listener_error=on_listener_error,
+        owns_storage=owns,
+    )
+    if jobs:
+        durably.register(jobs)
+    return durably

@@ -1,0 +1,74 @@
+"""What every part of one ``Durably`` shares: storage, clock, codec, bus, ids, settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ._clock import Clock, now_ms
+from ._events import EventBus, WorkerErrorEvent
+from ._storage import Storage
+from ._ulid import UlidGenerator
+from .codec import Codec
+
+if TYPE_CHECKING:
+    from ._job import JobDefinition
+    from ._runtime import Execution
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    polling_interval: float = 1.0
+    lease_duration: float = 30.0
+    lease_renew_interval: float = 5.0
+    max_concurrent_runs: int = 1
+    preserve_steps: bool = False
+    retain_runs: timedelta | None = None
+    purge_batch: int = 500
+
+
+@dataclass
+class Engine:
+    storage: Storage
+    clock: Clock
+    bus: EventBus
+    settings: Settings
+    codec: Codec = field(default_factory=Codec)
+    ids: UlidGenerator = field(default_factory=UlidGenerator)
+    owner: str = field(default_factory=default_owner)
+    jobs: dict[str, JobDefinition[Any, Any]] = field(default_factory=dict)
+    #: Runs executing in this process, by id (for in-process cancel).
+    active: dict[str, Execution] = field(default_factory=dict)
+
+    def now(self) -> datetime:
+        return now_ms(self.clock)
+
+    def new_id(self, at: datetime | None = None) -> str:
+        t = at or self.clock.now()
+        return self.ids.new(int(t.timestamp() * 1000))
+
+    def lease_expiry(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.settings.lease_duration)
+
+    def report_error(self, exc: BaseException, context: str, run_id: str | None = None) -> None:
+        """A ``worker:error`` event (and a log line when nobody listens)."""
+        if not self.bus.wants("worker:error"):
+            import logging
+
+            logging.getLogger("durably").warning(
+                "durably worker error (%s%s): %s",
+                context,
+                f", run {run_id}" if run_id else "",
+                exc,
+            )
+        self.bus.emit(
+            WorkerErrorEvent, error=str(exc) or type(exc).__name__, context=context, run_id=run_id
+        )

@@ -1,0 +1,243 @@
+"""The 15 event types and the bus that delivers them to listeners.
+
+Every event has ``type``, ``timestamp`` and ``sequence`` (per ``Durably``,
+increasing); events about a run also carry ``run_id``, ``job_name`` and
+``labels``. Listeners may be sync or async; an exception in one goes to the
+error handler and never reaches the run or the other listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+
+from ._clock import Clock
+from ._records import LogLevel, Progress
+
+logger = logging.getLogger("durably")
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    timestamp: datetime
+    sequence: int
+
+    @property
+    def type(self) -> str:
+        tag = self.__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+
+class RunEvent(Event, frozen=True, kw_only=True):
+    run_id: str
+    job_name: str
+    labels: dict[str, str]
+
+
+class RunTriggerEvent(RunEvent, frozen=True, kw_only=True, tag="run:trigger"):
+    input: Any
+
+
+class RunCoalescedEvent(RunEvent, frozen=True, kw_only=True, tag="run:coalesced"):
+    skipped_input: Any
+    skipped_labels: dict[str, str]
+
+
+class RunLeasedEvent(RunEvent, frozen=True, kw_only=True, tag="run:leased"):
+    input: Any
+    lease_owner: str
+    lease_expires_at: datetime
+
+
+class RunLeaseRenewedEvent(RunEvent, frozen=True, kw_only=True, tag="run:lease-renewed"):
+    lease_owner: str
+    lease_expires_at: datetime
+
+
+class RunCompleteEvent(RunEvent, frozen=True, kw_only=True, tag="run:complete"):
+    output: Any
+    duration: float  # milliseconds
+
+
+class RunFailEvent(RunEvent, frozen=True, kw_only=True, tag="run:fail"):
+    error: str
+    failed_step_name: str | None = None
+
+
+class RunCancelEvent(RunEvent, frozen=True, kw_only=True, tag="run:cancel"):
+    pass
+
+
+class RunDeleteEvent(RunEvent, frozen=True, kw_only=True, tag="run:delete"):
+    pass
+
+
+class RunProgressEvent(RunEvent, frozen=True, kw_only=True, tag="run:progress"):
+    progress: Progress
+
+
+class StepStartEvent(RunEvent, frozen=True, kw_only=True, tag="step:start"):
+    step_name: str
+    step_index: int
+
+
+class StepCompleteEvent(RunEvent, frozen=True, kw_only=True, tag="step:complete"):
+    step_name: str
+    step_index: int
+    output: Any
+    duration: float  # milliseconds
+
+
+class StepFailEvent(RunEvent, frozen=True, kw_only=True, tag="step:fail"):
+    step_name: str
+    step_index: int
+    error: str
+
+
+class StepCancelEvent(RunEvent, frozen=True, kw_only=True, tag="step:cancel"):
+    step_name: str
+    step_index: int
+
+
+class LogWriteEvent(RunEvent, frozen=True, kw_only=True, tag="log:write"):
+    step_name: str | None
+    level: LogLevel
+    message: str
+    data: Any = None
+
+
+class WorkerErrorEvent(Event, frozen=True, kw_only=True, tag="worker:error"):
+    error: str
+    context: str
+    run_id: str | None = None
+
+
+EventType = Literal[
+    "run:trigger",
+    "run:coalesced",
+    "run:leased",
+    "run:lease-renewed",
+    "run:complete",
+    "run:fail",
+    "run:cancel",
+    "run:delete",
+    "run:progress",
+    "step:start",
+    "step:complete",
+    "step:fail",
+    "step:cancel",
+    "log:write",
+    "worker:error",
+]
+
+EVENT_CLASSES: dict[str, type[Event]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        RunTriggerEvent,
+        RunCoalescedEvent,
+        RunLeasedEvent,
+        RunLeaseRenewedEvent,
+        RunCompleteEvent,
+        RunFailEvent,
+        RunCancelEvent,
+        RunDeleteEvent,
+        RunProgressEvent,
+        StepStartEvent,
+        StepCompleteEvent,
+        StepFailEvent,
+        StepCancelEvent,
+        LogWriteEvent,
+        WorkerErrorEvent,
+    )
+}
+
+#: Events after which a run emits nothing more.
+TERMINAL_EVENT_TYPES = frozenset({"run:complete", "run:fail", "run:cancel", "run:delete"})
+
+Listener: TypeAlias = Callable[[Any], "Awaitable[None] | None"]
+ErrorHandler: TypeAlias = Callable[[BaseException, Event], None]
+
+ANY = "*"
+
+
+def _log_listener_error(exc: BaseException, event: Event) -> None:
+    logger.error("durably: a listener for %r raised", event.type, exc_info=exc)
+
+
+class EventBus:
+    """Delivers events to listeners registered per type (or ``"*"`` for all)."""
+
+    def __init__(self, clock: Clock, on_listener_error: ErrorHandler | None = None) -> None:
+        self._clock = clock
+        self._listeners: dict[str, list[Listener]] = {}
+        self._sequence = itertools.count(1)
+        self._on_error = on_listener_error or _log_listener_error
+        self._pending: set[asyncio.Future[None]] = set()
+
+    def on(self, event_type: str, listener: Listener) -> Callable[[], None]:
+        """Register ``listener``; returns a function that unregisters it."""
+        if event_type != ANY and event_type not in EVENT_CLASSES:
+            from ._errors import ValidationError
+
+            known = ", ".join(sorted(EVENT_CLASSES))
+            raise ValidationError(f"Unknown event type {event_type!r}; known types: {known}, '*'")
+        if not callable(listener):
+            from ._errors import ValidationError
+
+            raise ValidationError(f"Listener for {event_type!r} must be callable")
+        self._listeners.setdefault(event_type, []).append(listener)
+
+        def unsubscribe() -> None:
+            listeners = self._listeners.get(event_type, [])
+            if listener in listeners:
+                listeners.remove(listener)
+
+        return unsubscribe
+
+    def wants(self, event_type: str) -> bool:
+        """Is anyone listening? Lets hot paths skip building events nobody reads."""
+        return bool(self._listeners.get(event_type)) or bool(self._listeners.get(ANY))
+
+    def emit(self, cls: type[Event], **fields: Any) -> None:
+        tag = cls.__struct_config__.tag
+        assert isinstance(tag, str)
+        targets = [*self._listeners.get(tag, ()), *self._listeners.get(ANY, ())]
+        if not targets:
+            next(self._sequence)
+            return
+        event = cls(timestamp=self._clock.now(), sequence=next(self._sequence), **fields)
+        for listener in targets:
+            try:
+                result = listener(event)
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    self._pending.add(task)
+                    task.add_done_callback(functools.partial(self._async_done, event=event))
+            except Exception as exc:
+                self._report(exc, event)
+
+    def _async_done(self, task: asyncio.Future[None], *, event: Event) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            self._report(exc, event)
+
+    def _report(self, exc: BaseException, event: Event) -> None:
+        try:
+            self._on_error(exc, event)
+        except Exception:
+            logger.exception("durably: the listener error handler raised")
+
+    async def drain(self) -> None:
+        """Wait for async listeners still running (used on stop)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)

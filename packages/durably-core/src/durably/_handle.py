@@ -1,0 +1,213 @@
+"""Job handles (``durably.jobs.<key>``) and what triggering returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._errors import NotFoundError, ValidationError
+from ._events import LogWriteEvent, RunProgressEvent
+from ._job import JobDefinition
+from ._records import Disposition, Run, RunStatus
+
+if TYPE_CHECKING:
+    from ._app import Durably
+
+I = TypeVar("I")  # noqa: E741
+O = TypeVar("O")  # noqa: E741
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """The run that now stands for a trigger, and how it came to be."""
+
+    run: Run
+    disposition: Disposition
+
+    @property
+    def id(self) -> str:
+        return self.run.id
+
+    @property
+    def status(self) -> RunStatus:
+        return self.run.status
+
+
+@dataclass(frozen=True)
+class RunResult(Generic[O]):
+    """A completed run with its output restored to the job's output type."""
+
+    id: str
+    output: O
+    disposition: Disposition
+    run: Run
+
+
+class JobHandle(Generic[I, O]):
+    """A registered job bound to one ``Durably``."""
+
+    def __init__(self, durably: Durably, key: str, definition: JobDefinition[I, O]) -> None:
+        self._durably = durably
+        self.key = key
+        self.definition = definition
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.key!r}, name={self.name!r})"
+
+    async def trigger(
+        self,
+        input: I | Any,
+        *,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+        labels: Mapping[str, str] | Any = None,
+        coalesce: str | None = None,
+    ) -> TriggerResult:
+        """Enqueue a run. Invalid input raises ``ValidationError`` and writes nothing."""
+        return await self._durably._trigger(
+            self.definition,
+            input,
+            idempotency_key=idempotency_key,
+            concurrency_key=concurrency_key,
+            labels=labels,
+            coalesce=coalesce,
+        )
+
+    async def batch_trigger(
+        self, items: Sequence[I | Any | tuple[I | Any, Mapping[str, Any]]]
+    ) -> list[TriggerResult]:
+        """Trigger many runs at once: every item is validated first (errors name the
+        index), then all are inserted in one transaction — all or nothing.
+
+        An item is an input, or ``(input, {"idempotency_key": ..., "labels": ...})``.
+        """
+        return await self._durably._batch_trigger(self.definition, items)
+
+    async def trigger_and_wait(
+        self,
+        input: I | Any,
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[RunProgressEvent], Any] | None = None,
+        on_log: Callable[[LogWriteEvent], Any] | None = None,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+        labels: Mapping[str, str] | Any = None,
+        coalesce: str | None = None,
+    ) -> RunResult[O]:
+        """Trigger and wait for the run to finish; returns the typed output.
+
+        Raises ``RunFailedError``, ``RunCancelledError``, ``NotFoundError`` (deleted)
+        or ``WaitTimeoutError`` (the run keeps going).
+        """
+        d = self._durably
+        unsubscribes: list[Callable[[], None]] = []
+        run_id: list[str] = []
+
+        def only_this_run(callback: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            def listener(event: Any) -> Any:
+                if run_id and event.run_id == run_id[0]:
+                    return callback(event)
+                return None
+
+            return listener
+
+        try:
+            if on_progress is not None:
+                unsubscribes.append(d.on("run:progress", only_this_run(on_progress)))
+            if on_log is not None:
+                unsubscribes.append(d.on("log:write", only_this_run(on_log)))
+            result = await self.trigger(
+                input,
+                idempotency_key=idempotency_key,
+                concurrency_key=concurrency_key,
+                labels=labels,
+                coalesce=coalesce,
+            )
+            run_id.append(result.id)
+            run = await d.wait_for_run(result.id, timeout=timeout)
+        finally:
+            for unsubscribe in unsubscribes:
+                unsubscribe()
+        return RunResult(
+            id=run.id,
+            output=self.decode_output(run.output),
+            disposition=result.disposition,
+            run=run,
+        )
+
+    def decode_output(self, output: Any) -> O:
+        """A stored output restored to the job's output type."""
+        tp = self.definition.output
+        if tp is None:
+            return output  # type: ignore[no-any-return]
+        return self._durably._engine.codec.to_typed(tp, output)  # type: ignore[no-any-return]
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """The run, if it exists and belongs to this job."""
+        run = await self._durably.get_run(run_id)
+        return run if run is not None and run.job_name == self.name else None
+
+    async def get_runs(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Run]:
+        return await self._durably.get_runs(
+            status=status, job_name=self.name, labels=labels, limit=limit, offset=offset
+        )
+
+
+class Jobs(Mapping[str, JobHandle[Any, Any]]):
+    """``durably.jobs.<key>`` and ``durably.jobs["key"]``."""
+
+    def __init__(self) -> None:
+        self._handles: dict[str, JobHandle[Any, Any]] = {}
+
+    def _add(self, key: str, handle: JobHandle[Any, Any]) -> None:
+        self._handles[key] = handle
+
+    def __getitem__(self, key: str) -> JobHandle[Any, Any]:
+        try:
+            return self._handles[key]
+        except KeyError:
+            raise NotFoundError(
+                f"No job registered under {key!r}; registered: {sorted(self._handles)}"
+            ) from None
+
+    def __getattr__(self, key: str) -> JobHandle[Any, Any]:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        handles = self.__dict__.get("_handles", {})
+        if key in handles:
+            return handles[key]  # type: ignore[no-any-return]
+        raise AttributeError(
+            f"No job registered under {key!r}; registered: {sorted(handles)}. "
+            "Pass jobs={'key': job} to create_durably() or call durably.register()."
+        )
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._handles
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._handles)
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __repr__(self) -> str:
+        return f"Jobs({sorted(self._handles)})"
+
+
+def check_job_key(key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValidationError(f"Job keys must be non-empty strings, got {key!r}")
+    return key

@@ -1,0 +1,97 @@
+"""Job definitions: a name, an async function, and optional input/output types."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from ._errors import ValidationError
+
+if TYPE_CHECKING:
+    from ._step import Step
+
+I = TypeVar("I")  # noqa: E741 - the conventional names of a job's input/output types
+O = TypeVar("O")  # noqa: E741
+
+JobFn = Callable[["Step", Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, eq=False)
+class JobDefinition(Generic[I, O]):
+    """What ``define_job`` returns. Register it on a ``Durably`` to get a handle.
+
+    ``input``/``output`` are pydantic models or any type a pydantic
+    ``TypeAdapter`` accepts; ``None`` means "any JSON value, unvalidated".
+    """
+
+    name: str
+    run: Callable[[Step, I], Awaitable[O]]
+    input: Any = None
+    output: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValidationError(f"Job name must be a non-empty string, got {self.name!r}")
+        if not inspect.iscoroutinefunction(self.run) and not inspect.iscoroutinefunction(
+            getattr(self.run, "__call__", None)  # noqa: B004 - async callable objects count too
+        ):
+            raise ValidationError(
+                f"Job {self.name!r}: the job function must be 'async def fn(step, input)', "
+                f"got {self.run!r}"
+            )
+
+    def __repr__(self) -> str:
+        return f"JobDefinition(name={self.name!r})"
+
+
+@overload
+def define_job(
+    name: str,
+    *,
+    input: type[I] | Any = None,
+    output: type[O] | Any = None,
+) -> Callable[[Callable[[Step, I], Awaitable[O]]], JobDefinition[I, O]]: ...
+
+
+@overload
+def define_job(
+    name: str | None = None,
+    *,
+    input: type[I] | Any = None,
+    output: type[O] | Any = None,
+    run: Callable[[Step, I], Awaitable[O]],
+) -> JobDefinition[I, O]: ...
+
+
+def define_job(
+    name: str | None = None,
+    *,
+    input: Any = None,
+    output: Any = None,
+    run: Callable[[Step, Any], Awaitable[Any]] | None = None,
+) -> Any:
+    """Define a job, as a decorator or with ``run=``::
+
+    @define_job("import-csv", input=ImportIn, output=ImportOut)
+    async def import_csv(step: Step, payload: ImportIn) -> ImportOut: ...
+
+    import_csv = define_job(name="import-csv", input=ImportIn, output=ImportOut, run=fn)
+    """
+    if run is not None:
+        if name is None:
+            raise ValidationError("define_job(run=...) needs name='job-name'")
+        return JobDefinition(name=name, run=run, input=input, output=output)
+    if name is None:
+        raise ValidationError("define_job needs a job name: @define_job('my-job', input=..., ...)")
+    if callable(name) and not isinstance(name, str):
+        raise ValidationError(
+            "define_job must be called with the job name: use @define_job('my-job'), "
+            "not a bare @define_job"
+        )
+
+    def decorate(fn: Callable[[Step, Any], Awaitable[Any]]) -> JobDefinition[Any, Any]:
+        return JobDefinition(name=name, run=fn, input=input, output=output)
+
+    return decorate

@@ -1,0 +1,365 @@
+"""Executing one claimed run: replay, lease renewal, progress/log writes, completion."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from datetime import datetime
+from typing import Any, Literal
+
+import pydantic
+from pydantic_core import PydanticSerializationError
+
+from ._engine import Engine
+from ._errors import LeaseLostError, StorageError
+from ._events import (
+    LogWriteEvent,
+    RunCompleteEvent,
+    RunFailEvent,
+    RunLeasedEvent,
+    RunLeaseRenewedEvent,
+    RunProgressEvent,
+)
+from ._job import JobDefinition
+from ._records import LogLevel, NewLog, NewStep, Progress, Run, RunStatus, StepRecord, StepStatus
+from ._step import Step, error_message
+from ._validate import describe_pydantic_error
+
+StopReason = Literal["cancelled", "lease-lost", "shutdown"]
+
+
+class Execution:
+    """One execution of a claimed run by this process. Every write is fenced by
+    the lease generation it was claimed with."""
+
+    def __init__(self, engine: Engine, run: Run) -> None:
+        self.engine = engine
+        self.storage = engine.storage
+        self.codec = engine.codec
+        self.bus = engine.bus
+        self.run = run
+        self.generation = run.lease_generation
+        self.lease_expires_at: datetime = run.lease_expires_at or engine.now()
+        self.completed: dict[str, StepRecord] = {}
+        self.cancel_flag = threading.Event()
+        self.current_step: str | None = None
+        self.failed_step_name: str | None = None
+        self.stop_reason: StopReason | None = None
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._task: asyncio.Task[Any] | None = None
+        self._pending_progress: Progress | None = None
+        self._pending_logs: list[NewLog] = []
+        self._flush_task: asyncio.Task[bool] | None = None
+
+    # -- helpers used by Step --
+
+    def now(self) -> datetime:
+        return self.engine.now()
+
+    def new_id(self) -> str:
+        return self.engine.new_id()
+
+    def report_error(self, exc: BaseException, context: str) -> None:
+        self.engine.report_error(exc, context, self.run.id)
+
+    def remember(self, name: str, index: int, output: Any, record: NewStep) -> None:
+        self.completed.setdefault(
+            name,
+            StepRecord(
+                id=record.id,
+                run_id=self.run.id,
+                name=name,
+                index=index,
+                status=StepStatus.COMPLETED,
+                output=output,
+                started_at=record.started_at,
+                completed_at=record.completed_at,
+            ),
+        )
+
+    def lease_lost(self, detail: str) -> LeaseLostError:
+        self.request_stop("lease-lost", cancel_task=False)
+        return LeaseLostError(
+            f"Run {self.run.id} is no longer leased by this worker ({detail}); "
+            "it was cancelled or taken over after the lease expired",
+            run_id=self.run.id,
+            generation=self.generation,
+        )
+
+    def request_stop(self, reason: StopReason, *, cancel_task: bool = True) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.cancel_flag.set()
+        if cancel_task and self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    # -- progress and logs: recorded at once, written in the background --
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def set_progress(self, current: float, total: float | None, message: str | None) -> None:
+        if not self._on_loop():
+            self._loop.call_soon_threadsafe(self.set_progress, current, total, message)
+            return
+        progress = Progress(current=current, total=total, message=message)
+        self._pending_progress = progress
+        run = self.run
+        self.bus.emit(
+            RunProgressEvent,
+            run_id=run.id,
+            job_name=run.job_name,
+            labels=run.labels,
+            progress=progress,
+        )
+        self._schedule_flush()
+
+    def log(self, level: LogLevel, message: str, data: dict[str, Any]) -> None:
+        if not self._on_loop():
+            step_name = self.current_step
+            self._loop.call_soon_threadsafe(self._log_on_loop, level, message, data, step_name)
+            return
+        self._log_on_loop(level, message, data, self.current_step)
+
+    def _log_on_loop(
+        self, level: LogLevel, message: str, data: dict[str, Any], step_name: str | None
+    ) -> None:
+        data_json: str | None = None
+        if data:
+            try:
+                data_json = self.codec.encode(data)
+            except TypeError:
+                data_json = self.codec.encode({k: repr(v) for k, v in data.items()})
+        now = self.now()
+        self._pending_logs.append(
+            NewLog(
+                id=self.new_id(),
+                step_name=step_name,
+                level=level,
+                message=str(message),
+                data_json=data_json,
+                created_at=now,
+            )
+        )
+        run = self.run
+        self.bus.emit(
+            LogWriteEvent,
+            run_id=run.id,
+            job_name=run.job_name,
+            labels=run.labels,
+            step_name=step_name,
+            level=level,
+            message=str(message),
+            data=None if data_json is None else self.codec.decode(data_json),
+        )
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = self._loop.create_task(self._write_pending())
+
+    async def _write_pending(self) -> bool:
+        """Write buffered progress and logs. False when the lease was lost."""
+        progress, self._pending_progress = self._pending_progress, None
+        logs, self._pending_logs = self._pending_logs, []
+        if progress is None and not logs:
+            return True
+        now = self.now()
+        try:
+            if progress is not None and not await self.storage.update_progress(
+                self.run.id, self.generation, progress, now
+            ):
+                self.request_stop("lease-lost")
+                return False
+            if logs and not await self.storage.append_logs(self.run.id, self.generation, logs, now):
+                self.request_stop("lease-lost")
+                return False
+        except StorageError as exc:
+            self.report_error(exc, "progress")
+        return True
+
+    async def flush(self) -> None:
+        """Make sure buffered progress and logs are written before the next checkpoint."""
+        task = self._flush_task
+        if task is not None and not task.done():
+            ok = await asyncio.shield(task)
+            if not ok:
+                raise self.lease_lost("progress was not saved")
+        if (self._pending_progress is not None or self._pending_logs) and not (
+            await self._write_pending()
+        ):
+            raise self.lease_lost("progress was not saved")
+
+    # -- the execution --
+
+    async def execute(self) -> None:
+        engine = self.engine
+        self.engine.active[self.run.id] = self
+        t0 = time.perf_counter()
+        renewal: asyncio.Task[None] | None = None
+        try:
+            job = engine.jobs.get(self.run.job_name)
+            if job is None:
+                await self._fail(f"Unknown job: {self.run.job_name}")
+                return
+            try:
+                payload = self._decode_input(job)
+            except pydantic.ValidationError as exc:
+                await self._fail(f"Invalid input: {describe_pydantic_error(exc)}")
+                return
+            for record in await self.storage.get_completed_steps(self.run.id):
+                self.completed.setdefault(record.name, record)
+            run = self.run
+            self.bus.emit(
+                RunLeasedEvent,
+                run_id=run.id,
+                job_name=run.job_name,
+                labels=run.labels,
+                input=run.input,
+                lease_owner=run.lease_owner or engine.owner,
+                lease_expires_at=self.lease_expires_at,
+            )
+            renewal = asyncio.create_task(self._renew_loop())
+            self._task = asyncio.ensure_future(job.run(Step(self), payload))
+            try:
+                await asyncio.wait({self._task})
+            except asyncio.CancelledError:
+                self.request_stop("shutdown")
+                raise
+            await self._settle(job, t0)
+        except StorageError as exc:
+            self.report_error(exc, "run-execution")
+        finally:
+            if renewal is not None:
+                renewal.cancel()
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+            self.cancel_flag.set()
+            if engine.active.get(self.run.id) is self:
+                del engine.active[self.run.id]
+
+    def _decode_input(self, job: JobDefinition[Any, Any]) -> Any:
+        if job.input is None:
+            return self.run.input
+        return self.codec.to_typed(job.input, self.run.input)
+
+    async def _settle(self, job: JobDefinition[Any, Any], t0: float) -> None:
+        task = self._task
+        assert task is not None
+        if self.stop_reason is not None or task.cancelled():
+            await self._after_stop()
+            return
+        exc = task.exception()
+        if exc is None:
+            await self._complete(job, task.result(), t0)
+        elif isinstance(exc, LeaseLostError):
+            self.stop_reason = "lease-lost"
+            await self._after_stop()
+        elif isinstance(exc, StorageError):
+            self.report_error(exc, "run-execution")
+        else:
+            await self._fail(error_message(exc), self.failed_step_name)
+
+    async def _after_stop(self) -> None:
+        if self.stop_reason == "lease-lost":
+            current = await self.storage.get_run(self.run.id)
+            if current is None or current.status is not RunStatus.CANCELLED:
+                self.report_error(
+                    LeaseLostError(
+                        f"Lost the lease on run {self.run.id}; it stopped without writing more",
+                        run_id=self.run.id,
+                        generation=self.generation,
+                    ),
+                    "lease-lost",
+                )
+
+    async def _complete(self, job: JobDefinition[Any, Any], value: Any, t0: float) -> None:
+        try:
+            if job.output is None:
+                text = self.codec.encode(value)
+            else:
+                adapter = self.codec.adapter(job.output)
+                text = adapter.dump_json(adapter.validate_python(value)).decode()
+        except pydantic.ValidationError as exc:
+            await self._fail(f"Invalid output: {describe_pydantic_error(exc)}")
+            return
+        except (TypeError, PydanticSerializationError) as exc:
+            await self._fail(f"Invalid output: not JSON-serializable ({exc})")
+            return
+        await self.flush_quietly()
+        now = self.now()
+        ok = await self.storage.complete_run(
+            self.run.id,
+            self.generation,
+            text,
+            now,
+            delete_steps=not self.engine.settings.preserve_steps,
+        )
+        if not ok:
+            self.stop_reason = "lease-lost"
+            await self._after_stop()
+            return
+        run = self.run
+        self.bus.emit(
+            RunCompleteEvent,
+            run_id=run.id,
+            job_name=run.job_name,
+            labels=run.labels,
+            output=self.codec.decode(text),
+            duration=(time.perf_counter() - t0) * 1000.0,
+        )
+
+    async def _fail(self, error: str, failed_step_name: str | None = None) -> None:
+        await self.flush_quietly()
+        ok = await self.storage.fail_run(self.run.id, self.generation, error, self.now())
+        if not ok:
+            self.stop_reason = "lease-lost"
+            await self._after_stop()
+            return
+        run = self.run
+        self.bus.emit(
+            RunFailEvent,
+            run_id=run.id,
+            job_name=run.job_name,
+            labels=run.labels,
+            error=error,
+            failed_step_name=failed_step_name,
+        )
+
+    async def flush_quietly(self) -> None:
+        with contextlib.suppress(LeaseLostError):
+            await self.flush()
+
+    async def _renew_loop(self) -> None:
+        engine = self.engine
+        interval = engine.settings.lease_renew_interval
+        while True:
+            remaining = (self.lease_expires_at - engine.now()).total_seconds()
+            await engine.clock.sleep(max(0.0, min(interval, remaining)))
+            now = engine.now()
+            if now >= self.lease_expires_at:
+                self.request_stop("lease-lost")
+                return
+            try:
+                expires = engine.lease_expiry(now)
+                ok = await self.storage.renew_lease(self.run.id, self.generation, now, expires)
+            except StorageError as exc:
+                self.report_error(exc, "lease-renewal")
+                continue
+            if not ok:
+                self.request_stop("lease-lost")
+                return
+            self.lease_expires_at = expires
+            run = self.run
+            if self.bus.wants("run:lease-renewed"):
+                self.bus.emit(
+                    RunLeaseRenewedEvent,
+                    run_id=run.id,
+                    job_name=run.job_name,
+                    labels=run.labels,
+                    lease_owner=run.lease_owner or engine.owner,
+                    lease_expires_at=expires,
+                )

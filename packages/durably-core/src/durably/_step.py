@@ -1,0 +1,233 @@
+"""``Step``: what a job function receives to checkpoint work, report progress and log."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from ._errors import LeaseLostError, RunCancelledError, StepOutputError, StorageError
+from ._events import (
+    StepCancelEvent,
+    StepCompleteEvent,
+    StepFailEvent,
+    StepStartEvent,
+)
+from ._records import LogLevel, NewStep, StepStatus
+from .codec import return_type_of
+
+if TYPE_CHECKING:
+    from ._runtime import Execution
+
+T = TypeVar("T")
+
+_UNSET: Any = object()
+
+
+def error_message(exc: BaseException) -> str:
+    """The text stored as a run's or step's error."""
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+class StepLog:
+    """``step.log.info/warn/error(message, **data)``: a ``log:write`` event, stored."""
+
+    def __init__(self, execution: Execution) -> None:
+        self._execution = execution
+
+    def info(self, message: str, **data: Any) -> None:
+        self._execution.log("info", message, data)
+
+    def warn(self, message: str, **data: Any) -> None:
+        self._execution.log("warn", message, data)
+
+    def error(self, message: str, **data: Any) -> None:
+        self._execution.log("error", message, data)
+
+    def write(self, level: LogLevel, message: str, **data: Any) -> None:
+        self._execution.log(level, message, data)
+
+
+class Step:
+    """The job's handle on its run. Steps run one after another."""
+
+    def __init__(self, execution: Execution) -> None:
+        self._x = execution
+        self._next_index = 0
+        self.log = StepLog(execution)
+
+    @property
+    def run_id(self) -> str:
+        return self._x.run.id
+
+    @property
+    def job_name(self) -> str:
+        return self._x.run.job_name
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was cancelled or its lease lost; sync code can poll it."""
+        return self._x.cancel_flag.is_set()
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """Set on cancellation; sync step code in a thread may wait on it."""
+        return self._x.cancel_flag
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``RunCancelledError`` if the run was cancelled (for long sync loops)."""
+        if self._x.cancel_flag.is_set():
+            raise RunCancelledError(self._x.run.id)
+
+    def progress(
+        self, current: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Record progress (``run:progress``); written in the background, latest wins."""
+        self._x.set_progress(current, total, message)
+
+    @overload
+    async def run(
+        self, name: str, fn: Callable[..., Any], *args: Any, returns: type[T], **kwargs: Any
+    ) -> T: ...
+
+    @overload
+    async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+
+    async def run(
+        self, name: str, fn: Callable[..., Any], *args: Any, returns: Any = _UNSET, **kwargs: Any
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` once and checkpoint its result under ``name``.
+
+        If the run already has a completed step called ``name``, its stored result
+        is returned and ``fn`` is not called. Sync functions run in a worker thread.
+        The value returned is always the stored one, decoded — restored to
+        ``returns`` (or ``fn``'s return annotation) when one is given.
+        """
+        x = self._x
+        if not isinstance(name, str) or not name:
+            raise StepOutputError(str(name), f"Step name must be a non-empty string, got {name!r}")
+        index = self._next_index
+        self._next_index += 1
+        tp = return_type_of(fn) if returns is _UNSET else returns
+        done = x.completed.get(name)
+        if done is not None:
+            return done.output if tp is None else x.codec.to_typed(tp, done.output)
+        if x.cancel_flag.is_set():
+            raise asyncio.CancelledError
+        await x.flush()
+        bus = x.bus
+        run = x.run
+        started = x.now()
+        t0 = time.perf_counter()
+        x.current_step = name
+        if bus.wants("step:start"):
+            bus.emit(
+                StepStartEvent,
+                run_id=run.id,
+                job_name=run.job_name,
+                labels=run.labels,
+                step_name=name,
+                step_index=index,
+            )
+        try:
+            if inspect.iscoroutinefunction(fn):
+                result = await fn(*args, **kwargs)
+            else:
+                result = await asyncio.to_thread(fn, *args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+        except asyncio.CancelledError:
+            x.current_step = None
+            bus.emit(
+                StepCancelEvent,
+                run_id=run.id,
+                job_name=run.job_name,
+                labels=run.labels,
+                step_name=name,
+                step_index=index,
+            )
+            raise
+        except Exception as exc:
+            x.current_step = None
+            await self._record_failure(name, index, started, exc)
+            raise
+        x.current_step = None
+        try:
+            text = x.codec.encode(result) if tp is None else x.codec.encode_typed(tp, result)
+        except TypeError as exc:
+            err = StepOutputError(
+                name,
+                f"Step {name!r} returned a value of type {type(result).__name__} that cannot be "
+                f"stored as JSON ({exc}). Return JSON-compatible data (dict, list, str, number, "
+                "bool, None), a pydantic model or a dataclass, or pass returns=<type>.",
+            )
+            x.failed_step_name = name
+            bus.emit(
+                StepFailEvent,
+                run_id=run.id,
+                job_name=run.job_name,
+                labels=run.labels,
+                step_name=name,
+                step_index=index,
+                error=str(err),
+            )
+            raise err from None
+        record = NewStep(
+            id=x.new_id(),
+            name=name,
+            index=index,
+            status=StepStatus.COMPLETED,
+            output_json=text,
+            started_at=started,
+            completed_at=x.now(),
+        )
+        if not await x.storage.persist_step(run.id, x.generation, record, record.completed_at):  # type: ignore[arg-type]
+            raise x.lease_lost(f"step {name!r} was not saved")
+        native = x.codec.decode(text)
+        x.remember(name, index, native, record)
+        x.failed_step_name = None
+        if bus.wants("step:complete"):
+            bus.emit(
+                StepCompleteEvent,
+                run_id=run.id,
+                job_name=run.job_name,
+                labels=run.labels,
+                step_name=name,
+                step_index=index,
+                output=native,
+                duration=(time.perf_counter() - t0) * 1000.0,
+            )
+        return native if tp is None else x.codec.decode_typed(tp, text)
+
+    async def _record_failure(self, name: str, index: int, started: Any, exc: Exception) -> None:
+        x = self._x
+        run = x.run
+        x.failed_step_name = name
+        message = error_message(exc)
+        if not isinstance(exc, LeaseLostError | StorageError):
+            record = NewStep(
+                id=x.new_id(),
+                name=name,
+                index=index,
+                status=StepStatus.FAILED,
+                error=message,
+                started_at=started,
+                completed_at=x.now(),
+            )
+            try:
+                await x.storage.persist_step(run.id, x.generation, record, record.completed_at)  # type: ignore[arg-type]
+            except StorageError as store_exc:
+                x.report_error(store_exc, "step-failure")
+        x.bus.emit(
+            StepFailEvent,
+            run_id=run.id,
+            job_name=run.job_name,
+            labels=run.labels,
+            step_name=name,
+            step_index=index,
+            error=message,
+        )

@@ -1,0 +1,95 @@
+"""Validation at the edges: job input, labels, trigger options, Durably options.
+
+Each failure is a ``ValidationError`` whose message says what was wrong and how
+to fix it; nothing has been written when one is raised.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import pydantic
+
+from ._errors import ValidationError
+
+LABEL_KEY = re.compile(r"^[a-zA-Z0-9\-_./]+$")
+
+
+def describe_pydantic_error(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(value)"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def validate_labels(
+    labels: Any, schema: Any, adapter: pydantic.TypeAdapter[Any] | None
+) -> dict[str, str]:
+    if labels is None:
+        labels = {}
+    if adapter is not None:
+        try:
+            validated = adapter.validate_python(labels)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(f"Invalid labels: {describe_pydantic_error(exc)}") from None
+        labels = (
+            validated.model_dump(mode="json", exclude_none=True)
+            if isinstance(validated, pydantic.BaseModel)
+            else validated
+        )
+    if not isinstance(labels, dict):
+        raise ValidationError(
+            f"Invalid labels: expected a dict of str to str, got {type(labels).__name__}"
+        )
+    for key, value in labels.items():
+        if not isinstance(key, str) or not LABEL_KEY.match(key):
+            raise ValidationError(
+                f"Invalid label key {key!r}: keys may use only letters, digits and - _ . /"
+            )
+        if not isinstance(value, str):
+            raise ValidationError(
+                f"Invalid label {key!r}: values must be strings, got {type(value).__name__}"
+            )
+    return dict(labels)
+
+
+def validate_key(kind: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"Invalid {kind}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def validate_coalesce(coalesce: Any, concurrency_key: str | None) -> bool:
+    if coalesce is None:
+        return False
+    if coalesce != "skip":
+        raise ValidationError(f"Invalid coalesce {coalesce!r}: the only supported value is 'skip'")
+    if concurrency_key is None:
+        raise ValidationError(
+            "coalesce='skip' needs a concurrency_key: it returns the pending run of that key"
+        )
+    return True
+
+
+def positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not ok:
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise ValidationError(f"Invalid {name} {value!r}: expected a number of seconds {bound}")
+    return float(value)
+
+
+def positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValidationError(f"Invalid {name} {value!r}: expected an integer ≥ 1")
+    return value

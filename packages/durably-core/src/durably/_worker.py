@@ -1,0 +1,133 @@
+"""The worker: claims runs into free slots and executes them.
+
+One loop per ``Durably``: it fills every free slot at once, then waits for a
+wake-up (a run triggered or finished in this process) or the polling interval
+— a single idle poll shared by all slots. While idle it does maintenance:
+releasing expired leases and purging old runs when ``retain_runs`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from datetime import datetime
+
+from ._engine import Engine
+from ._errors import StorageError
+from ._records import Run
+from ._runtime import Execution
+
+MAX_BACKOFF = 30.0
+
+
+async def claim(engine: Engine) -> Run | None:
+    now = engine.now()
+    return await engine.storage.claim_next(engine.owner, now, engine.lease_expiry(now))
+
+
+class Worker:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._last_maintenance: datetime | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stopping = False
+        self._loop_task = asyncio.create_task(self._loop(), name="durably-worker")
+
+    def notify(self) -> None:
+        """Wake the loop now (a run was triggered, or a slot freed up)."""
+        self._wake.set()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming; wait for in-flight runs (cancel them after ``timeout``)."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(set(self._running), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _loop(self) -> None:
+        engine = self._engine
+        settings = engine.settings
+        backoff = 0.0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                claimed = await self._fill_slots()
+                backoff = 0.0
+            except StorageError as exc:
+                engine.report_error(exc, "claim")
+                backoff = min(MAX_BACKOFF, max(settings.polling_interval, backoff * 2))
+                await self._wait(backoff * (0.5 + random.random() / 2))
+                continue
+            if not claimed and not self._running:
+                await self._maintain()
+            if self._stopping:
+                break
+            await self._wait(settings.polling_interval)
+
+    async def _fill_slots(self) -> bool:
+        engine = self._engine
+        claimed = False
+        while not self._stopping and len(self._running) < engine.settings.max_concurrent_runs:
+            run = await claim(engine)
+            if run is None:
+                break
+            claimed = True
+            task = asyncio.create_task(Execution(engine, run).execute(), name=f"durably-{run.id}")
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+        return claimed
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            self._engine.report_error(exc, "run-execution")
+        self._wake.set()
+
+    async def _wait(self, seconds: float) -> None:
+        if self._wake.is_set() or self._stopping:
+            return
+        sleeper = asyncio.ensure_future(self._engine.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    async def _maintain(self) -> None:
+        engine = self._engine
+        now = engine.now()
+        last = self._last_maintenance
+        if last is not None and (now - last).total_seconds() < engine.settings.polling_interval:
+            return
+        self._last_maintenance = now
+        try:
+            await engine.storage.release_expired_leases(now)
+            retain = engine.settings.retain_runs
+            if retain is not None:
+                await engine.storage.purge_runs(now - retain, engine.settings.purge_batch)
+        except StorageError as exc:
+            engine.report_error(exc, "maintenance")
