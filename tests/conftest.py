@@ -1,0 +1,69 @@
+"""Shared fixtures: every backend the engine tests run on, a manual clock, and a
+factory of ``Durably`` instances that are closed after the test."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from durably import Durably, Storage, create_durably
+from durably_testing.clock import ManualClock
+
+#: Backends the engine tests are parametrized over (one pytest invocation covers all).
+BACKENDS = ["memory"]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path) -> str:
+    return {
+        "memory": "memory://",
+        "sqlite-file": f"sqlite:///{tmp_path / 'durably.db'}",
+        "sqlite-memory": "sqlite:///:memory:",
+    }[backend]
+
+
+MakeDurably = Callable[..., Durably]
+
+
+@pytest.fixture
+async def make_durably(backend: str, db_url: str, clock: ManualClock) -> AsyncIterator[MakeDurably]:
+    """``make_durably(jobs=..., same_db_as=other, **options)``.
+
+    ``same_db_as`` gives a second instance on the same database, as another
+    process would have: a new connection to the same file, or the same storage
+    object where a database lives only in this process (memory, ``:memory:``).
+    """
+    made: list[Durably] = []
+
+    def make(
+        jobs: dict[str, Any] | None = None, *, same_db_as: Durably | None = None, **options: Any
+    ) -> Durably:
+        options.setdefault("clock", clock)
+        target: str | Storage = db_url
+        if same_db_as is not None and backend != "sqlite-file":
+            target = same_db_as.storage
+        d = create_durably(target, jobs=jobs, **options)
+        made.append(d)
+        return d
+
+    yield make
+    for d in reversed(made):
+        await d.stop(timeout=0)
+    for d in reversed(made):
+        # closing a shared storage twice is fine; a broken one must not hide the test result
+        with contextlib.suppress(Exception):
+            await d.storage.close()
