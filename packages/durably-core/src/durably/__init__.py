@@ -45,7 +45,9 @@ from ._events import (
 from ._handle import JobHandle, Jobs, RunResult, TriggerResult
 from ._job import JobDefinition, define_job
 from ._records import (
+    Disposition,
     EnqueueResult,
+    LogLevel,
     LogRecord,
     NewLog,
     NewRun,
@@ -63,6 +65,7 @@ from ._storage import Storage
 __all__ = [
     "Clock",
     "ConflictError",
+    "Disposition",
     "Durably",
     "DurablyError",
     "EnqueueResult",
@@ -72,6 +75,7 @@ __all__ = [
     "JobHandle",
     "Jobs",
     "LeaseLostError",
+    "LogLevel",
     "LogRecord",
     "LogWriteEvent",
     "NewLog",

@@ -443,11 +443,11 @@ class Durably:
                 run = await self.get_run(run_id)
                 if run is None:
                     raise NotFoundError(f"Run not found: {run_id} (deleted?)", run_id=run_id)
-                if run.status is RunStatus.COMPLETED:
+                if run.status == RunStatus.COMPLETED:
                     return run
-                if run.status is RunStatus.FAILED:
+                if run.status == RunStatus.FAILED:
                     raise RunFailedError(run_id, run.error, failed_step[0])
-                if run.status is RunStatus.CANCELLED:
+                if run.status == RunStatus.CANCELLED:
                     raise RunCancelledError(run_id)
                 wait = engine.settings.polling_interval
                 if deadline is not None:

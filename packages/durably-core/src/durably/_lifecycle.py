@@ -53,7 +53,7 @@ def can_delete(status: RunStatus) -> bool:
 def has_live_lease(run: Run, now: datetime) -> bool:
     """Leased and not yet expired at ``now``."""
     return (
-        run.status is RunStatus.LEASED
+        run.status == RunStatus.LEASED
         and run.lease_expires_at is not None
         and run.lease_expires_at > now
     )
@@ -61,10 +61,10 @@ def has_live_lease(run: Run, now: datetime) -> bool:
 
 def is_claimable(run: Run, now: datetime) -> bool:
     """Pending, or leased with a lease that expired at or before ``now``."""
-    if run.status is RunStatus.PENDING:
+    if run.status == RunStatus.PENDING:
         return True
     return (
-        run.status is RunStatus.LEASED
+        run.status == RunStatus.LEASED
         and run.lease_expires_at is not None
         and run.lease_expires_at <= now
     )
@@ -87,7 +87,7 @@ def claim_order(run: Run) -> tuple[datetime, str]:
 
 def holds_lease(run: Run, generation: int) -> bool:
     """The fencing guard of every write about a claimed run."""
-    return run.status is RunStatus.LEASED and run.lease_generation == generation
+    return run.status == RunStatus.LEASED and run.lease_generation == generation
 
 
 def can_renew(run: Run, generation: int, now: datetime) -> bool:
@@ -97,11 +97,11 @@ def can_renew(run: Run, generation: int, now: datetime) -> bool:
 
 def pending_conflicts(run: Run, others: Iterable[Run]) -> bool:
     """Would ``run`` be a second pending run for its (job, concurrency key)?"""
-    if run.status is not RunStatus.PENDING or run.concurrency_key is None:
+    if run.status != RunStatus.PENDING or run.concurrency_key is None:
         return False
     return any(
         o.id != run.id
-        and o.status is RunStatus.PENDING
+        and o.status == RunStatus.PENDING
         and o.job_name == run.job_name
         and o.concurrency_key == run.concurrency_key
         for o in others

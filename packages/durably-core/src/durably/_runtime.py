@@ -266,7 +266,7 @@ class Execution:
     async def _after_stop(self) -> None:
         if self.stop_reason == "lease-lost":
             current = await self.storage.get_run(self.run.id)
-            if current is None or current.status is not RunStatus.CANCELLED:
+            if current is None or current.status != RunStatus.CANCELLED:
                 self.report_error(
                     LeaseLostError(
                         f"Lost the lease on run {self.run.id}; it stopped without writing more",

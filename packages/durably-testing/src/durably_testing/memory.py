@@ -1,0 +1,417 @@
+"""``MemoryStorage``: the :class:`durably.Storage` contract kept in dicts.
+
+Every rule comes from :mod:`durably._lifecycle` (guards and transitions), so the
+rules exist once; this module only stores records and applies them. Each
+operation runs synchronously inside its ``async def`` (no ``await`` in the
+middle of a mutation), which makes every operation atomic. Timestamps are
+normalised the way the database stores them (UTC, millisecond precision), and
+JSON text is decoded with msgspec into JSON-native values, so what a test sees
+here is what it would see from a SQL backend.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from durably import (
+    ConflictError,
+    EnqueueResult,
+    LogRecord,
+    NewLog,
+    NewRun,
+    NewStep,
+    Progress,
+    Run,
+    RunFilter,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    StorageError,
+    ValidationError,
+)
+from durably import _lifecycle as life
+from durably._timefmt import format_ts, parse_ts
+from durably.plugins import url_scheme
+
+__all__ = ["MemoryStorage"]
+
+
+def _ts(t: datetime) -> datetime:
+    """``t`` as the database would return it: aware UTC, truncated to milliseconds."""
+    return parse_ts(format_ts(t))
+
+
+def _ts_opt(t: datetime | None) -> datetime | None:
+    return None if t is None else _ts(t)
+
+
+def _fresh(run: Run) -> Run:
+    """A copy whose mutable values the caller may change without touching the store
+    (as with a database, where every read decodes anew)."""
+    return msgspec.structs.replace(
+        run,
+        input=copy.deepcopy(run.input),
+        output=copy.deepcopy(run.output),
+        labels=dict(run.labels),
+    )
+
+
+def _fresh_step(step: StepRecord) -> StepRecord:
+    return msgspec.structs.replace(step, output=copy.deepcopy(step.output))
+
+
+def _fresh_log(log: LogRecord) -> LogRecord:
+    return msgspec.structs.replace(log, data=copy.deepcopy(log.data))
+
+
+def _decode(text: str, what: str) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"{what} is not valid JSON: {exc}") from exc
+
+
+def _decode_opt(text: str | None, what: str) -> Any:
+    return None if text is None else _decode(text, what)
+
+
+def _enqueue_into(runs: dict[str, Run], new: NewRun, coalesce: bool) -> EnqueueResult:
+    """Apply one enqueue to ``runs`` (mutated only when a run is created)."""
+    if new.idempotency_key is not None:
+        for existing in runs.values():
+            if (
+                existing.job_name == new.job_name
+                and existing.idempotency_key == new.idempotency_key
+            ):
+                return EnqueueResult(existing, "idempotent")
+    if new.id in runs:
+        raise StorageError(f"A run with id {new.id!r} already exists; run ids must be unique")
+    created_at = _ts(new.created_at)
+    run = Run(
+        id=new.id,
+        job_name=new.job_name,
+        input=_decode(new.input_json, f"Input of run {new.id}"),
+        status=RunStatus.PENDING,
+        idempotency_key=new.idempotency_key,
+        concurrency_key=new.concurrency_key,
+        labels=dict(new.labels),
+        created_at=created_at,
+        updated_at=created_at,
+    )
+    if life.pending_conflicts(run, runs.values()):
+        pending = _pending_with_key(runs, run.job_name, run.concurrency_key)
+        if coalesce:
+            return EnqueueResult(pending, "coalesced")
+        raise ConflictError(
+            f"Job {new.job_name!r} already has a pending run ({pending.id}) with "
+            f"concurrency key {new.concurrency_key!r}; wait for it to start, or trigger "
+            'with coalesce="skip" to get that pending run back instead',
+            run_id=pending.id,
+            status=pending.status.value,
+        )
+    runs[run.id] = run
+    return EnqueueResult(run, "created")
+
+
+def _pending_with_key(runs: dict[str, Run], job_name: str, concurrency_key: str | None) -> Run:
+    return next(
+        r
+        for r in runs.values()
+        if r.status is RunStatus.PENDING
+        and r.job_name == job_name
+        and r.concurrency_key == concurrency_key
+    )
+
+
+def _matches(run: Run, query: RunFilter) -> bool:
+    if query.statuses is not None and run.status not in query.statuses:
+        return False
+    if query.job_names is not None and run.job_name not in query.job_names:
+        return False
+    return query.labels is None or all(run.labels.get(k) == v for k, v in query.labels.items())
+
+
+class MemoryStorage:
+    """In-memory :class:`durably.Storage` for tests and the ``memory://`` URL.
+
+    Each instance is its own database; nothing is shared between instances.
+    ``close()`` and ``migrate()`` are no-ops, so it stays usable after ``close``.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[str, Run] = {}
+        self._steps: dict[str, list[StepRecord]] = {}
+        self._logs: dict[str, list[LogRecord]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MemoryStorage:
+        """Open a ``memory://`` URL. No options are accepted."""
+        if url_scheme(url) != "memory":
+            raise ValidationError(
+                f"MemoryStorage opens memory:// URLs only, not {url!r}; use 'memory://'"
+            )
+        if options:
+            names = ", ".join(sorted(options))
+            raise ValidationError(
+                f"Unknown option(s) for the memory:// backend: {names}; it takes no options"
+            )
+        return cls()
+
+    def __repr__(self) -> str:
+        return f"<MemoryStorage runs={len(self._runs)}>"
+
+    async def migrate(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # -- triggering --
+
+    async def enqueue(self, run: NewRun, *, coalesce: bool = False) -> EnqueueResult:
+        result = _enqueue_into(self._runs, run, coalesce)
+        return EnqueueResult(_fresh(result.run), result.disposition)
+
+    async def enqueue_many(self, runs: Sequence[tuple[NewRun, bool]]) -> list[EnqueueResult]:
+        staged = dict(self._runs)
+        results = [_enqueue_into(staged, new, coalesce) for new, coalesce in runs]
+        self._runs = staged
+        return [EnqueueResult(_fresh(r.run), r.disposition) for r in results]
+
+    # -- reading --
+
+    async def get_run(self, run_id: str) -> Run | None:
+        run = self._runs.get(run_id)
+        return None if run is None else _fresh(run)
+
+    async def get_runs(self, query: RunFilter) -> list[Run]:
+        found = sorted(
+            (r for r in self._runs.values() if _matches(r, query)),
+            key=lambda r: (r.created_at, r.id),
+            reverse=True,
+        )
+        end = None if query.limit is None else query.offset + max(query.limit, 0)
+        return [_fresh(r) for r in found[query.offset : end]]
+
+    async def get_steps(self, run_id: str) -> list[StepRecord]:
+        steps = sorted(self._steps.get(run_id, ()), key=lambda s: (s.index, s.started_at, s.id))
+        return [_fresh_step(s) for s in steps]
+
+    async def get_completed_steps(self, run_id: str) -> list[StepRecord]:
+        return [s for s in await self.get_steps(run_id) if s.status is StepStatus.COMPLETED]
+
+    async def get_logs(self, run_id: str) -> list[LogRecord]:
+        logs = sorted(self._logs.get(run_id, ()), key=lambda log: (log.created_at, log.id))
+        return [_fresh_log(log) for log in logs]
+
+    # -- leases --
+
+    async def claim_next(
+        self,
+        owner: str,
+        now: datetime,
+        lease_expires_at: datetime,
+        job_names: Sequence[str] | None = None,
+    ) -> Run | None:
+        now = _ts(now)
+        candidates = [
+            r
+            for r in self._runs.values()
+            if life.is_claimable(r, now)
+            and (job_names is None or r.job_name in job_names)
+            and not life.concurrency_blocked(r, self._runs.values(), now)
+        ]
+        if not candidates:
+            return None
+        run = life.claimed(min(candidates, key=life.claim_order), owner, now, _ts(lease_expires_at))
+        self._runs[run.id] = run
+        return _fresh(run)
+
+    async def renew_lease(
+        self, run_id: str, generation: int, now: datetime, lease_expires_at: datetime
+    ) -> bool:
+        now = _ts(now)
+        run = self._runs.get(run_id)
+        if run is None or not life.can_renew(run, generation, now):
+            return False
+        self._runs[run_id] = life.renewed(run, now, _ts(lease_expires_at))
+        return True
+
+    async def release_expired_leases(self, now: datetime) -> int:
+        now = _ts(now)
+        expired = sorted(
+            (
+                r
+                for r in self._runs.values()
+                if r.status is RunStatus.LEASED and life.is_claimable(r, now)
+            ),
+            key=life.claim_order,
+        )
+        count = 0
+        for run in expired:
+            released = life.released(run, now)
+            if life.pending_conflicts(released, self._runs.values()):
+                continue
+            self._runs[run.id] = released
+            count += 1
+        return count
+
+    # -- fenced writes by the lease holder --
+
+    def _held(self, run_id: str, generation: int) -> Run | None:
+        run = self._runs.get(run_id)
+        if run is None or not life.holds_lease(run, generation):
+            return None
+        return run
+
+    async def persist_step(
+        self, run_id: str, generation: int, step: NewStep, now: datetime
+    ) -> bool:
+        now = _ts(now)
+        run = self._held(run_id, generation)
+        if run is None:
+            return False
+        steps = self._steps.get(run_id, [])
+        if step.status is StepStatus.COMPLETED and any(
+            s.name == step.name and s.status is StepStatus.COMPLETED for s in steps
+        ):
+            raise ConflictError(
+                f"Run {run_id} already has a completed step named {step.name!r}; "
+                "a completed step is replayed, never written twice",
+                run_id=run_id,
+                status=run.status.value,
+            )
+        record = StepRecord(
+            id=step.id,
+            run_id=run_id,
+            name=step.name,
+            index=step.index,
+            status=step.status,
+            output=_decode_opt(step.output_json, f"Output of step {step.name!r}"),
+            error=step.error,
+            started_at=_ts(step.started_at),
+            completed_at=_ts_opt(step.completed_at),
+        )
+        self._steps[run_id] = [*steps, record]
+        if step.status is StepStatus.COMPLETED:
+            self._runs[run_id] = life.step_completed(run, step.index, now)
+        return True
+
+    async def update_progress(
+        self, run_id: str, generation: int, progress: Progress, now: datetime
+    ) -> bool:
+        now = _ts(now)
+        run = self._held(run_id, generation)
+        if run is None:
+            return False
+        self._runs[run_id] = life.with_progress(run, progress, now)
+        return True
+
+    async def append_logs(
+        self, run_id: str, generation: int, logs: Sequence[NewLog], now: datetime
+    ) -> bool:
+        if self._held(run_id, generation) is None:
+            return False
+        records = [
+            LogRecord(
+                id=log.id,
+                run_id=run_id,
+                step_name=log.step_name,
+                level=log.level,
+                message=log.message,
+                data=_decode_opt(log.data_json, f"Data of log entry {log.id}"),
+                created_at=_ts(log.created_at),
+            )
+            for log in logs
+        ]
+        if records:
+            self._logs[run_id] = [*self._logs.get(run_id, []), *records]
+        return True
+
+    async def complete_run(
+        self,
+        run_id: str,
+        generation: int,
+        output_json: str,
+        now: datetime,
+        *,
+        delete_steps: bool,
+    ) -> bool:
+        now = _ts(now)
+        run = self._held(run_id, generation)
+        if run is None:
+            return False
+        output = _decode(output_json, f"Output of run {run_id}")
+        self._runs[run_id] = life.completed(run, output, now)
+        if delete_steps:
+            self._forget_children(run_id)
+        return True
+
+    async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
+        now = _ts(now)
+        run = self._held(run_id, generation)
+        if run is None:
+            return False
+        self._runs[run_id] = life.failed(run, error, now)
+        return True
+
+    # -- control --
+
+    async def cancel_run(self, run_id: str, now: datetime) -> Run | None:
+        run = self._runs.get(run_id)
+        if run is None or not life.can_cancel(run.status):
+            return None
+        updated = life.cancelled(run, _ts(now))
+        self._runs[run_id] = updated
+        return _fresh(updated)
+
+    async def retry_run(self, run_id: str, now: datetime) -> Run | None:
+        run = self._runs.get(run_id)
+        if run is None or not life.can_retry(run.status):
+            return None
+        updated = life.retried(run, _ts(now))
+        if life.pending_conflicts(updated, self._runs.values()):
+            pending = _pending_with_key(self._runs, run.job_name, run.concurrency_key)
+            raise ConflictError(
+                f"Cannot retry run {run_id}: job {run.job_name!r} already has a pending run "
+                f"({pending.id}) with concurrency key {run.concurrency_key!r}; wait until "
+                "it has started, or cancel it, then retry",
+                run_id=run_id,
+                status=run.status.value,
+            )
+        self._runs[run_id] = updated
+        return _fresh(updated)
+
+    async def delete_run(self, run_id: str) -> Run | None:
+        run = self._runs.get(run_id)
+        if run is None or not life.can_delete(run.status):
+            return None
+        del self._runs[run_id]
+        self._forget_children(run_id)
+        return _fresh(run)
+
+    async def purge_runs(self, completed_before: datetime, limit: int) -> int:
+        cutoff = _ts(completed_before)
+        doomed = sorted(
+            (
+                r
+                for r in self._runs.values()
+                if life.is_terminal(r.status)
+                and r.completed_at is not None
+                and r.completed_at < cutoff
+            ),
+            key=lambda r: (r.completed_at or cutoff, r.id),
+        )[: max(limit, 0)]
+        for run in doomed:
+            del self._runs[run.id]
+            self._forget_children(run.id)
+        return len(doomed)
+
+    def _forget_children(self, run_id: str) -> None:
+        self._steps.pop(run_id, None)
+        self._logs.pop(run_id, None)
