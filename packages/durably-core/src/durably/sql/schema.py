@@ -1,0 +1,215 @@
+"""The SQLite-dialect schema and its migrations.
+
+Schema version 1 is, byte for byte, what the TypeScript reference
+(``@coji/durably`` 0.15, migration 1, through Kysely) creates, so a database
+made by either one can be used by the other. The statements below are the
+exact SQL Kysely sends (``sqlite_master`` then keeps them from the object name
+on, with the prefix normalized to ``CREATE TABLE`` / ``CREATE [UNIQUE] INDEX``),
+including the whitespace of the two raw partial-index statements.
+
+Versions are recorded in two tables:
+
+- ``durably_schema_versions`` (the reference's): version 1, with ``applied_at``
+  in the database timestamp format. Python never adds rows here — the reference
+  applies every migration numbered above the highest row it finds, and its later
+  releases use versions 2–4 for their own tables.
+- ``durably_py_schema_versions``: Python-only, additive migrations (new tables,
+  new nullable or defaulted columns). A database whose Python-side version is
+  newer than this release knows raises :class:`durably.SchemaVersionError`
+  before anything is written.
+
+:func:`migrate` is idempotent and safe from several processes at once: every
+write is one atomic batch (``BEGIN IMMEDIATE`` … ``COMMIT``); version 1 is all
+``IF NOT EXISTS`` plus ``INSERT OR IGNORE``; a Python migration inserts its
+version row first, so a second process racing it fails on the primary key,
+rolls back, and moves on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .._errors import SchemaVersionError
+from .executor import ConstraintViolation, Executor, Statement
+
+__all__ = [
+    "PY_MIGRATIONS",
+    "PY_SCHEMA_VERSION",
+    "PY_VERSIONS_DDL",
+    "REFERENCE_SCHEMA_VERSION",
+    "SCHEMA_V1",
+    "Migration",
+    "migrate",
+]
+
+#: Schema version 1, in the reference's order (tables, then their indexes).
+SCHEMA_V1: tuple[str, ...] = (
+    (
+        'create table if not exists "durably_runs" ("id" text primary key, "job_name" text not'
+        ' null, "input" text not null, "status" text not null, "idempotency_key" text,'
+        ' "concurrency_key" text, "labels" text default \'{}\' not null, "current_step_index"'
+        ' integer default 0 not null, "completed_step_count" integer default 0 not null, "progress"'
+        ' text, "output" text, "error" text, "lease_owner" text, "lease_expires_at" text,'
+        ' "lease_generation" integer default 0 not null, "started_at" text, "completed_at" text,'
+        ' "created_at" text not null, "updated_at" text not null)'
+    ),
+    (
+        'create unique index if not exists "idx_durably_runs_job_idempotency" on "durably_runs"'
+        ' ("job_name", "idempotency_key")'
+    ),
+    (
+        'create index if not exists "idx_durably_runs_status_concurrency" on "durably_runs"'
+        ' ("status", "concurrency_key")'
+    ),
+    (
+        'create index if not exists "idx_durably_runs_status_created" on "durably_runs" ("status",'
+        ' "created_at")'
+    ),
+    (
+        'create index if not exists "idx_durably_runs_status_lease_expires" on "durably_runs"'
+        ' ("status", "lease_expires_at")'
+    ),
+    (
+        'create index if not exists "idx_durably_runs_job_created" on "durably_runs" ("job_name",'
+        ' "created_at")'
+    ),
+    (
+        'create index if not exists "idx_durably_runs_status_completed" on "durably_runs"'
+        ' ("status", "completed_at")'
+    ),
+    (
+        'create table if not exists "durably_run_labels" ("run_id" text not null, "key" text not'
+        ' null, "value" text not null)'
+    ),
+    (
+        'create unique index if not exists "idx_durably_run_labels_pk" on "durably_run_labels"'
+        ' ("run_id", "key")'
+    ),
+    (
+        'create index if not exists "idx_durably_run_labels_key_value" on "durably_run_labels"'
+        ' ("key", "value")'
+    ),
+    (
+        'create table if not exists "durably_steps" ("id" text primary key, "run_id" text not null,'
+        ' "name" text not null, "index" integer not null, "status" text not null, "output" text,'
+        ' "error" text, "started_at" text not null, "completed_at" text)'
+    ),
+    (
+        'create index if not exists "idx_durably_steps_run_index" on "durably_steps" ("run_id",'
+        ' "index")'
+    ),
+    (
+        "\n        CREATE UNIQUE INDEX IF NOT EXISTS idx_durably_steps_completed_unique\n        ON"
+        " durably_steps(run_id, name) WHERE status = 'completed'\n      "
+    ),
+    (
+        'create table if not exists "durably_logs" ("id" text primary key, "run_id" text not null,'
+        ' "step_name" text, "level" text not null, "message" text not null, "data" text,'
+        ' "created_at" text not null)'
+    ),
+    (
+        'create index if not exists "idx_durably_logs_run_created" on "durably_logs" ("run_id",'
+        ' "created_at")'
+    ),
+    (
+        'create table if not exists "durably_schema_versions" ("version" integer primary key,'
+        ' "applied_at" text not null)'
+    ),
+    (
+        "\n        CREATE UNIQUE INDEX IF NOT EXISTS idx_durably_runs_pending_concurrency\n       "
+        " ON durably_runs (job_name, concurrency_key)\n        WHERE status = 'pending' AND"
+        " concurrency_key IS NOT NULL\n      "
+    ),
+)
+
+#: The highest reference (``durably_schema_versions``) version this release creates.
+REFERENCE_SCHEMA_VERSION = 1
+
+PY_VERSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS durably_py_schema_versions "
+    "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A Python-only schema change: additive statements applied in one transaction."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+#: Python-only migrations, oldest first (versions 1, 2, …). None yet.
+PY_MIGRATIONS: tuple[Migration, ...] = ()
+
+#: The Python-side schema version of this release.
+PY_SCHEMA_VERSION = max((m.version for m in PY_MIGRATIONS), default=0)
+
+_TABLES_SQL = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' "
+    "AND name IN ('durably_schema_versions', 'durably_py_schema_versions')"
+)
+
+
+async def _versions(executor: Executor) -> tuple[int, int | None]:
+    """(reference version, Python version or None when its table does not exist)."""
+    tables = {row[0] for row in await executor.fetch(_TABLES_SQL)}
+    reference = 0
+    if "durably_schema_versions" in tables:
+        rows = await executor.fetch("SELECT MAX(version) FROM durably_schema_versions")
+        reference = int(rows[0][0] or 0) if rows else 0
+    python: int | None = None
+    if "durably_py_schema_versions" in tables:
+        rows = await executor.fetch("SELECT MAX(version) FROM durably_py_schema_versions")
+        python = int(rows[0][0] or 0) if rows else 0
+    return reference, python
+
+
+async def migrate(
+    executor: Executor,
+    applied_at: str,
+    migrations: Sequence[Migration] = PY_MIGRATIONS,
+) -> None:
+    """Create or upgrade the schema. ``applied_at`` is the timestamp text recorded
+    for the versions applied now."""
+    known = max((m.version for m in migrations), default=0)
+    reference, python = await _versions(executor)
+    if python is not None and python > known:
+        raise SchemaVersionError(
+            f"This database has durably (Python) schema version {python}, but this "
+            f"release only knows versions up to {known}. Upgrade durably to a release "
+            "that supports it; the database was not changed."
+        )
+    if reference < REFERENCE_SCHEMA_VERSION:
+        statements: list[Statement] = [(ddl, ()) for ddl in SCHEMA_V1]
+        statements.append(
+            (
+                "INSERT OR IGNORE INTO durably_schema_versions (version, applied_at) VALUES (1, ?)",
+                (applied_at,),
+            )
+        )
+        statements.append((PY_VERSIONS_DDL, ()))
+        await executor.batch(statements)
+    elif python is None:
+        await executor.execute(PY_VERSIONS_DDL)
+    current = python or 0
+    for migration in sorted(migrations, key=lambda m: m.version):
+        if migration.version <= current:
+            continue
+        batch: list[Statement] = [
+            (PY_VERSIONS_DDL, ()),
+            (
+                "INSERT INTO durably_py_schema_versions (version, applied_at) VALUES (?, ?)",
+                (migration.version, applied_at),
+            ),
+            *((ddl, ()) for ddl in migration.statements),
+        ]
+        try:
+            await executor.batch(batch)
+        except ConstraintViolation as exc:
+            if exc.table != "durably_py_schema_versions":
+                raise
+            # Another process applied this version first; its batch did the work.
+            continue

@@ -1,0 +1,640 @@
+"""``SqlStorage``: every :class:`durably.Storage` operation as SQLite-dialect SQL.
+
+Each operation is ONE statement or ONE atomic batch (see :mod:`durably.sql.executor`),
+so the same code runs on a local file and over remote libSQL, where a call is one
+request. The guarantees live in the statements themselves (SCHEMA.md):
+
+- the claim is a single ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING``;
+- every fenced write carries ``status = 'leased' AND lease_generation = ?``; an
+  ``INSERT`` of a step or log row is an ``INSERT … SELECT … FROM durably_runs WHERE
+  <guard>``, so it writes nothing when the guard fails;
+- the statements of a batch that must apply together carry the same guard and are
+  evaluated before any of them changes the run row (the run's own update comes last);
+- a trigger inserts first: ``ON CONFLICT`` on the idempotency index (and, when
+  coalescing, on the pending-concurrency index) does nothing, and reads in the same
+  transaction say which run stands for the request; a pending-concurrency violation
+  without coalescing fails the whole batch and becomes ``ConflictError``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from .._errors import ConflictError, StorageCorruptError
+from .._records import (
+    EnqueueResult,
+    LogRecord,
+    NewLog,
+    NewRun,
+    NewStep,
+    Progress,
+    Run,
+    RunFilter,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+)
+from .._timefmt import format_ts as _format_ts
+from .._timefmt import parse_ts
+from .executor import ConstraintViolation, Executor, Params, Row, SqlValue, Statement
+from .schema import migrate as _migrate
+
+__all__ = ["SqlStorage"]
+
+RUN_COLUMNS = (
+    "id, job_name, input, status, idempotency_key, concurrency_key, labels, "
+    "current_step_index, completed_step_count, progress, output, error, lease_owner, "
+    "lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at"
+)
+STEP_COLUMNS = 'id, run_id, name, "index", status, output, error, started_at, completed_at'
+LOG_COLUMNS = "id, run_id, step_name, level, message, data, created_at"
+
+_TERMINAL = "('completed', 'failed', 'cancelled')"
+_FENCE = "status = 'leased' AND lease_generation = ?"
+_HELD = f"EXISTS (SELECT 1 FROM durably_runs WHERE id = ? AND {_FENCE})"
+
+# -- trigger --
+
+_INSERT_RUN = (
+    "INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, concurrency_key, "
+    "labels, current_step_index, completed_step_count, lease_generation, created_at, updated_at) "
+    "VALUES (?, ?, ?, 'pending', ?, ?, ?, 0, 0, 0, ?, ?) "
+    "ON CONFLICT (job_name, idempotency_key) DO NOTHING "
+)
+_ON_PENDING_CONFLICT = (
+    "ON CONFLICT (job_name, concurrency_key) "
+    "WHERE status = 'pending' AND concurrency_key IS NOT NULL DO NOTHING "
+)
+_INSERT_RUN_PLAIN = _INSERT_RUN + f"RETURNING {RUN_COLUMNS}"
+_INSERT_RUN_COALESCE = _INSERT_RUN + _ON_PENDING_CONFLICT + f"RETURNING {RUN_COLUMNS}"
+_SELECT_IDEMPOTENT = (
+    f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE job_name = ? AND idempotency_key = ?"
+)
+_SELECT_PENDING = (
+    f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE job_name = ? AND concurrency_key = ? "
+    "AND status = 'pending' ORDER BY created_at, id LIMIT 1"
+)
+
+# -- leases --
+
+_CLAIM = (
+    "UPDATE durably_runs SET status = 'leased', lease_owner = ?, lease_expires_at = ?, "
+    "lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?), "
+    "updated_at = ? "
+    "WHERE id = (SELECT c.id FROM durably_runs AS c "
+    "WHERE (c.status = 'pending' OR (c.status = 'leased' AND c.lease_expires_at IS NOT NULL "
+    "AND c.lease_expires_at <= ?)){jobs} "
+    "AND (c.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM durably_runs AS a "
+    "WHERE a.concurrency_key = c.concurrency_key AND a.id <> c.id AND a.status = 'leased' "
+    "AND a.lease_expires_at IS NOT NULL AND a.lease_expires_at > ?)) "
+    f"ORDER BY c.created_at, c.id LIMIT 1) RETURNING {RUN_COLUMNS}"
+)
+_RENEW = (
+    "UPDATE durably_runs SET lease_expires_at = ?, updated_at = ? "
+    f"WHERE id = ? AND {_FENCE} AND lease_expires_at > ?"
+)
+# The oldest expired lease of a (job, concurrency key) goes back to pending, unless that
+# key already has a pending run (the partial unique index allows one).
+_RELEASE = (
+    "UPDATE durably_runs SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, "
+    "updated_at = ? "
+    "WHERE status = 'leased' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ? "
+    "AND (concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM durably_runs AS o "
+    "WHERE o.job_name = durably_runs.job_name AND o.concurrency_key = durably_runs.concurrency_key "
+    "AND o.id <> durably_runs.id AND (o.status = 'pending' OR (o.status = 'leased' "
+    "AND o.lease_expires_at IS NOT NULL AND o.lease_expires_at <= ? "
+    "AND (o.created_at < durably_runs.created_at OR (o.created_at = durably_runs.created_at "
+    "AND o.id < durably_runs.id))))))"
+)
+
+# -- fenced writes --
+
+_INSERT_STEP = (
+    'INSERT INTO durably_steps (id, run_id, name, "index", status, output, error, '
+    "started_at, completed_at) SELECT ?, id, ?, ?, ?, ?, ?, ?, ? FROM durably_runs "
+    f"WHERE id = ? AND {_FENCE} RETURNING 1"
+)
+_ADVANCE = (
+    "UPDATE durably_runs SET current_step_index = MAX(current_step_index, ?), "
+    f"completed_step_count = completed_step_count + 1, updated_at = ? WHERE id = ? AND {_FENCE}"
+)
+_PROGRESS = f"UPDATE durably_runs SET progress = ?, updated_at = ? WHERE id = ? AND {_FENCE}"
+_HOLDS = f"SELECT 1 FROM durably_runs WHERE id = ? AND {_FENCE}"
+_LOG_CHUNK = 100
+_COMPLETE = (
+    "UPDATE durably_runs SET status = 'completed', output = ?, error = NULL, "
+    "lease_owner = NULL, lease_expires_at = NULL, completed_at = ?, updated_at = ? "
+    f"WHERE id = ? AND {_FENCE}"
+)
+_FAIL = (
+    "UPDATE durably_runs SET status = 'failed', error = ?, lease_owner = NULL, "
+    "lease_expires_at = NULL, completed_at = ?, updated_at = ? "
+    f"WHERE id = ? AND {_FENCE}"
+)
+_DELETE_STEPS_IF_HELD = f"DELETE FROM durably_steps WHERE run_id = ? AND {_HELD}"
+_DELETE_LOGS_IF_HELD = f"DELETE FROM durably_logs WHERE run_id = ? AND {_HELD}"
+
+# -- control --
+
+_CANCEL = (
+    "UPDATE durably_runs SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, "
+    "completed_at = ?, updated_at = ? WHERE id = ? AND status IN ('pending', 'leased') "
+    f"RETURNING {RUN_COLUMNS}"
+)
+_RETRY = (
+    "UPDATE durably_runs SET status = 'pending', output = NULL, error = NULL, "
+    "lease_owner = NULL, lease_expires_at = NULL, completed_at = NULL, updated_at = ? "
+    f"WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING {RUN_COLUMNS}"
+)
+_IS_TERMINAL = f"EXISTS (SELECT 1 FROM durably_runs WHERE id = ? AND status IN {_TERMINAL})"
+_DELETE_RUN: tuple[str, ...] = (
+    f"DELETE FROM durably_steps WHERE run_id = ? AND {_IS_TERMINAL}",
+    f"DELETE FROM durably_logs WHERE run_id = ? AND {_IS_TERMINAL}",
+    f"DELETE FROM durably_run_labels WHERE run_id = ? AND {_IS_TERMINAL}",
+    f"DELETE FROM durably_runs WHERE id = ? AND status IN {_TERMINAL} RETURNING {RUN_COLUMNS}",
+)
+_PURGE_IDS = (
+    f"SELECT id FROM durably_runs WHERE status IN {_TERMINAL} AND completed_at IS NOT NULL "
+    "AND completed_at < ? ORDER BY completed_at, id LIMIT ?"
+)
+_PURGE: tuple[str, ...] = (
+    f"DELETE FROM durably_steps WHERE run_id IN ({_PURGE_IDS})",
+    f"DELETE FROM durably_logs WHERE run_id IN ({_PURGE_IDS})",
+    f"DELETE FROM durably_run_labels WHERE run_id IN ({_PURGE_IDS})",
+    f"DELETE FROM durably_runs WHERE id IN ({_PURGE_IDS}) RETURNING id",
+)
+
+# -- reads --
+
+_GET_RUN = f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = ?"
+_GET_STEPS = (
+    f'SELECT {STEP_COLUMNS} FROM durably_steps WHERE run_id = ? ORDER BY "index", started_at, id'
+)
+_GET_COMPLETED_STEPS = (
+    f"SELECT {STEP_COLUMNS} FROM durably_steps WHERE run_id = ? AND status = 'completed' "
+    'ORDER BY "index", started_at, id'
+)
+_GET_LOGS = f"SELECT {LOG_COLUMNS} FROM durably_logs WHERE run_id = ? ORDER BY created_at, id"
+_LABEL_MATCH = (
+    "EXISTS (SELECT 1 FROM durably_run_labels AS l WHERE l.run_id = durably_runs.id "
+    "AND l.key = ? AND l.value = ?)"
+)
+
+#: ``format_ts`` memoized: one operation often formats the same instant more than once
+#: (a step's completion time is usually the ``now`` of its write).
+format_ts = functools.lru_cache(maxsize=256)(_format_ts)
+_decode = msgspec.json.Decoder().decode
+_decode_progress = msgspec.json.Decoder(Progress).decode
+_encode = msgspec.json.Encoder().encode
+_RUN_STATUS = {s.value: s for s in RunStatus}
+_STEP_STATUS = {s.value: s for s in StepStatus}
+
+
+def _ts(value: str | None) -> datetime | None:
+    return None if value is None else parse_ts(value)
+
+
+def _json(text: str | None) -> Any:
+    # As the reference reads it: an empty or missing value is null.
+    return _decode(text) if text else None
+
+
+def _progress(text: str | None) -> Progress | None:
+    if not text:
+        return None
+    try:
+        return _decode_progress(text)
+    except msgspec.ValidationError:  # not a progress object: nothing we can show
+        return None
+
+
+def _status(value: str) -> RunStatus:
+    try:
+        return _RUN_STATUS[value]
+    except KeyError:
+        raise StorageCorruptError(
+            f"A run has status {value!r}, which this release of durably does not know; "
+            "upgrade durably"
+        ) from None
+
+
+def _run(row: Row) -> Run:
+    return Run(
+        id=row[0],
+        job_name=row[1],
+        input=_json(row[2]),
+        status=_status(row[3]),
+        idempotency_key=row[4],
+        concurrency_key=row[5],
+        labels=_decode(row[6]) if row[6] else {},
+        current_step_index=row[7],
+        completed_step_count=row[8],
+        progress=_progress(row[9]),
+        output=_json(row[10]),
+        error=row[11],
+        lease_owner=row[12],
+        lease_expires_at=_ts(row[13]),
+        lease_generation=row[14],
+        started_at=_ts(row[15]),
+        completed_at=_ts(row[16]),
+        created_at=parse_ts(row[17]),
+        updated_at=parse_ts(row[18]),
+    )
+
+
+def _step(row: Row) -> StepRecord:
+    return StepRecord(
+        id=row[0],
+        run_id=row[1],
+        name=row[2],
+        index=row[3],
+        status=_STEP_STATUS[row[4]],
+        output=_json(row[5]),
+        error=row[6],
+        started_at=parse_ts(row[7]),
+        completed_at=_ts(row[8]),
+    )
+
+
+def _log(row: Row) -> LogRecord:
+    return LogRecord(
+        id=row[0],
+        run_id=row[1],
+        step_name=row[2],
+        level=row[3],
+        message=row[4],
+        data=_json(row[5]),
+        created_at=parse_ts(row[6]),
+    )
+
+
+def _number(value: float) -> float | int:
+    """Integral floats as integers, as JavaScript's ``JSON.stringify`` writes them."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def progress_json(progress: Progress) -> str:
+    """The reference's progress JSON: ``{"current":n,"total":n,"message":s}``, unset
+    ``total``/``message`` keys omitted."""
+    data: dict[str, Any] = {"current": _number(progress.current)}
+    if progress.total is not None:
+        data["total"] = _number(progress.total)
+    if progress.message is not None:
+        data["message"] = progress.message
+    return _encode(data).decode()
+
+
+def _in_list(count: int) -> str:
+    return "(" + ", ".join("?" * count) + ")"
+
+
+def _pending_conflict(run: NewRun, pending_id: str | None) -> ConflictError:
+    which = f" ({pending_id})" if pending_id else ""
+    return ConflictError(
+        f"Job {run.job_name!r} already has a pending run{which} with concurrency key "
+        f"{run.concurrency_key!r}; wait for it to start, or trigger with "
+        'coalesce="skip" to get that pending run back instead',
+        run_id=pending_id,
+        status=RunStatus.PENDING.value,
+    )
+
+
+class SqlStorage:
+    """:class:`durably.Storage` over an :class:`~durably.sql.Executor` (SQLite dialect)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+
+    async def migrate(self) -> None:
+        await _migrate(self.executor, format_ts(datetime.now(UTC)))
+
+    async def close(self) -> None:
+        await self.executor.close()
+
+    # -- triggering --
+
+    @staticmethod
+    def _enqueue_statements(run: NewRun, coalesce: bool) -> list[Statement]:
+        coalescing = coalesce and run.concurrency_key is not None
+        created = format_ts(run.created_at)
+        statements: list[Statement] = [
+            (
+                _INSERT_RUN_COALESCE if coalescing else _INSERT_RUN_PLAIN,
+                (
+                    run.id,
+                    run.job_name,
+                    run.input_json,
+                    run.idempotency_key,
+                    run.concurrency_key,
+                    _encode(run.labels).decode(),
+                    created,
+                    created,
+                ),
+            )
+        ]
+        if run.labels:
+            # Only when the run row was inserted by this statement group: a fresh id
+            # exists only if the INSERT above applied.
+            values = ", ".join(["(?, ?)"] * len(run.labels))
+            params: list[SqlValue] = [run.id]
+            for key, value in run.labels.items():
+                params += (key, value)
+            params.append(run.id)
+            statements.append(
+                (
+                    "INSERT INTO durably_run_labels (run_id, key, value) "
+                    f"SELECT ?, column1, column2 FROM (VALUES {values}) "
+                    "WHERE EXISTS (SELECT 1 FROM durably_runs WHERE id = ?)",
+                    params,
+                )
+            )
+        if run.idempotency_key is not None:
+            statements.append((_SELECT_IDEMPOTENT, (run.job_name, run.idempotency_key)))
+        if coalescing:
+            statements.append((_SELECT_PENDING, (run.job_name, run.concurrency_key)))
+        return statements
+
+    @staticmethod
+    def _enqueue_result(run: NewRun, coalesce: bool, results: list[list[Row]]) -> EnqueueResult:
+        inserted = results[0]
+        if inserted:
+            return EnqueueResult(_run(inserted[0]), "created")
+        pos = 2 if run.labels else 1
+        if run.idempotency_key is not None:
+            found = results[pos]
+            pos += 1
+            if found:
+                return EnqueueResult(_run(found[0]), "idempotent")
+        if coalesce and run.concurrency_key is not None and results[pos]:
+            return EnqueueResult(_run(results[pos][0]), "coalesced")
+        raise ConflictError(  # pragma: no cover - the conflict targets above cover every case
+            f"Run {run.id} of job {run.job_name!r} was neither inserted nor matched an "
+            "existing run",
+            run_id=run.id,
+        )
+
+    async def _enqueue_all(self, items: Sequence[tuple[NewRun, bool]]) -> list[EnqueueResult]:
+        groups = [self._enqueue_statements(run, coalesce) for run, coalesce in items]
+        statements = [statement for group in groups for statement in group]
+        try:
+            if len(statements) == 1:
+                results = [await self.executor.fetch(*statements[0])]
+            else:
+                results = await self.executor.batch(statements)
+        except ConstraintViolation as exc:
+            raise await self._enqueue_conflict(items, exc) from exc
+        out: list[EnqueueResult] = []
+        pos = 0
+        for (run, coalesce), group in zip(items, groups, strict=True):
+            out.append(self._enqueue_result(run, coalesce, results[pos : pos + len(group)]))
+            pos += len(group)
+        return out
+
+    async def _enqueue_conflict(
+        self, items: Sequence[tuple[NewRun, bool]], exc: ConstraintViolation
+    ) -> Exception:
+        if exc.table == "durably_runs" and "concurrency_key" in exc.columns:
+            # Name the run that clashed: with a pending run already stored, or with an
+            # earlier item of the same batch.
+            seen: dict[tuple[str, str], str] = {}
+            for run, _ in items:
+                if run.concurrency_key is None:
+                    continue
+                key = (run.job_name, run.concurrency_key)
+                if key in seen:
+                    return _pending_conflict(run, seen[key])
+                seen[key] = run.id
+                found = await self.executor.fetch(_SELECT_PENDING, key)
+                if found:
+                    return _pending_conflict(run, found[0][0])
+            return ConflictError(f"A pending run already exists for a concurrency key ({exc})")
+        if exc.table == "durably_runs" and exc.columns == ("id",):
+            return ConflictError(f"A run with this id already exists ({exc})")
+        return exc
+
+    async def enqueue(self, run: NewRun, *, coalesce: bool = False) -> EnqueueResult:
+        [result] = await self._enqueue_all([(run, coalesce)])
+        return result
+
+    async def enqueue_many(self, runs: Sequence[tuple[NewRun, bool]]) -> list[EnqueueResult]:
+        if not runs:
+            return []
+        return await self._enqueue_all(runs)
+
+    # -- reading --
+
+    async def get_run(self, run_id: str) -> Run | None:
+        rows = await self.executor.fetch(_GET_RUN, (run_id,))
+        return _run(rows[0]) if rows else None
+
+    async def get_runs(self, query: RunFilter) -> list[Run]:
+        where: list[str] = []
+        params: list[SqlValue] = []
+        if query.statuses is not None:
+            statuses = [RunStatus(s).value for s in query.statuses]
+            where.append(f"status IN {_in_list(len(statuses))}" if statuses else "0")
+            params += statuses
+        if query.job_names is not None:
+            names = query.job_names
+            where.append(f"job_name IN {_in_list(len(names))}" if names else "0")
+            params += names
+        for key, value in (query.labels or {}).items():
+            where.append(_LABEL_MATCH)
+            params += (key, value)
+        sql = f"SELECT {RUN_COLUMNS} FROM durably_runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if query.limit is not None or query.offset:
+            sql += " LIMIT ? OFFSET ?"
+            params += (-1 if query.limit is None else max(query.limit, 0), max(query.offset, 0))
+        return [_run(row) for row in await self.executor.fetch(sql, params)]
+
+    async def get_steps(self, run_id: str) -> list[StepRecord]:
+        return [_step(row) for row in await self.executor.fetch(_GET_STEPS, (run_id,))]
+
+    async def get_completed_steps(self, run_id: str) -> list[StepRecord]:
+        return [_step(row) for row in await self.executor.fetch(_GET_COMPLETED_STEPS, (run_id,))]
+
+    async def get_logs(self, run_id: str) -> list[LogRecord]:
+        return [_log(row) for row in await self.executor.fetch(_GET_LOGS, (run_id,))]
+
+    # -- leases --
+
+    async def claim_next(
+        self,
+        owner: str,
+        now: datetime,
+        lease_expires_at: datetime,
+        job_names: Sequence[str] | None = None,
+    ) -> Run | None:
+        now_s = format_ts(now)
+        params: list[SqlValue] = [owner, format_ts(lease_expires_at), now_s, now_s, now_s]
+        jobs = ""
+        if job_names is not None:
+            if not job_names:
+                return None
+            jobs = f" AND c.job_name IN {_in_list(len(job_names))}"
+            params += job_names
+        params.append(now_s)
+        rows = await self.executor.fetch(_CLAIM.format(jobs=jobs), params)
+        return _run(rows[0]) if rows else None
+
+    async def renew_lease(
+        self, run_id: str, generation: int, now: datetime, lease_expires_at: datetime
+    ) -> bool:
+        now_s = format_ts(now)
+        params = (format_ts(lease_expires_at), now_s, run_id, generation, now_s)
+        return await self.executor.execute(_RENEW, params) > 0
+
+    async def release_expired_leases(self, now: datetime) -> int:
+        now_s = format_ts(now)
+        return await self.executor.execute(_RELEASE, (now_s, now_s, now_s))
+
+    # -- fenced writes by the lease holder --
+
+    async def persist_step(
+        self, run_id: str, generation: int, step: NewStep, now: datetime
+    ) -> bool:
+        insert: Params = (
+            step.id,
+            step.name,
+            step.index,
+            step.status.value,
+            step.output_json,
+            step.error,
+            format_ts(step.started_at),
+            None if step.completed_at is None else format_ts(step.completed_at),
+            run_id,
+            generation,
+        )
+        try:
+            if step.status is not StepStatus.COMPLETED:
+                return bool(await self.executor.fetch(_INSERT_STEP, insert))
+            advance: Params = (step.index + 1, format_ts(now), run_id, generation)
+            results = await self.executor.batch([(_INSERT_STEP, insert), (_ADVANCE, advance)])
+        except ConstraintViolation as exc:
+            if exc.table == "durably_steps" and "name" in exc.columns:
+                raise ConflictError(
+                    f"Run {run_id} already has a completed step named {step.name!r}; a "
+                    "completed step is replayed, never written twice",
+                    run_id=run_id,
+                    status=RunStatus.LEASED.value,
+                ) from exc
+            raise
+        return bool(results[0])
+
+    async def update_progress(
+        self, run_id: str, generation: int, progress: Progress, now: datetime
+    ) -> bool:
+        params = (progress_json(progress), format_ts(now), run_id, generation)
+        return await self.executor.execute(_PROGRESS, params) > 0
+
+    async def append_logs(
+        self, run_id: str, generation: int, logs: Sequence[NewLog], now: datetime
+    ) -> bool:
+        if not logs:
+            return bool(await self.executor.fetch(_HOLDS, (run_id, generation)))
+        statements: list[Statement] = []
+        for start in range(0, len(logs), _LOG_CHUNK):
+            chunk = logs[start : start + _LOG_CHUNK]
+            params: list[SqlValue] = []
+            for log in chunk:
+                params += (
+                    log.id,
+                    log.step_name,
+                    log.level,
+                    log.message,
+                    log.data_json,
+                    format_ts(log.created_at),
+                )
+            params += (run_id, generation)
+            values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+            statements.append(
+                (
+                    f"INSERT INTO durably_logs ({LOG_COLUMNS}) "
+                    "SELECT v.column1, r.id, v.column2, v.column3, v.column4, v.column5, "
+                    f"v.column6 FROM durably_runs AS r, (VALUES {values}) AS v "
+                    "WHERE r.id = ? AND r.status = 'leased' AND r.lease_generation = ? "
+                    "RETURNING 1",
+                    params,
+                )
+            )
+        if len(statements) == 1:
+            return bool(await self.executor.fetch(*statements[0]))
+        results = await self.executor.batch(statements)
+        return bool(results[0])
+
+    async def complete_run(
+        self,
+        run_id: str,
+        generation: int,
+        output_json: str,
+        now: datetime,
+        *,
+        delete_steps: bool,
+    ) -> bool:
+        now_s = format_ts(now)
+        complete: Params = (output_json, now_s, now_s, run_id, generation)
+        if not delete_steps:
+            return await self.executor.execute(_COMPLETE, complete) > 0
+        guard: Params = (run_id, run_id, generation)
+        results = await self.executor.batch(
+            [
+                (_DELETE_STEPS_IF_HELD, guard),
+                (_DELETE_LOGS_IF_HELD, guard),
+                (_COMPLETE + " RETURNING 1", complete),
+            ]
+        )
+        return bool(results[2])
+
+    async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
+        now_s = format_ts(now)
+        return await self.executor.execute(_FAIL, (error, now_s, now_s, run_id, generation)) > 0
+
+    # -- control --
+
+    async def cancel_run(self, run_id: str, now: datetime) -> Run | None:
+        now_s = format_ts(now)
+        rows = await self.executor.fetch(_CANCEL, (now_s, now_s, run_id))
+        return _run(rows[0]) if rows else None
+
+    async def retry_run(self, run_id: str, now: datetime) -> Run | None:
+        try:
+            rows = await self.executor.fetch(_RETRY, (format_ts(now), run_id))
+        except ConstraintViolation as exc:
+            if exc.table == "durably_runs" and "concurrency_key" in exc.columns:
+                raise ConflictError(
+                    f"Run {run_id} cannot go back to pending: another run of the same job "
+                    "and concurrency key is already pending",
+                    run_id=run_id,
+                ) from exc
+            raise
+        return _run(rows[0]) if rows else None
+
+    async def delete_run(self, run_id: str) -> Run | None:
+        guard = (run_id, run_id)
+        results = await self.executor.batch(
+            [
+                (_DELETE_RUN[0], guard),
+                (_DELETE_RUN[1], guard),
+                (_DELETE_RUN[2], guard),
+                (_DELETE_RUN[3], (run_id,)),
+            ]
+        )
+        rows = results[3]
+        return _run(rows[0]) if rows else None
+
+    async def purge_runs(self, completed_before: datetime, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        params = (format_ts(completed_before), limit)
+        results = await self.executor.batch([(sql, params) for sql in _PURGE])
+        return len(results[3])
