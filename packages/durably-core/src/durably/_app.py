@@ -148,6 +148,10 @@ class Durably:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc is not None and not isinstance(exc, Exception):
+            # Ctrl-C / cancellation: don't wait for runs to finish; their leases
+            # expire and another worker resumes them after the last checkpoint.
+            await self.stop(timeout=0)
         await self.close()
 
     # -- jobs --

@@ -48,21 +48,34 @@ class JobDefinition(Generic[I, O]):
 
 @overload
 def define_job(
-    name: str,
-    *,
-    input: type[I] | Any = None,
-    output: type[O] | Any = None,
+    name: str, *, input: type[I], output: type[O]
 ) -> Callable[[Callable[[Step, I], Awaitable[O]]], JobDefinition[I, O]]: ...
+
+
+@overload
+def define_job(
+    name: str, *, input: Any = None, output: Any = None
+) -> Callable[[Callable[[Step, Any], Awaitable[Any]]], JobDefinition[Any, Any]]: ...
 
 
 @overload
 def define_job(
     name: str | None = None,
     *,
-    input: type[I] | Any = None,
-    output: type[O] | Any = None,
+    input: type[I],
+    output: type[O],
     run: Callable[[Step, I], Awaitable[O]],
 ) -> JobDefinition[I, O]: ...
+
+
+@overload
+def define_job(
+    name: str | None = None,
+    *,
+    input: Any = None,
+    output: Any = None,
+    run: Callable[[Step, Any], Awaitable[Any]],
+) -> JobDefinition[Any, Any]: ...
 
 
 def define_job(

@@ -47,6 +47,8 @@ class Execution:
         self.current_step: str | None = None
         self.failed_step_name: str | None = None
         self.stop_reason: StopReason | None = None
+        #: The worker:error context of a lost lease: who noticed it.
+        self.lost_context = "lease-lost"
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._task: asyncio.Task[Any] | None = None
@@ -249,10 +251,14 @@ class Execution:
     async def _settle(self, job: JobDefinition[Any, Any], t0: float) -> None:
         task = self._task
         assert task is not None
+        exc = None if task.cancelled() else task.exception()  # also marks it retrieved
         if self.stop_reason is not None or task.cancelled():
             await self._after_stop()
             return
-        exc = task.exception()
+        if exc is not None and not isinstance(exc, Exception):
+            # KeyboardInterrupt, SystemExit, a simulated crash: the process is going
+            # down; record nothing and let the lease expire.
+            raise exc
         if exc is None:
             await self._complete(job, task.result(), t0)
         elif isinstance(exc, LeaseLostError):
@@ -273,7 +279,7 @@ class Execution:
                         run_id=self.run.id,
                         generation=self.generation,
                     ),
-                    "lease-lost",
+                    self.lost_context,
                 )
 
     async def _complete(self, job: JobDefinition[Any, Any], value: Any, t0: float) -> None:
@@ -341,6 +347,7 @@ class Execution:
             await engine.clock.sleep(max(0.0, min(interval, remaining)))
             now = engine.now()
             if now >= self.lease_expires_at:
+                self.lost_context = "lease-renewal"
                 self.request_stop("lease-lost")
                 return
             try:
@@ -350,6 +357,7 @@ class Execution:
                 self.report_error(exc, "lease-renewal")
                 continue
             if not ok:
+                self.lost_context = "lease-renewal"
                 self.request_stop("lease-lost")
                 return
             self.lease_expires_at = expires

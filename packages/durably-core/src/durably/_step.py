@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._errors import LeaseLostError, RunCancelledError, StepOutputError, StorageError
@@ -95,7 +95,12 @@ class Step:
     ) -> T: ...
 
     @overload
-    async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+    async def run(
+        self, name: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T: ...
+
+    @overload
+    async def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
 
     async def run(
         self, name: str, fn: Callable[..., Any], *args: Any, returns: Any = _UNSET, **kwargs: Any

@@ -60,9 +60,11 @@ class Codec:
 
     def encode_typed(self, tp: Any, value: Any) -> str:
         """Encode ``value`` as ``tp`` would dump it. Raises ``TypeError`` when it cannot."""
+        adapter = self.adapter(tp)
         try:
-            return self.adapter(tp).dump_json(value).decode()
-        except PydanticSerializationError as exc:
+            # validate first so a dict returned for `returns=Model` becomes a Model
+            return adapter.dump_json(adapter.validate_python(value)).decode()
+        except (PydanticSerializationError, pydantic.ValidationError) as exc:
             raise TypeError(str(exc)) from exc
 
     def decode_typed(self, tp: Any, text: str | bytes) -> Any:
