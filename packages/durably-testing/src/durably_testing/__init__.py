@@ -1,1 +1,55 @@
-"""Testing tools for durably."""
+"""Testing tools for durably: a memory backend, a manual clock, fault injection,
+the adapter conformance suite, stateful model tests and a pytest plugin.
+
+``StorageConformance`` (needs pytest) and ``StorageStateMachine`` (needs
+hypothesis) are imported on first use, so importing this package needs neither.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from .clock import ManualClock
+from .faults import (
+    Fault,
+    FaultKind,
+    FaultPlan,
+    FaultyStorage,
+    FiredFault,
+    InjectedStorageError,
+    SimulatedCrash,
+)
+from .helpers import advance_past_lease, run_to_completion
+from .memory import MemoryStorage
+
+if TYPE_CHECKING:
+    from .conformance import StorageConformance
+    from .stateful import StorageStateMachine
+
+__all__ = [
+    "Fault",
+    "FaultKind",
+    "FaultPlan",
+    "FaultyStorage",
+    "FiredFault",
+    "InjectedStorageError",
+    "ManualClock",
+    "MemoryStorage",
+    "SimulatedCrash",
+    "StorageConformance",
+    "StorageStateMachine",
+    "advance_past_lease",
+    "run_to_completion",
+]
+
+_LAZY = {
+    "StorageConformance": "durably_testing.conformance",
+    "StorageStateMachine": "durably_testing.stateful",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'durably_testing' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

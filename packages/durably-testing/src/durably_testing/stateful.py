@@ -1,0 +1,1089 @@
+"""Stateful property tests of storage adapters (hypothesis ``RuleBasedStateMachine``).
+
+:class:`StorageStateMachine` drives one or more storages through random sequences
+of the :class:`durably.Storage` operations — enqueue (idempotency and concurrency
+keys, coalesce, batches), claim, renew, release of expired leases, fenced step /
+progress / log / completion / failure writes with current and stale generations,
+cancel, retry, delete, purge, queries — with time moved only by the machine.
+After every operation it checks:
+
+- every storage gives the same observable result (records compared whole);
+- with ``check_model`` (the default), that result is the one predicted by
+  :class:`LifecycleModel`, a model of the lifecycle written from the behaviour
+  contract independently of ``durably._lifecycle`` (which the memory backend uses);
+- the invariants: at most one live lease per run (no generation is handed out
+  twice), a lease generation never decreases, a completed step's output never
+  changes, one run per idempotency key, at most one live-leased run per
+  concurrency key, at most one pending run per (job, concurrency key).
+
+An adapter author subclasses it and opens storages::
+
+    from durably_testing.stateful import StorageStateMachine
+
+    class MyStorageMachine(StorageStateMachine):
+        async def open_storages(self):
+            return {"mine": await open_my_storage(self.tmp_path / "db")}
+
+    TestMyStorage = MyStorageMachine.TestCase   # collected by pytest
+
+Each example gets fresh storages; they run on a private event loop that is
+closed in ``teardown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from durably import (
+    ConflictError,
+    EnqueueResult,
+    LogRecord,
+    NewLog,
+    NewRun,
+    NewStep,
+    Progress,
+    Run,
+    RunFilter,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    Storage,
+)
+
+__all__ = ["LifecycleModel", "ModelConflict", "ModelRun", "ModelStep", "StorageStateMachine"]
+
+T = TypeVar("T")
+
+#: The machine's origin of time (aware UTC, millisecond precision).
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+JOBS = ("job-a", "job-b")
+OWNERS = ("worker-1", "worker-2")
+STEP_NAMES = ("s1", "s2", "s3")
+LABEL_SETS: tuple[dict[str, str], ...] = ({}, {"team": "a"}, {"team": "b", "env": "x"})
+
+
+# --------------------------------------------------------------------------
+# The model: the lifecycle rules written fresh from SEMANTICS.md / SCHEMA.md
+# --------------------------------------------------------------------------
+
+PENDING, LEASED, COMPLETED, FAILED, CANCELLED = (
+    "pending",
+    "leased",
+    "completed",
+    "failed",
+    "cancelled",
+)
+FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+class ModelConflict(Exception):
+    """The model predicts a ``ConflictError``."""
+
+
+@dataclass
+class ModelStep:
+    name: str
+    index: int
+    status: str
+    output: Any
+    error: str | None
+    started_at: datetime
+
+
+@dataclass
+class ModelRun:
+    id: str
+    job_name: str
+    input: Any
+    idempotency_key: str | None
+    concurrency_key: str | None
+    labels: dict[str, str]
+    created_at: datetime
+    status: str = PENDING
+    current_step_index: int = 0
+    completed_step_count: int = 0
+    progress: tuple[float, float | None, str | None] | None = None
+    output: Any = None
+    error: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    lease_generation: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    steps: list[ModelStep] = field(default_factory=list)
+    logs: list[tuple[str | None, str, str]] = field(default_factory=list)
+
+    def observable(self) -> dict[str, Any]:
+        """The fields a storage must return exactly so (``updated_at`` is left out:
+        which writes touch it is not part of the contract the model states)."""
+        return {
+            "id": self.id,
+            "job_name": self.job_name,
+            "input": self.input,
+            "status": self.status,
+            "idempotency_key": self.idempotency_key,
+            "concurrency_key": self.concurrency_key,
+            "labels": self.labels,
+            "current_step_index": self.current_step_index,
+            "completed_step_count": self.completed_step_count,
+            "progress": self.progress,
+            "output": self.output,
+            "error": self.error,
+            "lease_owner": self.lease_owner,
+            "lease_expires_at": self.lease_expires_at,
+            "lease_generation": self.lease_generation,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "created_at": self.created_at,
+        }
+
+
+class LifecycleModel:
+    """Runs as plain dataclasses, and every storage operation as the contract states it."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, ModelRun] = {}
+
+    # -- helpers --
+
+    def _pending_twin(self, job_name: str, key: str | None, exclude: str) -> ModelRun | None:
+        """The pending run of (job, concurrency key) other than ``exclude``, if any."""
+        if key is None:
+            return None
+        for r in self.runs.values():
+            if (
+                r.id != exclude
+                and r.status == PENDING
+                and r.job_name == job_name
+                and r.concurrency_key == key
+            ):
+                return r
+        return None
+
+    def _holder(self, run_id: str, generation: int) -> ModelRun | None:
+        run = self.runs.get(run_id)
+        if run is None or run.status != LEASED or run.lease_generation != generation:
+            return None
+        return run
+
+    @staticmethod
+    def _live(run: ModelRun, now: datetime) -> bool:
+        return (
+            run.status == LEASED and run.lease_expires_at is not None and run.lease_expires_at > now
+        )
+
+    # -- operations --
+
+    def enqueue(self, new: NewRun, coalesce: bool) -> tuple[str, str]:
+        """``(disposition, run id)``; raises :class:`ModelConflict`."""
+        if new.idempotency_key is not None:
+            for r in self.runs.values():
+                if r.job_name == new.job_name and r.idempotency_key == new.idempotency_key:
+                    return "idempotent", r.id
+        twin = self._pending_twin(new.job_name, new.concurrency_key, new.id)
+        if twin is not None:
+            if coalesce:
+                return "coalesced", twin.id
+            raise ModelConflict(twin.id)
+        self.runs[new.id] = ModelRun(
+            id=new.id,
+            job_name=new.job_name,
+            input=msgspec.json.decode(new.input_json),
+            idempotency_key=new.idempotency_key,
+            concurrency_key=new.concurrency_key,
+            labels=dict(new.labels),
+            created_at=new.created_at,
+        )
+        return "created", new.id
+
+    def enqueue_many(self, items: Sequence[tuple[NewRun, bool]]) -> list[tuple[str, str]]:
+        """All or nothing."""
+        saved = copy.deepcopy(self.runs)
+        try:
+            return [self.enqueue(new, coalesce) for new, coalesce in items]
+        except ModelConflict:
+            self.runs = saved
+            raise
+
+    def claim(
+        self, owner: str, now: datetime, expires: datetime, job_names: Sequence[str] | None
+    ) -> str | None:
+        def claimable(r: ModelRun) -> bool:
+            if job_names is not None and r.job_name not in job_names:
+                return False
+            if r.status == PENDING:
+                ok = True
+            else:
+                ok = (
+                    r.status == LEASED
+                    and r.lease_expires_at is not None
+                    and r.lease_expires_at <= now
+                )
+            if not ok:
+                return False
+            if r.concurrency_key is None:
+                return True
+            return not any(
+                o.id != r.id and o.concurrency_key == r.concurrency_key and self._live(o, now)
+                for o in self.runs.values()
+            )
+
+        candidates = sorted(
+            (r for r in self.runs.values() if claimable(r)), key=lambda r: (r.created_at, r.id)
+        )
+        if not candidates:
+            return None
+        run = candidates[0]
+        run.status = LEASED
+        run.lease_owner = owner
+        run.lease_expires_at = expires
+        run.lease_generation += 1
+        if run.started_at is None:
+            run.started_at = now
+        return run.id
+
+    def renew(self, run_id: str, generation: int, now: datetime, expires: datetime) -> bool:
+        run = self._holder(run_id, generation)
+        if run is None or not self._live(run, now):
+            return False
+        run.lease_expires_at = expires
+        return True
+
+    def release_expired(self, now: datetime) -> int:
+        expired = sorted(
+            (
+                r
+                for r in self.runs.values()
+                if r.status == LEASED
+                and r.lease_expires_at is not None
+                and r.lease_expires_at <= now
+            ),
+            key=lambda r: (r.created_at, r.id),
+        )
+        count = 0
+        for run in expired:
+            if self._pending_twin(run.job_name, run.concurrency_key, run.id) is not None:
+                continue
+            run.status = PENDING
+            run.lease_owner = None
+            run.lease_expires_at = None
+            count += 1
+        return count
+
+    def persist_step(self, run_id: str, generation: int, step: ModelStep) -> bool:
+        run = self._holder(run_id, generation)
+        if run is None:
+            return False
+        if step.status == COMPLETED:
+            if any(s.name == step.name and s.status == COMPLETED for s in run.steps):
+                raise ModelConflict(run_id)
+            run.current_step_index = step.index + 1
+            run.completed_step_count += 1
+        run.steps.append(step)
+        return True
+
+    def update_progress(
+        self, run_id: str, generation: int, progress: tuple[float, float | None, str | None]
+    ) -> bool:
+        run = self._holder(run_id, generation)
+        if run is None:
+            return False
+        run.progress = progress
+        return True
+
+    def append_logs(
+        self, run_id: str, generation: int, logs: Sequence[tuple[str | None, str, str]]
+    ) -> bool:
+        run = self._holder(run_id, generation)
+        if run is None:
+            return False
+        run.logs.extend(logs)
+        return True
+
+    def _finish(self, run: ModelRun, status: str, now: datetime) -> None:
+        run.status = status
+        run.lease_owner = None
+        run.lease_expires_at = None
+        run.completed_at = now
+
+    def complete(
+        self, run_id: str, generation: int, output: Any, now: datetime, delete_steps: bool
+    ) -> bool:
+        run = self._holder(run_id, generation)
+        if run is None:
+            return False
+        self._finish(run, COMPLETED, now)
+        run.output = output
+        run.error = None
+        if delete_steps:
+            run.steps.clear()
+            run.logs.clear()
+        return True
+
+    def fail(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
+        run = self._holder(run_id, generation)
+        if run is None:
+            return False
+        self._finish(run, FAILED, now)
+        run.error = error
+        return True
+
+    def cancel(self, run_id: str, now: datetime) -> str | None:
+        run = self.runs.get(run_id)
+        if run is None or run.status not in (PENDING, LEASED):
+            return None
+        self._finish(run, CANCELLED, now)
+        return run.id
+
+    def retry(self, run_id: str) -> str | None:
+        run = self.runs.get(run_id)
+        if run is None or run.status not in (FAILED, CANCELLED):
+            return None
+        if self._pending_twin(run.job_name, run.concurrency_key, run.id) is not None:
+            raise ModelConflict(run_id)
+        run.status = PENDING
+        run.output = None
+        run.error = None
+        run.lease_owner = None
+        run.lease_expires_at = None
+        run.completed_at = None
+        return run.id
+
+    def delete(self, run_id: str) -> str | None:
+        run = self.runs.get(run_id)
+        if run is None or run.status not in FINISHED:
+            return None
+        del self.runs[run_id]
+        return run_id
+
+    def purge(self, cutoff: datetime, limit: int) -> int:
+        doomed = sorted(
+            (
+                r
+                for r in self.runs.values()
+                if r.status in FINISHED and r.completed_at is not None and r.completed_at < cutoff
+            ),
+            key=lambda r: (r.completed_at or cutoff, r.id),
+        )[:limit]
+        for run in doomed:
+            del self.runs[run.id]
+        return len(doomed)
+
+    def query(self, query: RunFilter) -> list[str]:
+        def match(r: ModelRun) -> bool:
+            if query.statuses is not None and r.status not in {s.value for s in query.statuses}:
+                return False
+            if query.job_names is not None and r.job_name not in query.job_names:
+                return False
+            return query.labels is None or all(
+                r.labels.get(k) == v for k, v in query.labels.items()
+            )
+
+        found = sorted(
+            (r for r in self.runs.values() if match(r)),
+            key=lambda r: (r.created_at, r.id),
+            reverse=True,
+        )
+        end = None if query.limit is None else query.offset + query.limit
+        return [r.id for r in found[query.offset : end]]
+
+
+# --------------------------------------------------------------------------
+# Observing a storage
+# --------------------------------------------------------------------------
+
+
+def observe_run(run: Run) -> dict[str, Any]:
+    """A run as plain values, comparable with :meth:`ModelRun.observable`."""
+    return {
+        "id": run.id,
+        "job_name": run.job_name,
+        "input": run.input,
+        "status": run.status.value,
+        "idempotency_key": run.idempotency_key,
+        "concurrency_key": run.concurrency_key,
+        "labels": dict(run.labels),
+        "current_step_index": run.current_step_index,
+        "completed_step_count": run.completed_step_count,
+        "progress": None
+        if run.progress is None
+        else (run.progress.current, run.progress.total, run.progress.message),
+        "output": run.output,
+        "error": run.error,
+        "lease_owner": run.lease_owner,
+        "lease_expires_at": run.lease_expires_at,
+        "lease_generation": run.lease_generation,
+        "started_at": run.started_at,
+        "completed_at": run.completed_at,
+        "created_at": run.created_at,
+    }
+
+
+def observe_run_whole(run: Run) -> dict[str, Any]:
+    """Every field, ``updated_at`` included: what backends compared side by side share."""
+    return {**observe_run(run), "updated_at": run.updated_at}
+
+
+def observe_steps(steps: list[StepRecord]) -> list[tuple[Any, ...]]:
+    """Steps in the contract's order (``index``, ``started_at``; ties by id)."""
+    keys = [(s.index, s.started_at) for s in steps]
+    assert keys == sorted(keys), f"steps not in (index, started_at) order: {keys}"
+    ordered = sorted(steps, key=lambda s: (s.index, s.started_at, s.id))
+    return [(s.name, s.index, s.status.value, s.output, s.error) for s in ordered]
+
+
+def observe_logs(logs: list[LogRecord]) -> list[tuple[Any, ...]]:
+    """Logs oldest first (ties by id)."""
+    times = [log.created_at for log in logs]
+    assert times == sorted(times), f"logs not oldest first: {times}"
+    ordered = sorted(logs, key=lambda log: (log.created_at, log.id))
+    return [(log.step_name, log.level, log.message) for log in ordered]
+
+
+Outcome = tuple[Any, ...]
+
+
+# --------------------------------------------------------------------------
+# The machine
+# --------------------------------------------------------------------------
+
+#: Added to the model's current generation of a run for a fenced write: mostly the
+#: holder's own generation, sometimes a stale or a future one.
+GENERATION_SKEW = st.sampled_from([0, 0, 0, 0, 0, 0, -1, -1, 1])
+LEASE_SECONDS = st.sampled_from([5, 30])
+#: Time that passes before a lease operation (so expiries happen in every example).
+ELAPSED_MS = st.sampled_from([0, 0, 0, 1_000, 6_000, 31_000])
+
+
+def _has_runs(machine: StorageStateMachine) -> bool:
+    return bool(machine.known)
+
+
+class StorageStateMachine(RuleBasedStateMachine):
+    """Drives the storages of :meth:`open_storages` (see the module docstring)."""
+
+    #: Compare every result with :class:`LifecycleModel` (else only backends with each other).
+    check_model: ClassVar[bool] = True
+    #: Compare whole records between backends, ``updated_at`` included.
+    compare_updated_at: ClassVar[bool] = True
+
+    # -- what a subclass provides --
+
+    async def open_storages(self) -> Mapping[str, Storage]:
+        """Fresh, empty storages by name (the machine migrates them). Use
+        ``self.tmp_path`` for files: it is removed after the example."""
+        raise NotImplementedError("subclass StorageStateMachine and implement open_storages()")
+
+    async def close_storages(self) -> None:
+        for storage in self.storages.values():
+            await storage.close()
+
+    # -- set-up and tear-down --
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._loop = asyncio.new_event_loop()
+        self.storages: dict[str, Storage] = {}
+        try:
+            self.storages = dict(self._run(self.open_storages()))
+            if not self.storages:
+                raise ValueError("open_storages() returned no storage")
+            for storage in self.storages.values():
+                self._run(storage.migrate())
+        except BaseException:
+            try:
+                if self.storages:
+                    self._run(self.close_storages())
+            finally:
+                self._shutdown()
+            raise
+        self.model = LifecycleModel()
+        self.now = T0
+        self._seq = 0
+        #: Ids of every run ever created, in creation order (deleted ones stay).
+        self.known: list[str] = []
+        # invariant bookkeeping, per storage name
+        self._generations: dict[str, dict[str, int]] = {n: {} for n in self.storages}
+        self._claimed: dict[str, dict[str, set[int]]] = {n: {} for n in self.storages}
+        self._step_outputs: dict[str, dict[tuple[str, str], Any]] = {n: {} for n in self.storages}
+        self._dirty: set[str] = set()
+
+    @property
+    def tmp_path(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="durably-stateful-")
+        return Path(self._tmp.name)
+
+    def teardown(self) -> None:
+        try:
+            self._run(self.close_storages())
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        loop = self._loop
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+    def _run(self, awaitable: Awaitable[T]) -> T:
+        return self._loop.run_until_complete(awaitable)
+
+    # -- helpers --
+
+    def _new_id(self) -> str:
+        self._seq += 1
+        return f"01J{self._seq:023d}"
+
+    def _at(self, delta_ms: int = 0) -> datetime:
+        return self.now + timedelta(milliseconds=delta_ms)
+
+    def _pick_run(self, data: st.DataObject, *, prefer: str | None = None) -> str:
+        """Mostly a run in status ``prefer`` (when there is one), else any known run."""
+        preferred = [i for i in self.known if i in self.model.runs]
+        if prefer is not None:
+            preferred = [i for i in preferred if self.model.runs[i].status == prefer]
+        if preferred and data.draw(st.integers(0, 9), label="prefer") < 9:
+            return data.draw(st.sampled_from(preferred), label="run_id")
+        return data.draw(st.sampled_from(self.known), label="run_id")
+
+    def _generation(self, run_id: str, skew: int) -> int:
+        run = self.model.runs.get(run_id)
+        return (0 if run is None else run.lease_generation) + skew
+
+    def _on_all(self, call: Callable[[Storage], Awaitable[T]]) -> dict[str, Outcome]:
+        """Call every storage: ``("ok", value)`` or ``("conflict",)`` per storage name."""
+        outcomes: dict[str, Outcome] = {}
+        for name, storage in self.storages.items():
+            try:
+                outcomes[name] = ("ok", self._run(call(storage)))
+            except ConflictError:
+                outcomes[name] = ("conflict",)
+        return outcomes
+
+    def _agree(
+        self, what: str, outcomes: dict[str, Outcome], view: Callable[[Any], Any]
+    ) -> Outcome:
+        """Every storage must give the same (viewed) outcome; returns it."""
+        viewed = {
+            name: (o if o[0] == "conflict" else ("ok", view(o[1]))) for name, o in outcomes.items()
+        }
+        first = next(iter(viewed.values()))
+        assert all(v == first for v in viewed.values()), f"backends disagree on {what}: {viewed}"
+        return first
+
+    def _expect(self, what: str, got: Outcome, predict: Callable[[], Any]) -> None:
+        """Apply the operation to the model; with ``check_model``, compare."""
+        try:
+            expected: Outcome = ("ok", predict())
+        except ModelConflict:
+            expected = ("conflict",)
+        if self.check_model:
+            assert got == expected, f"{what}: storage gave {got}, the model predicts {expected}"
+
+    def _whole(self, run: Run | None) -> dict[str, Any] | None:
+        if run is None:
+            return None
+        return observe_run_whole(run) if self.compare_updated_at else observe_run(run)
+
+    @staticmethod
+    def _id_of(run: Run | None) -> str | None:
+        return None if run is None else run.id
+
+    # -- a start with work in progress, so every example reaches the interesting states --
+
+    @initialize(
+        runs=st.lists(
+            st.tuples(st.sampled_from(JOBS), st.sampled_from([None, "conc-1", "conc-2"])),
+            min_size=1,
+            max_size=4,
+        ),
+        claims=st.integers(min_value=0, max_value=2),
+    )
+    def start_with_runs(self, runs: list[tuple[str, str | None]], claims: int) -> None:
+        for job, concurrency_key in runs:
+            self.enqueue(job, None, concurrency_key, True, {})
+        for i in range(claims):
+            self.claim_next(OWNERS[i % len(OWNERS)], 30, None)
+
+    # -- rules: triggering --
+
+    def _new_run(
+        self,
+        job: str,
+        idempotency_key: str | None,
+        concurrency_key: str | None,
+        labels: dict[str, str],
+    ) -> NewRun:
+        run_id = self._new_id()
+        return NewRun(
+            id=run_id,
+            job_name=job,
+            input_json=msgspec.json.encode({"n": self._seq}).decode(),
+            idempotency_key=idempotency_key,
+            concurrency_key=concurrency_key,
+            labels=labels,
+            created_at=self.now,
+        )
+
+    def _enqueue_view(self, result: tuple[str, str]) -> tuple[str, str, str]:
+        disposition, run_id = result
+        return disposition, run_id, self.model.runs[run_id].status
+
+    @rule(
+        job=st.sampled_from(JOBS),
+        idempotency_key=st.sampled_from([None, None, "idem-1", "idem-2"]),
+        concurrency_key=st.sampled_from([None, "conc-1", "conc-2"]),
+        coalesce=st.booleans(),
+        labels=st.sampled_from(LABEL_SETS),
+    )
+    def enqueue(
+        self,
+        job: str,
+        idempotency_key: str | None,
+        concurrency_key: str | None,
+        coalesce: bool,
+        labels: dict[str, str],
+    ) -> None:
+        coalesce = coalesce and concurrency_key is not None
+        new = self._new_run(job, idempotency_key, concurrency_key, labels)
+        got = self._agree(
+            "enqueue",
+            self._on_all(lambda s: s.enqueue(new, coalesce=coalesce)),
+            lambda r: (r.disposition, r.run.id, r.run.status.value),
+        )
+        self._expect("enqueue", got, lambda: self._enqueue_view(self.model.enqueue(new, coalesce)))
+        if got[0] == "ok":
+            self._dirty.add(got[1][1])
+            if got[1][0] == "created":
+                self.known.append(got[1][1])
+
+    @rule(
+        items=st.lists(
+            st.tuples(
+                st.sampled_from(JOBS),
+                st.sampled_from([None, "idem-1", "idem-3"]),
+                st.sampled_from([None, "conc-1", "conc-2"]),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+    )
+    def enqueue_many(self, items: list[tuple[str, str | None, str | None, bool]]) -> None:
+        batch = [
+            (self._new_run(job, idem, conc, {}), coalesce and conc is not None)
+            for job, idem, conc, coalesce in items
+        ]
+
+        def view(results: list[EnqueueResult]) -> list[tuple[str, str, str]]:
+            return [(r.disposition, r.run.id, r.run.status.value) for r in results]
+
+        got = self._agree("enqueue_many", self._on_all(lambda s: s.enqueue_many(batch)), view)
+        self._expect(
+            "enqueue_many",
+            got,
+            lambda: [self._enqueue_view(r) for r in self.model.enqueue_many(batch)],
+        )
+        if got[0] == "ok":
+            self._dirty.update(r[1] for r in got[1])
+            self.known.extend(r[1] for r in got[1] if r[0] == "created")
+
+    # -- rules: leases and time --
+
+    @rule(
+        owner=st.sampled_from(OWNERS),
+        lease_for=LEASE_SECONDS,
+        job_names=st.sampled_from([None, None, ("job-a",), ("job-b",), ("job-a", "job-b")]),
+        elapsed_ms=ELAPSED_MS,
+    )
+    def claim_next(
+        self,
+        owner: str,
+        lease_for: int,
+        job_names: tuple[str, ...] | None,
+        elapsed_ms: int = 0,
+    ) -> None:
+        self.now = now = self._at(elapsed_ms)
+        expires = now + timedelta(seconds=lease_for)
+        outcomes = self._on_all(lambda s: s.claim_next(owner, now, expires, job_names))
+        whole = self._agree("claim_next", outcomes, self._whole)
+        got = self._agree("claim_next", outcomes, self._id_of)
+        self._expect("claim_next", got, lambda: self.model.claim(owner, now, expires, job_names))
+        claimed = whole[1]
+        if claimed is None:
+            return
+        run_id, generation = claimed["id"], claimed["lease_generation"]
+        self._dirty.add(run_id)
+        for name in self.storages:
+            seen = self._claimed[name].setdefault(run_id, set())
+            assert all(generation > g for g in seen), (
+                f"{name}: claiming {run_id} handed out generation {generation} after {seen}: "
+                "two claimants could hold the same lease"
+            )
+            seen.add(generation)
+        if self.check_model:
+            got_run = {k: v for k, v in claimed.items() if k != "updated_at"}
+            assert got_run == self.model.runs[run_id].observable(), "claimed run differs"
+
+    @precondition(_has_runs)
+    @rule(data=st.data(), skew=GENERATION_SKEW, lease_for=LEASE_SECONDS, elapsed_ms=ELAPSED_MS)
+    def renew_lease(self, data: st.DataObject, skew: int, lease_for: int, elapsed_ms: int) -> None:
+        run_id = self._pick_run(data, prefer=LEASED)
+        gen = self._generation(run_id, skew)
+        self.now = now = self._at(elapsed_ms)
+        expires = now + timedelta(seconds=lease_for)
+        got = self._agree(
+            "renew_lease", self._on_all(lambda s: s.renew_lease(run_id, gen, now, expires)), bool
+        )
+        self._dirty.add(run_id)
+        self._expect("renew_lease", got, lambda: self.model.renew(run_id, gen, now, expires))
+
+    @rule(elapsed_ms=ELAPSED_MS)
+    def release_expired_leases(self, elapsed_ms: int) -> None:
+        self.now = now = self._at(elapsed_ms)
+        got = self._agree(
+            "release_expired_leases",
+            self._on_all(lambda s: s.release_expired_leases(now)),
+            int,
+        )
+        self._dirty.update(self.model.runs)
+        self._expect("release_expired_leases", got, lambda: self.model.release_expired(now))
+
+    @rule(ms=st.sampled_from([1, 999, 1_000, 5_000, 6_000, 30_000, 31_000]))
+    def advance_time(self, ms: int) -> None:
+        """Time moves in steps that land on and around lease expiries (5 s and 30 s)."""
+        self.now = self._at(ms)
+
+    # -- rules: fenced writes by the lease holder --
+
+    @precondition(_has_runs)
+    @rule(
+        data=st.data(),
+        skew=GENERATION_SKEW,
+        name=st.sampled_from(STEP_NAMES),
+        index_bump=st.integers(min_value=0, max_value=1),
+        completed=st.sampled_from([True, True, False]),
+        output=st.integers(min_value=0, max_value=9),
+    )
+    def persist_step(
+        self,
+        data: st.DataObject,
+        skew: int,
+        name: str,
+        index_bump: int,
+        completed: bool,
+        output: int,
+    ) -> None:
+        run_id = self._pick_run(data, prefer=LEASED)
+        gen = self._generation(run_id, skew)
+        model_run = self.model.runs.get(run_id)
+        # as the engine does: a new step's index is never below the run's current index
+        index = (0 if model_run is None else model_run.current_step_index) + index_bump
+        self.now = now = self._at(1)  # steps start at distinct times
+        step = NewStep(
+            id=self._new_id(),
+            name=name,
+            index=index,
+            status=StepStatus.COMPLETED if completed else StepStatus.FAILED,
+            output_json=msgspec.json.encode({"v": output}).decode() if completed else None,
+            error=None if completed else f"boom {output}",
+            started_at=now,
+            completed_at=now,
+        )
+        got = self._agree(
+            "persist_step", self._on_all(lambda s: s.persist_step(run_id, gen, step, now)), bool
+        )
+        self._dirty.add(run_id)
+        model_step = ModelStep(
+            name=name,
+            index=index,
+            status=step.status.value,
+            output={"v": output} if completed else None,
+            error=step.error,
+            started_at=now,
+        )
+        self._expect("persist_step", got, lambda: self.model.persist_step(run_id, gen, model_step))
+
+    @precondition(_has_runs)
+    @rule(
+        data=st.data(),
+        skew=GENERATION_SKEW,
+        current=st.integers(min_value=0, max_value=10),
+        total=st.sampled_from([None, 10]),
+        message=st.sampled_from([None, "working"]),
+    )
+    def update_progress(
+        self, data: st.DataObject, skew: int, current: int, total: int | None, message: str | None
+    ) -> None:
+        run_id = self._pick_run(data, prefer=LEASED)
+        gen = self._generation(run_id, skew)
+        now = self.now
+        progress = Progress(current=current, total=total, message=message)
+        got = self._agree(
+            "update_progress",
+            self._on_all(lambda s: s.update_progress(run_id, gen, progress, now)),
+            bool,
+        )
+        self._dirty.add(run_id)
+        self._expect(
+            "update_progress",
+            got,
+            lambda: self.model.update_progress(run_id, gen, (current, total, message)),
+        )
+
+    @precondition(_has_runs)
+    @rule(
+        data=st.data(),
+        skew=GENERATION_SKEW,
+        messages=st.lists(st.sampled_from(["a", "b"]), max_size=2),
+        step_name=st.sampled_from([None, "s1"]),
+    )
+    def append_logs(
+        self, data: st.DataObject, skew: int, messages: list[str], step_name: str | None
+    ) -> None:
+        run_id = self._pick_run(data, prefer=LEASED)
+        gen = self._generation(run_id, skew)
+        self.now = now = self._at(1)  # log entries of different calls at distinct times
+        logs = [
+            NewLog(
+                id=self._new_id(),
+                step_name=step_name,
+                level="info",
+                message=m,
+                data_json=None,
+                created_at=now,
+            )
+            for m in messages
+        ]
+        got = self._agree(
+            "append_logs", self._on_all(lambda s: s.append_logs(run_id, gen, logs, now)), bool
+        )
+        self._dirty.add(run_id)
+        entries = [(step_name, "info", m) for m in messages]
+        self._expect("append_logs", got, lambda: self.model.append_logs(run_id, gen, entries))
+
+    @precondition(_has_runs)
+    @rule(
+        data=st.data(),
+        skew=GENERATION_SKEW,
+        output=st.integers(min_value=0, max_value=9),
+        delete_steps=st.booleans(),
+    )
+    def complete_run(self, data: st.DataObject, skew: int, output: int, delete_steps: bool) -> None:
+        run_id = self._pick_run(data, prefer=LEASED)
+        self.apply_complete_run(run_id, self._generation(run_id, skew), output, delete_steps)
+
+    def apply_complete_run(
+        self, run_id: str, gen: int, output: int, delete_steps: bool = False
+    ) -> None:
+        """``complete_run`` on every storage, checked (also for replaying a scenario)."""
+        now = self.now
+        text = msgspec.json.encode({"out": output}).decode()
+        got = self._agree(
+            "complete_run",
+            self._on_all(
+                lambda s: s.complete_run(run_id, gen, text, now, delete_steps=delete_steps)
+            ),
+            bool,
+        )
+        self._dirty.add(run_id)
+        self._expect(
+            "complete_run",
+            got,
+            lambda: self.model.complete(run_id, gen, {"out": output}, now, delete_steps),
+        )
+
+    @precondition(_has_runs)
+    @rule(data=st.data(), skew=GENERATION_SKEW)
+    def fail_run(self, data: st.DataObject, skew: int) -> None:
+        run_id = self._pick_run(data, prefer=LEASED)
+        gen = self._generation(run_id, skew)
+        now = self.now
+        got = self._agree(
+            "fail_run", self._on_all(lambda s: s.fail_run(run_id, gen, "it failed", now)), bool
+        )
+        self._dirty.add(run_id)
+        self._expect("fail_run", got, lambda: self.model.fail(run_id, gen, "it failed", now))
+
+    # -- rules: control (not fenced) --
+
+    def _control(
+        self, what: str, run_id: str, call: Callable[[Storage], Awaitable[Run | None]]
+    ) -> Outcome:
+        outcomes = self._on_all(call)
+        self._agree(what, outcomes, self._whole)
+        got = self._agree(what, outcomes, self._id_of)
+        self._dirty.add(run_id)
+        if got[0] == "ok" and got[1] is not None and what != "delete_run":
+            stored = self._on_all(lambda s: s.get_run(run_id))
+            for name, outcome in stored.items():
+                assert outcome[1] == outcomes[name][1], (
+                    f"{name}: {what} returned {outcomes[name][1]} but get_run gives {outcome[1]}"
+                )
+        return got
+
+    @precondition(_has_runs)
+    @rule(data=st.data())
+    def cancel_run(self, data: st.DataObject) -> None:
+        run_id = self._pick_run(data)
+        now = self.now
+        got = self._control("cancel_run", run_id, lambda s: s.cancel_run(run_id, now))
+        self._expect("cancel_run", got, lambda: self.model.cancel(run_id, now))
+
+    @precondition(_has_runs)
+    @rule(data=st.data())
+    def retry_run(self, data: st.DataObject) -> None:
+        run_id = self._pick_run(data, prefer=FAILED)
+        now = self.now
+        got = self._control("retry_run", run_id, lambda s: s.retry_run(run_id, now))
+        self._expect("retry_run", got, lambda: self.model.retry(run_id))
+
+    @precondition(_has_runs)
+    @rule(data=st.data())
+    def delete_run(self, data: st.DataObject) -> None:
+        run_id = self._pick_run(data, prefer=COMPLETED)
+        got = self._control("delete_run", run_id, lambda s: s.delete_run(run_id))
+        self._expect("delete_run", got, lambda: self.model.delete(run_id))
+
+    @rule(
+        back_ms=st.integers(min_value=0, max_value=60_000),
+        limit=st.integers(min_value=1, max_value=3),
+    )
+    def purge_runs(self, back_ms: int, limit: int) -> None:
+        cutoff = self._at(-back_ms)
+        got = self._agree("purge_runs", self._on_all(lambda s: s.purge_runs(cutoff, limit)), int)
+        self._expect("purge_runs", got, lambda: self.model.purge(cutoff, limit))
+
+    @rule(
+        statuses=st.sampled_from(
+            [None, (RunStatus.PENDING,), (RunStatus.LEASED, RunStatus.FAILED), tuple(RunStatus)]
+        ),
+        job_names=st.sampled_from([None, ("job-a",), ("job-a", "job-b")]),
+        labels=st.sampled_from([None, {"team": "a"}, {"team": "b", "env": "x"}]),
+        limit=st.sampled_from([None, 0, 1, 3]),
+        offset=st.integers(min_value=0, max_value=2),
+    )
+    def get_runs(
+        self,
+        statuses: tuple[RunStatus, ...] | None,
+        job_names: tuple[str, ...] | None,
+        labels: dict[str, str] | None,
+        limit: int | None,
+        offset: int,
+    ) -> None:
+        query = RunFilter(
+            statuses=statuses, job_names=job_names, labels=labels, limit=limit, offset=offset
+        )
+        got = self._agree(
+            f"get_runs({query})",
+            self._on_all(lambda s: s.get_runs(query)),
+            lambda runs: [r.id for r in runs],
+        )
+        self._expect(f"get_runs({query})", got, lambda: self.model.query(query))
+
+    # -- invariants --
+
+    @invariant()
+    def storages_agree_and_keep_the_invariants(self) -> None:
+        everything = self._on_all(lambda s: s.get_runs(RunFilter()))
+        listed = self._agree(
+            "get_runs(all)", everything, lambda runs: [self._whole(r) for r in runs]
+        )
+        if self.check_model:
+            assert [r["id"] for r in listed[1]] == self.model.query(RunFilter()), (
+                "the runs differ from the model's"
+            )
+            for view in listed[1]:
+                got = {k: v for k, v in view.items() if k != "updated_at"}
+                expected = self.model.runs[view["id"]].observable()
+                assert got == expected, f"run {view['id']}: storage {got} != model {expected}"
+        for run_id in sorted(self._dirty):
+            self._check_children(run_id)
+        self._dirty.clear()
+        for name, outcome in everything.items():
+            self._check_invariants(name, outcome[1])
+
+    def _check_children(self, run_id: str) -> None:
+        steps = self._agree(
+            f"get_steps({run_id})", self._on_all(lambda s: s.get_steps(run_id)), observe_steps
+        )
+        logs = self._agree(
+            f"get_logs({run_id})", self._on_all(lambda s: s.get_logs(run_id)), observe_logs
+        )
+        completed = self._on_all(lambda s: s.get_completed_steps(run_id))
+        self._agree(f"get_completed_steps({run_id})", completed, observe_steps)
+        for name, outcome in completed.items():
+            for step in outcome[1]:
+                assert step.status is StepStatus.COMPLETED, step
+                first = self._step_outputs[name].setdefault((run_id, step.name), step.output)
+                assert step.output == first, (
+                    f"{name}: completed step {step.name!r} of {run_id} changed its output "
+                    f"from {first!r} to {step.output!r}"
+                )
+        if self.check_model:
+            model_run = self.model.runs.get(run_id)
+            ordered = (
+                []
+                if model_run is None
+                else sorted(model_run.steps, key=lambda s: (s.index, s.started_at))
+            )
+            model_steps = [(s.name, s.index, s.status, s.output, s.error) for s in ordered]
+            assert steps[1] == model_steps, f"steps of {run_id}: {steps[1]} != model {model_steps}"
+            model_logs = [] if model_run is None else model_run.logs
+            assert logs[1] == model_logs, f"logs of {run_id}: {logs[1]} != model {model_logs}"
+
+    def _check_invariants(self, name: str, runs: list[Run]) -> None:
+        idempotency: set[tuple[str, str]] = set()
+        live_keys: set[str] = set()
+        pending_keys: set[tuple[str, str]] = set()
+        generations = self._generations[name]
+        for run in runs:
+            previous = generations.get(run.id, 0)
+            assert run.lease_generation >= previous, (
+                f"{name}: the lease generation of {run.id} went from {previous} "
+                f"to {run.lease_generation}"
+            )
+            generations[run.id] = run.lease_generation
+            if run.idempotency_key is not None:
+                key = (run.job_name, run.idempotency_key)
+                assert key not in idempotency, f"{name}: two runs with idempotency key {key}"
+                idempotency.add(key)
+            if run.status is RunStatus.LEASED:
+                assert run.lease_owner is not None, run
+                assert run.lease_expires_at is not None, run
+                if run.concurrency_key is not None and run.lease_expires_at > self.now:
+                    assert run.concurrency_key not in live_keys, (
+                        f"{name}: two live leases on concurrency key {run.concurrency_key!r}"
+                    )
+                    live_keys.add(run.concurrency_key)
+            else:
+                assert (run.lease_owner, run.lease_expires_at) == (None, None), run
+            if run.status is RunStatus.PENDING and run.concurrency_key is not None:
+                pending = (run.job_name, run.concurrency_key)
+                assert pending not in pending_keys, f"{name}: two pending runs for {pending}"
+                pending_keys.add(pending)
