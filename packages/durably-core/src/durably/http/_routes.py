@@ -1,0 +1,325 @@
+"""The routes of the reference's ``createDurablyHandler``, on Starlette."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .. import (
+    ConflictError,
+    Durably,
+    DurablyError,
+    JobHandle,
+    NotFoundError,
+    Run,
+    ValidationError,
+)
+from ._auth import Auth, RunOperation, RunsFilter, RunsSubscribeFilter, TriggerRequest, call
+from ._hub import EventHub
+from ._serialize import client_run, client_step, encode, event_payload, sse_frame
+from ._sse import (
+    EventQueue,
+    SSEResponse,
+    replay,
+    run_filter,
+    run_frames,
+    runs_filter,
+    runs_frames,
+)
+
+logger = logging.getLogger("durably.http")
+
+VALID_STATUSES = ("pending", "leased", "completed", "failed", "cancelled")
+_STATUS_LIST = ", ".join(VALID_STATUSES)
+_LEADING_INT = re.compile(r"\s*([+-]?\d+)")
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return encode(content)
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return _JSON(data, status_code=status)
+
+
+def error_response(message: str, status: int) -> Response:
+    return json_response({"error": message}, status)
+
+
+class _Reject(Exception):
+    """Internal: ends a route early with this response."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _status_of(exc: DurablyError) -> int | None:
+    if isinstance(exc, ValidationError):
+        return 400
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ConflictError):
+        return 409
+    return None
+
+
+def _parse_int(raw: str | None, what: str) -> int | None:
+    """``Number.parseInt`` leniency (``"10abc"`` is 10), as the reference parses."""
+    if not raw:
+        return None
+    m = _LEADING_INT.match(raw)
+    value = int(m.group(1)) if m else -1
+    if value < 0:
+        raise _Reject(error_response(f"Invalid {what}: must be a non-negative integer", 400))
+    return value
+
+
+def _labels(request: Request) -> dict[str, str] | None:
+    labels = {k[6:]: v for k, v in request.query_params.multi_items() if k.startswith("label.")}
+    return labels or None
+
+
+class _Handler:
+    def __init__(
+        self,
+        durably: Durably,
+        auth: Auth | None,
+        sse_throttle: float,
+        sse_poll_interval: float | None,
+        on_request: Callable[[], Awaitable[None] | None] | None,
+    ) -> None:
+        self.durably = durably
+        self.auth = auth
+        self.throttle = sse_throttle
+        self.poll_interval = sse_poll_interval
+        self.on_request = on_request
+        self.hub = EventHub(durably)
+        self.routes: dict[tuple[str, str], Callable[[Request, Any], Awaitable[Response]]] = {
+            ("GET", "/subscribe"): self.subscribe,
+            ("GET", "/runs"): self.runs,
+            ("GET", "/run"): self.run,
+            ("GET", "/steps"): self.steps,
+            ("GET", "/runs/subscribe"): self.runs_subscribe,
+            ("POST", "/trigger"): self.trigger,
+            ("POST", "/retrigger"): self.retrigger,
+            ("POST", "/cancel"): self.cancel,
+            ("DELETE", "/run"): self.delete,
+        }
+
+    async def dispatch(self, request: Request) -> Response:
+        try:
+            ctx = None
+            if self.auth is not None:
+                ctx = await call(self.auth.authenticate, request)
+            if self.on_request is not None:
+                await call(self.on_request)
+            route = self.routes.get((request.method, "/" + request.path_params["path"]))
+            if route is None:
+                return PlainTextResponse("Not Found", status_code=404)
+            return await route(request, ctx)
+        except _Reject as exc:
+            return exc.response
+        except HTTPException as exc:
+            return _JSON({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        except DurablyError as exc:
+            status = _status_of(exc)
+            if status is not None:
+                return error_response(str(exc), status)
+            logger.exception("durably.http: %s %s failed", request.method, request.url.path)
+            return error_response("Internal server error", 500)
+        except Exception:
+            logger.exception("durably.http: %s %s failed", request.method, request.url.path)
+            return error_response("Internal server error", 500)
+
+    # -- helpers --
+
+    def _job(self, name: str) -> JobHandle[Any, Any] | None:
+        for handle in self.durably.jobs.values():
+            if handle.name == name:
+                return handle
+        return None
+
+    async def _run_access(self, request: Request, ctx: Any, operation: RunOperation) -> Run:
+        run_id = request.query_params.get("runId")
+        if not run_id:
+            raise _Reject(error_response("runId query parameter is required", 400))
+        run = await self.durably.get_run(run_id)
+        if run is None:
+            raise _Reject(error_response("Run not found", 404))
+        if self.auth is not None and self.auth.on_run_access is not None:
+            await call(self.auth.on_run_access, ctx, run, operation)
+        return run
+
+    # -- routes --
+
+    async def trigger(self, request: Request, ctx: Any) -> Response:
+        try:
+            body = msgspec.json.decode(await request.body())
+        except msgspec.DecodeError:
+            return error_response("Invalid JSON body", 400)
+        if not isinstance(body, dict) or not body.get("jobName"):
+            return error_response("jobName is required", 400)
+        name = body["jobName"]
+        handle = self._job(name) if isinstance(name, str) else None
+        if handle is None:
+            return error_response(f"Job not found: {name}", 404)
+        req = TriggerRequest(
+            job_name=name,
+            input=body.get("input"),
+            idempotency_key=body.get("idempotencyKey"),
+            concurrency_key=body.get("concurrencyKey"),
+            labels=body.get("labels"),
+            coalesce=body.get("coalesce"),
+        )
+        if self.auth is not None and self.auth.on_trigger is not None:
+            replaced = await call(self.auth.on_trigger, ctx, req)
+            if isinstance(replaced, TriggerRequest):
+                if replaced.job_name != req.job_name:
+                    handle = self._job(replaced.job_name)
+                    if handle is None:
+                        return error_response(f"Job not found: {replaced.job_name}", 404)
+                req = replaced
+        result = await handle.trigger(
+            req.input,
+            idempotency_key=req.idempotency_key,
+            concurrency_key=req.concurrency_key,
+            labels=req.labels,
+            coalesce=req.coalesce,
+        )
+        return json_response({"runId": result.id, "disposition": result.disposition})
+
+    async def runs(self, request: Request, ctx: Any) -> Response:
+        params = request.query_params
+        statuses = params.getlist("status")
+        for s in statuses:
+            if s == "":
+                return error_response(
+                    f"Invalid status: empty value. Must be one of: {_STATUS_LIST}", 400
+                )
+            if s not in VALID_STATUSES:
+                return error_response(f"Invalid status: {s}. Must be one of: {_STATUS_LIST}", 400)
+        query = RunsFilter(
+            job_name=tuple(params.getlist("jobName")) or None,
+            status=tuple(statuses) or None,
+            labels=_labels(request),
+            limit=_parse_int(params.get("limit"), "limit"),
+            offset=_parse_int(params.get("offset"), "offset"),
+        )
+        if self.auth is not None and self.auth.scope_runs is not None:
+            query = await call(self.auth.scope_runs, ctx, query)
+        runs = await self.durably.get_runs(
+            status=query.status,
+            job_name=query.job_name,
+            labels=query.labels,
+            limit=query.limit,
+            offset=query.offset or 0,
+        )
+        return json_response([client_run(r) for r in runs])
+
+    async def run(self, request: Request, ctx: Any) -> Response:
+        run = await self._run_access(request, ctx, "read")
+        return json_response(client_run(run))
+
+    async def steps(self, request: Request, ctx: Any) -> Response:
+        run = await self._run_access(request, ctx, "steps")
+        steps = await self.durably.get_steps(run.id)
+        return json_response([client_step(s) for s in steps])
+
+    async def retrigger(self, request: Request, ctx: Any) -> Response:
+        run = await self._run_access(request, ctx, "retrigger")
+        new = await self.durably.retrigger(run.id)
+        return json_response({"success": True, "runId": new.id})
+
+    async def cancel(self, request: Request, ctx: Any) -> Response:
+        run = await self._run_access(request, ctx, "cancel")
+        await self.durably.cancel(run.id)
+        return json_response({"success": True})
+
+    async def delete(self, request: Request, ctx: Any) -> Response:
+        run = await self._run_access(request, ctx, "delete")
+        await self.durably.delete_run(run.id)
+        return json_response({"success": True})
+
+    async def subscribe(self, request: Request, ctx: Any) -> Response:
+        run = await self._run_access(request, ctx, "subscribe")
+        if run.is_terminal:
+            # the common reconnect (EventSource retries a closed stream every ~3 s):
+            # one read, one frame, no stream machinery
+            return Response(
+                b"".join(sse_frame(event_payload(e)) for e in replay(self.durably, run)),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        # listen, then read again, so nothing between the read and the stream is lost
+        queue = EventQueue(self.throttle, run_filter)
+        stop = self.hub.watch_run(run.id, queue.push)
+        try:
+            current = await self.durably.get_run(run.id)
+        except BaseException:
+            stop()
+            raise
+        if current is None:
+            stop()
+            return error_response("Run not found", 404)
+        return SSEResponse(run_frames(self.durably, queue, current, self.poll_interval), stop)
+
+    async def runs_subscribe(self, request: Request, ctx: Any) -> Response:
+        query = RunsSubscribeFilter(
+            job_name=tuple(request.query_params.getlist("jobName")) or None,
+            labels=_labels(request),
+        )
+        if self.auth is not None:
+            if self.auth.scope_runs_subscribe is not None:
+                query = await call(self.auth.scope_runs_subscribe, ctx, query)
+            elif self.auth.scope_runs is not None:
+                scoped = await call(
+                    self.auth.scope_runs,
+                    ctx,
+                    RunsFilter(job_name=query.job_name, labels=query.labels),
+                )
+                query = RunsSubscribeFilter(job_name=scoped.job_name, labels=scoped.labels)
+        queue = EventQueue(self.throttle, runs_filter(query.job_name, query.labels))
+        stop = self.hub.watch_all(queue.push, query.job_name)
+        return SSEResponse(runs_frames(queue), stop)
+
+
+def create_handler(
+    durably: Durably,
+    *,
+    auth: Auth | None = None,
+    sse_throttle: float = 0.1,
+    sse_poll_interval: float | None = 1.0,
+    on_request: Callable[[], Awaitable[None] | None] | None = None,
+) -> Starlette:
+    """An ASGI app serving durably's HTTP/SSE protocol (that of the TypeScript
+    ``createDurablyHandler``), for ``@coji/durably-react``'s hooks.
+
+    Mount it under any path (``app.mount("/api/durably", create_handler(d))``).
+    ``sse_throttle``: seconds between two ``run:progress`` frames of a run (0 = no
+    throttling). ``sse_poll_interval``: a run's stream re-reads the run after this
+    many seconds without events, to follow runs executed by other processes
+    (``None`` = never). ``on_request``: called before each request, after
+    ``authenticate``. The worker is not started here: run ``durably.init()`` /
+    ``stop()`` in the application's lifespan.
+    """
+    if auth is not None and not isinstance(auth, Auth):
+        raise TypeError("auth must be a durably.http.Auth(authenticate=...)")
+    if sse_throttle < 0:
+        raise ValueError("sse_throttle must be >= 0 seconds")
+    if sse_poll_interval is not None and sse_poll_interval <= 0:
+        raise ValueError("sse_poll_interval must be > 0 seconds (or None)")
+    handler = _Handler(durably, auth, sse_throttle, sse_poll_interval, on_request)
+    methods = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"]
+    app = Starlette(routes=[Route("/{path:path}", handler.dispatch, methods=methods)])
+    app.state.durably_hub = handler.hub
+    return app

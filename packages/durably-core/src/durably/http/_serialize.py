@@ -1,0 +1,187 @@
+"""JSON shapes of the HTTP protocol (camelCase, as the TypeScript reference sends them).
+
+Runs lose their lease and key fields (``toClientRun``); events keep every field,
+renamed to camelCase; user data (inputs, outputs, log data) is passed through
+untouched. Timestamps are ISO-8601 UTC with milliseconds and ``Z``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pydantic
+
+from .. import Event, Progress, Run, StepRecord
+
+#: Events that end a run's stream.
+TERMINAL_TYPES = frozenset({"run:complete", "run:fail", "run:cancel", "run:delete"})
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, pydantic.BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, datetime):
+        return iso(obj)
+    if isinstance(obj, set | frozenset):
+        return list(obj)
+    # never let an odd value in log data break a response or a stream
+    return str(obj)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+def encode(value: Any) -> bytes:
+    """Compact one-line JSON."""
+    return _encoder.encode(value)
+
+
+def iso(t: datetime | None) -> str | None:
+    """``2026-11-22T03:04:05.123Z`` (the reference's ``Date.toISOString()``)."""
+    if t is None:
+        return None
+    u = t.astimezone(UTC)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:"
+        f"{u.second:02d}.{u.microsecond // 1000:03d}Z"
+    )
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _number(x: float) -> float | int:
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def progress(p: Progress | None) -> dict[str, Any] | None:
+    """``{current, total?, message?}``: unset keys are left out, as the reference stores it."""
+    if p is None:
+        return None
+    out: dict[str, Any] = {"current": _number(p.current)}
+    if p.total is not None:
+        out["total"] = _number(p.total)
+    if p.message is not None:
+        out["message"] = p.message
+    return out
+
+
+def client_run(run: Run) -> dict[str, Any]:
+    """The reference's ``toClientRun``: no lease owner/expiry/generation, no keys."""
+    return {
+        "id": run.id,
+        "jobName": run.job_name,
+        "input": run.input,
+        "status": str(run.status),
+        "currentStepIndex": run.current_step_index,
+        "completedStepCount": run.completed_step_count,
+        "progress": progress(run.progress),
+        "output": run.output,
+        "error": run.error,
+        "labels": run.labels,
+        "startedAt": iso(run.started_at),
+        "completedAt": iso(run.completed_at),
+        "createdAt": iso(run.created_at),
+        "isTerminal": run.is_terminal,
+        "isActive": run.is_active,
+    }
+
+
+def client_step(step: StepRecord) -> dict[str, Any]:
+    return {
+        "id": step.id,
+        "runId": step.run_id,
+        "name": step.name,
+        "index": step.index,
+        "status": str(step.status),
+        "output": step.output,
+        "error": step.error,
+        "startedAt": iso(step.started_at),
+        "completedAt": iso(step.completed_at),
+    }
+
+
+def _field(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, Progress):
+        return progress(value)
+    return value
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    """Every field of the event, camelCased, ``type`` first."""
+    out: dict[str, Any] = {"type": event.type}
+    for name in event.__struct_fields__:
+        out[camel(name)] = _field(getattr(event, name))
+    return out
+
+
+_TRIMMED_EXTRA: dict[str, tuple[str, ...]] = {
+    "run:coalesced": ("skipped_input", "skipped_labels"),
+    "run:progress": ("progress",),
+    "step:start": ("step_name", "step_index"),
+    "step:complete": ("step_name", "step_index"),
+    "step:cancel": ("step_name", "step_index"),
+    "step:fail": ("step_name", "step_index", "error"),
+    "log:write": ("step_name", "level", "message", "data"),
+}
+
+#: What ``/runs/subscribe`` forwards (the reference's list; no lease renewals or
+#: worker errors).
+RUNS_STREAM_TYPES = frozenset(
+    {
+        "run:trigger",
+        "run:coalesced",
+        "run:leased",
+        "run:complete",
+        "run:fail",
+        "run:cancel",
+        "run:delete",
+        "run:progress",
+        "step:start",
+        "step:complete",
+        "step:fail",
+        "step:cancel",
+        "log:write",
+    }
+)
+
+
+def trimmed_payload(event: Event) -> dict[str, Any]:
+    """The reference's ``/runs/subscribe`` frame: identity, labels and a few fields."""
+    out: dict[str, Any] = {
+        "type": event.type,
+        "runId": getattr(event, "run_id", None),
+        "jobName": getattr(event, "job_name", None),
+        "labels": getattr(event, "labels", None),
+    }
+    for name in _TRIMMED_EXTRA.get(event.type, ()):
+        out[camel(name)] = _field(getattr(event, name))
+    return out
+
+
+_trimmed_cache: dict[int, tuple[Event, bytes]] = {}
+
+
+def trimmed_frame(event: Event) -> bytes:
+    """The ``/runs/subscribe`` frame of an event, encoded once however many streams
+    send it (cached by the event's identity while it is alive)."""
+    key = id(event)
+    cached = _trimmed_cache.get(key)
+    if cached is not None and cached[0] is event:
+        return cached[1]
+    frame = sse_frame(trimmed_payload(event))
+    if len(_trimmed_cache) >= 256:
+        _trimmed_cache.clear()
+    _trimmed_cache[key] = (event, frame)
+    return frame
+
+
+def sse_frame(payload: dict[str, Any]) -> bytes:
+    """``data: <one-line JSON>\\n\\n``."""
+    return b"data: " + encode(payload) + b"\n\n"

@@ -1,0 +1,277 @@
+"""The two SSE streams: one run (``/subscribe``) and all matching runs
+(``/runs/subscribe``).
+
+Frames are exactly ``data: <one-line JSON>\\n\\n``. A run's stream first replays
+the run's current state (leased: ``run:leased`` then ``run:progress`` if any;
+finished: its terminal event alone, then the stream closes; pending: nothing),
+then forwards live events until a terminal one. Live events come from this
+process's event bus; runs executed by other processes are noticed by re-reading
+the run every ``poll_interval`` seconds of silence, and the changes sent as
+synthesized events (``sequence`` 0, as the reference's replay does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
+
+from .. import (
+    Durably,
+    Event,
+    Progress,
+    Run,
+    RunCancelEvent,
+    RunCompleteEvent,
+    RunDeleteEvent,
+    RunFailEvent,
+    RunLeasedEvent,
+    RunProgressEvent,
+    RunStatus,
+)
+from ._serialize import (
+    RUNS_STREAM_TYPES,
+    TERMINAL_TYPES,
+    event_payload,
+    sse_frame,
+    trimmed_frame,
+)
+from ._throttle import ProgressThrottle
+
+#: What a run's stream forwards (the reference's list).
+RUN_STREAM_TYPES = frozenset(
+    {
+        "run:leased",
+        "run:complete",
+        "run:fail",
+        "run:cancel",
+        "run:delete",
+        "run:progress",
+        "step:start",
+        "step:complete",
+        "step:fail",
+        "log:write",
+    }
+)
+
+
+class EventQueue:
+    """Events pushed by the hub, read back through the progress throttle."""
+
+    def __init__(self, throttle: float, accept: Callable[[Event], bool]) -> None:
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._accept = accept
+        loop = asyncio.get_running_loop()
+        self.throttle = ProgressThrottle(throttle, loop.time)
+        self._loop = loop
+
+    def push(self, event: Event) -> None:
+        if self._accept(event):
+            self._queue.put_nowait(event)
+
+    def drain(self) -> list[Event]:
+        """Events already queued, without waiting (and without throttling)."""
+        out = []
+        while not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
+
+    def ready(self) -> list[Event]:
+        """Whatever can be sent now, without waiting."""
+        out = self.throttle.take_due()
+        while not self._queue.empty():
+            out.extend(self.throttle.offer(self._queue.get_nowait()))
+        return out
+
+    async def next(self, idle: float | None) -> list[Event] | None:
+        """The next events to send (all that are ready, so they go out in one write);
+        ``None`` after ``idle`` seconds with nothing to send."""
+        idle_deadline = None if idle is None else self._loop.time() + idle
+        while True:
+            if not self._queue.empty():
+                out: list[Event] = []
+                while not self._queue.empty():
+                    out.extend(self.throttle.offer(self._queue.get_nowait()))
+                if out:
+                    return out
+                continue
+            due = self.throttle.next_due()
+            deadlines = [d for d in (due, idle_deadline) if d is not None]
+            try:
+                async with asyncio.timeout_at(min(deadlines) if deadlines else None):
+                    event = await self._queue.get()
+            except TimeoutError:
+                ready = self.throttle.take_due()
+                if ready:
+                    return ready
+                if idle_deadline is not None and self._loop.time() >= idle_deadline:
+                    return None
+                continue
+            out = self.throttle.offer(event)
+            while not self._queue.empty():
+                out.extend(self.throttle.offer(self._queue.get_nowait()))
+            if out:
+                return out
+
+
+class SSEResponse(EventSourceResponse):
+    """An ``EventSourceResponse`` that runs ``on_close`` however the stream ends
+    (finished, client gone, server shutting down, or never started)."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+        super().__init__(content, sep="\n", headers={"Cache-Control": "no-cache"})
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def _synthetic(durably: Durably, cls: type[Event], run: Run, **fields: Any) -> Event:
+    return cls(  # type: ignore[call-arg]
+        timestamp=durably.clock.now(),
+        sequence=0,
+        run_id=run.id,
+        job_name=run.job_name,
+        labels=run.labels,
+        **fields,
+    )
+
+
+def replay(durably: Durably, run: Run) -> list[Event]:
+    """The reference's replay of a run's current state."""
+    if run.status is RunStatus.LEASED:
+        out = [
+            _synthetic(
+                durably,
+                RunLeasedEvent,
+                run,
+                input=run.input,
+                lease_owner=run.lease_owner or "",
+                lease_expires_at=run.lease_expires_at or run.updated_at,
+            )
+        ]
+        if run.progress is not None:
+            out.append(_synthetic(durably, RunProgressEvent, run, progress=run.progress))
+        return out
+    if run.status is RunStatus.COMPLETED:
+        return [_synthetic(durably, RunCompleteEvent, run, output=run.output, duration=0)]
+    if run.status is RunStatus.FAILED:
+        return [_synthetic(durably, RunFailEvent, run, error=run.error or "Unknown error")]
+    if run.status is RunStatus.CANCELLED:
+        return [_synthetic(durably, RunCancelEvent, run)]
+    return []
+
+
+class _RunState:
+    """What the client has been told about the run, to send only changes after a poll."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.leased = run.status is RunStatus.LEASED
+        self.progress: Progress | None = run.progress
+
+    def saw(self, event: Event) -> None:
+        if event.type == "run:leased":
+            self.leased = True
+        elif isinstance(event, RunProgressEvent):
+            self.progress = event.progress
+
+    def changes(self, durably: Durably, current: Run | None) -> list[Event]:
+        if current is None:
+            return [_synthetic(durably, RunDeleteEvent, self.run)]
+        self.run = current
+        if current.is_terminal:
+            return replay(durably, current)
+        out: list[Event] = []
+        if current.status is RunStatus.LEASED and not self.leased:
+            out.extend(replay(durably, current)[:1])
+        if current.progress is not None and current.progress != self.progress:
+            out.append(_synthetic(durably, RunProgressEvent, current, progress=current.progress))
+        return out
+
+
+async def run_frames(
+    durably: Durably, queue: EventQueue, run: Run, poll_interval: float | None
+) -> AsyncIterator[bytes]:
+    """``/subscribe``: replay, then live events until a terminal one."""
+    queued = queue.drain()
+    if run.is_terminal:
+        # a live terminal event that raced the read is better than a synthesized one
+        ends = [e for e in queued if e.type in TERMINAL_TYPES]
+        if ends:
+            first = queued.index(ends[0])
+            events = queued[: first + 1]
+            for event in events[:-1]:
+                queue.throttle.offer(event)
+            events = queue.throttle.offer(events[-1])
+        else:
+            events = replay(durably, run)
+        for event in events:
+            yield sse_frame(event_payload(event))
+        return
+    state = _RunState(run)
+    pending = [*replay(durably, run), *queued]
+    for event in pending:
+        for out in queue.throttle.offer(event):
+            state.saw(out)
+            yield sse_frame(event_payload(out))
+            if out.type in TERMINAL_TYPES:
+                return
+    while True:
+        live = await queue.next(poll_interval)
+        if live is None:  # silence: has the run moved on elsewhere?
+            live = []
+            for event in state.changes(durably, await durably.get_run(run.id)):
+                live.extend(queue.throttle.offer(event))
+        chunk = []
+        for event in live:
+            state.saw(event)
+            chunk.append(sse_frame(event_payload(event)))
+            if event.type in TERMINAL_TYPES:
+                chunk.extend(sse_frame(event_payload(held)) for held in queue.throttle.flush())
+                yield b"".join(chunk)
+                return
+        if chunk:
+            yield b"".join(chunk)
+
+
+#: ``/runs/subscribe`` gathers what arrives this long after an event into one write:
+#: a run's burst of events costs each open list stream one send, not ten.
+RUNS_LINGER = 0.02
+
+
+async def runs_frames(queue: EventQueue) -> AsyncIterator[bytes]:
+    """``/runs/subscribe``: trimmed frames of matching runs; never ends by itself."""
+    while True:
+        events = await queue.next(None) or []
+        await asyncio.sleep(RUNS_LINGER)
+        events.extend(queue.ready())
+        yield b"".join([trimmed_frame(event) for event in events])
+
+
+def runs_filter(
+    job_names: tuple[str, ...] | None, labels: dict[str, str] | None
+) -> Callable[[Event], bool]:
+    names = frozenset(job_names or ())
+
+    def accept(event: Event) -> bool:
+        if event.type not in RUNS_STREAM_TYPES:
+            return False
+        if names and getattr(event, "job_name", None) not in names:
+            return False
+        if labels:
+            have = getattr(event, "labels", None) or {}
+            return all(have.get(k) == v for k, v in labels.items())
+        return True
+
+    return accept
+
+
+def run_filter(event: Event) -> bool:
+    return event.type in RUN_STREAM_TYPES

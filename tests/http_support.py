@@ -1,0 +1,235 @@
+"""Helpers for the HTTP tests: jobs whose pace the test controls, a real uvicorn
+server on 127.0.0.1 inside the test's event loop, and an SSE frame reader."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import uvicorn
+from pydantic import BaseModel
+
+from durably import Step, define_job
+
+#: Safety net for waits on conditions (never a sleep to let something happen).
+TIMEOUT = 10.0
+
+
+class Gates:
+    """asyncio.Events a job waits on, created on demand by name."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def __getitem__(self, name: str) -> asyncio.Event:
+        return self._events.setdefault(name, asyncio.Event())
+
+    def open(self, name: str) -> None:
+        self[name].set()
+
+    def reset(self) -> None:
+        """Forget every gate (each test, and each backend of a test, starts closed)."""
+        self._events.clear()
+
+
+GATES = Gates()
+
+
+class AddIn(BaseModel):
+    a: int
+    b: int
+
+
+class AddOut(BaseModel):
+    sum: int
+
+
+@define_job("add", input=AddIn, output=AddOut)
+async def add(step: Step, payload: AddIn) -> AddOut:
+    total = await step.run("sum", lambda: payload.a + payload.b)
+    step.log.info("added", total=total)
+    return AddOut(sum=total)
+
+
+class GatedIn(BaseModel):
+    key: str
+    steps: int = 2
+
+
+@define_job("gated", input=GatedIn)
+async def gated(step: Step, payload: GatedIn) -> dict[str, Any]:
+    """Waits for gate ``<key>:<i>`` before step i; reports progress after each."""
+    for i in range(payload.steps):
+        await GATES[f"{payload.key}:{i}"].wait()
+        await step.run(f"step-{i}", lambda i=i: i)
+        step.progress(i + 1, payload.steps, f"step {i + 1}")
+    return {"done": payload.steps}
+
+
+class BoomIn(BaseModel):
+    message: str = "boom"
+
+
+@define_job("boom", input=BoomIn)
+async def boom(step: Step, payload: BoomIn) -> None:
+    def explode() -> None:
+        raise RuntimeError(payload.message)
+
+    await step.run("explode", explode)
+
+
+JOBS = {"add": add, "gated": gated, "boom": boom}
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, servers: list[uvicorn.Server] | None = None) -> AsyncIterator[str]:
+    """Run ``app`` with uvicorn on a free 127.0.0.1 port; yields the base URL
+    (the ``uvicorn.Server`` is appended to ``servers`` if given)."""
+    sock = free_socket()
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="auto", timeout_graceful_shutdown=2, ws="none"
+    )
+    server = uvicorn.Server(config)
+    if servers is not None:
+        servers.append(server)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        host, port = sock.getsockname()
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+class SSEReader:
+    """Reads an SSE response frame by frame, checking the exact framing."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._chunks = response.aiter_raw()
+        self._buffer = b""
+        self.raw: list[bytes] = []
+
+    async def frame(self) -> dict[str, Any] | None:
+        """The next ``data:`` frame as JSON; ``None`` when the stream ends.
+        Comment frames (keep-alive pings) are skipped."""
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                if b"\n\n" in self._buffer:
+                    frame, self._buffer = self._buffer.split(b"\n\n", 1)
+                    if frame.startswith(b":"):
+                        continue
+                    self.raw.append(frame + b"\n\n")
+                    assert frame.startswith(b"data: "), frame
+                    assert b"\n" not in frame, frame
+                    assert b"\r" not in frame, frame
+                    return json.loads(frame[6:])  # type: ignore[no-any-return]
+                try:
+                    chunk = await self._chunks.__anext__()
+                except StopAsyncIteration:
+                    assert self._buffer == b"", self._buffer
+                    return None
+                self._buffer += chunk
+
+    async def frames_until_close(self) -> list[dict[str, Any]]:
+        out = []
+        while (frame := await self.frame()) is not None:
+            out.append(frame)
+        return out
+
+
+@contextlib.asynccontextmanager
+async def sse(client: httpx.AsyncClient, url: str) -> AsyncIterator[SSEReader]:
+    async with client.stream("GET", url, headers={"Accept": "text/event-stream"}) as response:
+        assert response.status_code == 200, response.status_code
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield SSEReader(response)
+
+
+async def wait_until(predicate: Any) -> None:
+    """Wait for a cheap in-process condition that no event signals (e.g. the server
+    noticing a client went away), re-checking every few ms; bounded by TIMEOUT."""
+    async with asyncio.timeout(TIMEOUT):
+        while not predicate():  # noqa: ASYNC110 - nothing to wait on but the condition
+            await asyncio.sleep(0.005)
+
+
+class BurstIn(BaseModel):
+    key: str
+    n: int = 3
+
+
+@define_job("burst", input=BurstIn)
+async def burst(step: Step, payload: BurstIn) -> dict[str, int]:
+    """Reports progress 1..n at once, then waits for gate ``<key>:end``."""
+    for i in range(1, payload.n + 1):
+        step.progress(i, payload.n, f"p{i}")
+    await GATES[f"{payload.key}:end"].wait()
+    return {"n": payload.n}
+
+
+JOBS["burst"] = burst
+
+
+def next_event(durably: Any, event_type: str, run_id: str | None = None) -> asyncio.Future[Any]:
+    """A future resolved by the next ``event_type`` event (of ``run_id``, if given)."""
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def listener(event: Any) -> None:
+        if run_id is not None and getattr(event, "run_id", None) != run_id:
+            return
+        if not fut.done():
+            fut.set_result(event)
+        unsubscribe()
+
+    unsubscribe = durably.on(event_type, listener)
+    return fut
+
+
+async def settle(fut: asyncio.Future[Any]) -> Any:
+    async with asyncio.timeout(TIMEOUT):
+        return await fut
+
+
+async def reach(durably: Any, run_id: str, *statuses: str, progressed: bool = False) -> Any:
+    """Wait (on the run's events, not on time) until the run has one of ``statuses``
+    (and some progress, if asked); returns the run. Race-free: listens first."""
+    changed = asyncio.Event()
+
+    def listener(event: Any) -> None:
+        if getattr(event, "run_id", None) == run_id:
+            changed.set()
+
+    unsubscribe = durably.on("*", listener)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                changed.clear()
+                run = await durably.get_run(run_id)
+                ready = run is not None and run.status in statuses
+                if ready and (not progressed or run.progress is not None):
+                    return run
+                # events wake us at once; a short re-check covers background writes
+                # (progress is written just after its event)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), 0.02)
+    finally:
+        unsubscribe()
