@@ -14,7 +14,7 @@ from durably import Durably, Storage, create_durably
 from durably_testing.clock import ManualClock
 
 #: Backends the engine tests are parametrized over (one pytest invocation covers all).
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "sqlite-file", "sqlite-memory"]
 
 
 @pytest.fixture
@@ -67,3 +67,7 @@ async def make_durably(backend: str, db_url: str, clock: ManualClock) -> AsyncIt
         # closing a shared storage twice is fine; a broken one must not hide the test result
         with contextlib.suppress(Exception):
             await d.storage.close()
+
+
+#: pytester drives the durably pytest plugin in tests/test_pytest_plugin.py
+pytest_plugins = ["pytester"]

@@ -1,0 +1,47 @@
+"""Helpers shared by the engine tests (imported as ``engine_support``)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+#: Real-time safety bound for ``eventually``: a backend doing I/O in threads needs
+#: the loop to spin a little longer than ``settle()``; a hang fails instead of blocking.
+EVENTUALLY_LIMIT = 10.0
+
+
+async def eventually(
+    predicate: Callable[[], Any | Awaitable[Any]], what: str = "the condition"
+) -> None:
+    """Let the event loop run (``sleep(0)``, no clock time passes) until
+    ``predicate()`` (sync or async) is true."""
+    deadline = time.monotonic() + EVENTUALLY_LIMIT
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not become true")
+        await asyncio.sleep(0)
+
+
+async def status_is(d: Any, run_id: str, status: Any) -> None:
+    """Wait until run ``run_id`` has ``status``."""
+
+    async def check() -> bool:
+        run = await d.get_run(run_id)
+        return run is not None and run.status == status
+
+    await eventually(check, f"run {run_id} being {status}")
+
+
+def recorder(d: Any, event_type: str = "*") -> list[Any]:
+    """Every event of ``event_type`` emitted by ``d``, in order."""
+    events: list[Any] = []
+    d.on(event_type, events.append)
+    return events

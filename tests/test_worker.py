@@ -1,0 +1,715 @@
+"""The background worker, waiting for runs and subscribing to them (SEMANTICS.md,
+"Public API", "Control", "Bad input and faults")."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import pydantic
+import pytest
+from engine_support import eventually, recorder, status_is
+
+from durably import (
+    EnqueueResult,
+    LogRecord,
+    NewLog,
+    NewRun,
+    NewStep,
+    NotFoundError,
+    Progress,
+    Run,
+    RunCancelledError,
+    RunFailedError,
+    RunFilter,
+    RunStatus,
+    Step,
+    StepRecord,
+    Storage,
+    StorageError,
+    ValidationError,
+    WaitTimeoutError,
+    create_durably,
+    define_job,
+)
+from durably_testing.clock import ManualClock, settle
+
+
+class In(pydantic.BaseModel):
+    n: int
+
+
+class Out(pydantic.BaseModel):
+    doubled: int
+
+
+async def double(step: Step, payload: In) -> Out:
+    value = await step.run("double", lambda: payload.n * 2)
+    step.progress(1, 1, "doubled")
+    step.log.info("doubled", value=value)
+    return Out(doubled=value)
+
+
+async def bad_job(step: Step, payload: Any) -> Any:
+    await step.run("explode", boom)
+
+
+async def boom() -> None:
+    raise RuntimeError("kaboom")
+
+
+class Gates:
+    """A job whose runs block until released; counts entries."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = 0
+        self.cancelled = 0
+
+    async def job(self, step: Step, payload: Any) -> Any:
+        self.entered += 1
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return payload
+
+
+async def test_worker__start_and_stop(make_durably: Any) -> None:
+    d = make_durably()
+    assert d.running is False
+    d.start()
+    d.start()  # idempotent
+    await settle()
+    assert d.running is True
+    await d.stop()
+    assert d.running is False
+
+
+async def test_worker__async_context_manager_starts_and_stops(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    async with d as same:
+        assert same is d
+        assert d.running
+        result = await d.jobs.d.trigger_and_wait({"n": 2})
+        assert result.output == Out(doubled=4)
+    assert not d.running
+
+
+async def test_worker__triggered_run_starts_without_clock_moving(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    d.start()
+    await settle()
+    before = clock.now()
+    triggered = await d.jobs.d.trigger({"n": 5})
+    await status_is(d, triggered.id, RunStatus.COMPLETED)
+    run = await d.get_run(triggered.id)
+    assert run.output == {"doubled": 10}
+    assert clock.now() == before
+
+
+async def test_worker__runs_pending_runs_on_start(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    triggered = await d.jobs.d.trigger({"n": 1})
+    d.start()
+    await status_is(d, triggered.id, RunStatus.COMPLETED)
+
+
+async def test_worker__max_concurrent_runs_slots_and_refill(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    gates = Gates()
+    d = make_durably({"g": define_job("g", run=gates.job)}, max_concurrent_runs=2)
+    ids = [(await d.jobs.g.trigger({"i": i})).id for i in range(4)]
+    d.start()
+    await eventually(lambda: gates.entered == 2, "two runs started")
+    await settle()
+    assert gates.entered == 2
+    statuses = [(await d.get_run(i)).status for i in ids]
+    assert statuses == [RunStatus.LEASED] * 2 + [RunStatus.PENDING] * 2
+    before = clock.now()
+    await d.cancel(ids[0])
+    await eventually(lambda: gates.entered == 3, "the freed slot refilled")
+    assert (await d.get_run(ids[2])).status is RunStatus.LEASED
+    assert (await d.get_run(ids[3])).status is RunStatus.PENDING
+    gates.release.set()
+    for run_id in ids[1:]:
+        await status_is(d, run_id, RunStatus.COMPLETED)
+    assert clock.now() == before
+
+
+async def test_worker__single_slot_by_default(make_durably: Any) -> None:
+    gates = Gates()
+    d = make_durably({"g": define_job("g", run=gates.job)})
+    for i in range(3):
+        await d.jobs.g.trigger({"i": i})
+    d.start()
+    await eventually(lambda: gates.entered == 1, "one run started")
+    await settle()
+    assert gates.entered == 1
+    assert len(await d.get_runs(status="leased")) == 1
+
+
+async def test_worker__stop_waits_for_in_flight_runs(make_durably: Any) -> None:
+    gates = Gates()
+    d = make_durably({"g": define_job("g", run=gates.job)})
+    triggered = await d.jobs.g.trigger({"x": 1})
+    d.start()
+    await eventually(lambda: gates.entered == 1, "the run started")
+    stopping = asyncio.create_task(d.stop())
+    await settle()
+    assert not stopping.done()
+    gates.release.set()
+    await asyncio.wait_for(stopping, 5)
+    run = await d.get_run(triggered.id)
+    assert run.status is RunStatus.COMPLETED
+    assert run.output == {"x": 1}
+
+
+async def test_worker__stop_timeout_cancels_stuck_runs_and_leaves_lease(
+    make_durably: Any,
+) -> None:
+    gates = Gates()
+    d = make_durably({"g": define_job("g", run=gates.job)})
+    triggered = await d.jobs.g.trigger({})
+    d.start()
+    await eventually(lambda: gates.entered == 1, "the run started")
+    await asyncio.wait_for(d.stop(timeout=0), 5)
+    assert gates.cancelled == 1
+    run = await d.get_run(triggered.id)
+    assert run.status is RunStatus.LEASED
+    assert run.lease_owner == d.worker_id
+    assert run.error is None
+
+
+async def test_worker__stopped_worker_claims_nothing(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    d.start()
+    await settle()
+    await d.stop()
+    triggered = await d.jobs.d.trigger({"n": 1})
+    await settle()
+    assert (await d.get_run(triggered.id)).status is RunStatus.PENDING
+
+
+async def test_worker__polls_for_runs_triggered_elsewhere(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    jobs = {"d": define_job("double", input=In, output=Out, run=double)}
+    worker = make_durably(jobs, polling_interval=2)
+    other = make_durably(jobs, same_db_as=worker)
+    worker.start()
+    await eventually(lambda: clock.sleepers == 1, "the worker idling")
+    triggered = await other.jobs.d.trigger({"n": 3})
+    await settle()
+    assert (await other.get_run(triggered.id)).status is RunStatus.PENDING
+    await clock.advance(2)
+    await status_is(other, triggered.id, RunStatus.COMPLETED)
+
+
+async def test_trigger_and_wait__returns_typed_output(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    d.start()
+    result = await d.jobs.d.trigger_and_wait({"n": 21})
+    assert isinstance(result.output, Out)
+    assert result.output.doubled == 42
+    assert result.disposition == "created"
+    assert result.run.id == result.id
+    assert result.run.status is RunStatus.COMPLETED
+
+
+async def test_trigger_and_wait__untyped_output_is_json_native(make_durably: Any) -> None:
+    async def job(step: Step, payload: Any) -> Any:
+        return {"echo": payload}
+
+    d = make_durably({"e": define_job("echo", run=job)})
+    d.start()
+    result = await d.jobs.e.trigger_and_wait([1, 2])
+    assert result.output == {"echo": [1, 2]}
+
+
+async def test_trigger_and_wait__idempotent_run_already_done(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    d.start()
+    first = await d.jobs.d.trigger_and_wait({"n": 1}, idempotency_key="k")
+    second = await d.jobs.d.trigger_and_wait({"n": 9}, idempotency_key="k")
+    assert second.id == first.id
+    assert second.disposition == "idempotent"
+    assert second.output == Out(doubled=2)
+
+
+async def test_trigger_and_wait__timeout_leaves_run_going(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    gates = Gates()
+    d = make_durably({"g": define_job("g", run=gates.job)})
+    d.start()
+    waiting = asyncio.create_task(d.jobs.g.trigger_and_wait({}, timeout=5))
+    await eventually(lambda: gates.entered == 1, "the run started")
+    await clock.advance(4)
+    assert not waiting.done()
+    await clock.advance(1)
+    await eventually(waiting.done, "the wait timing out")
+    with pytest.raises(WaitTimeoutError) as info:
+        await waiting
+    assert info.value.timeout == 5
+    run = await d.get_run(info.value.run_id)
+    assert run.status is RunStatus.LEASED
+    gates.release.set()
+    assert (await d.wait_for_run(run.id)).status is RunStatus.COMPLETED
+
+
+async def test_trigger_and_wait__on_progress_and_on_log_for_this_run(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    other = await d.jobs.d.trigger({"n": 100})
+    progress: list[Any] = []
+    logs: list[Any] = []
+    d.start()
+    result = await d.jobs.d.trigger_and_wait(
+        {"n": 1}, on_progress=progress.append, on_log=logs.append
+    )
+    assert await d.wait_for_run(other.id)
+    assert [(e.run_id, e.progress) for e in progress] == [(result.id, Progress(1, 1, "doubled"))]
+    assert [(e.run_id, e.message, e.data) for e in logs] == [(result.id, "doubled", {"value": 2})]
+
+
+async def test_trigger_and_wait__callbacks_removed_afterwards(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    progress: list[Any] = []
+    d.start()
+    await d.jobs.d.trigger_and_wait({"n": 1}, on_progress=progress.append)
+    await d.jobs.d.trigger_and_wait({"n": 2})
+    assert len(progress) == 1
+
+
+async def test_trigger_and_wait__failed_run_raises(make_durably: Any) -> None:
+    d = make_durably({"b": define_job("bad", run=bad_job)})
+    d.start()
+    with pytest.raises(RunFailedError) as info:
+        await d.jobs.b.trigger_and_wait({})
+    assert info.value.error == "kaboom"
+    assert info.value.failed_step_name == "explode"
+    assert "kaboom" in str(info.value)
+
+
+async def test_wait_for_run__failed_run_raises(make_durably: Any) -> None:
+    d = make_durably({"b": define_job("bad", run=bad_job)})
+    triggered = await d.jobs.b.trigger({})
+    assert await d.process_one()
+    with pytest.raises(RunFailedError) as info:
+        await d.wait_for_run(triggered.id)
+    assert info.value.run_id == triggered.id
+    assert info.value.error == "kaboom"
+
+
+async def test_wait_for_run__cancelled_run_raises(make_durably: Any) -> None:
+    gates = Gates()
+    d = make_durably({"g": define_job("g", run=gates.job)})
+    triggered = await d.jobs.g.trigger({})
+    d.start()
+    waiting = asyncio.create_task(d.wait_for_run(triggered.id))
+    await settle()
+    await d.cancel(triggered.id)
+    with pytest.raises(RunCancelledError) as info:
+        await asyncio.wait_for(waiting, 5)
+    assert info.value.run_id == triggered.id
+
+
+async def test_wait_for_run__unknown_run_not_found(make_durably: Any) -> None:
+    d = make_durably()
+    with pytest.raises(NotFoundError):
+        await d.wait_for_run("nope")
+
+
+async def test_wait_for_run__deleted_while_waiting_not_found(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    d = make_durably({"g": define_job("g", run=Gates().job)})
+    triggered = await d.jobs.g.trigger({})
+    waiting = asyncio.create_task(d.wait_for_run(triggered.id))
+    await settle()
+    await d.cancel(triggered.id)
+    with pytest.raises(RunCancelledError):
+        await asyncio.wait_for(waiting, 5)
+    waiting = asyncio.create_task(d.wait_for_run(triggered.id))
+    with pytest.raises(RunCancelledError):
+        await asyncio.wait_for(waiting, 5)
+    await d.delete_run(triggered.id)
+    with pytest.raises(NotFoundError):
+        await d.wait_for_run(triggered.id)
+
+
+async def test_wait_for_run__run_finished_by_other_process(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    jobs = {"d": define_job("double", input=In, output=Out, run=double)}
+    a = make_durably(jobs)
+    b = make_durably(jobs, same_db_as=a)
+    triggered = await a.jobs.d.trigger({"n": 4})
+    waiting = asyncio.create_task(a.wait_for_run(triggered.id))
+    await eventually(lambda: clock.sleepers == 1, "the waiter polling")
+    assert await b.process_one()
+    await settle()
+    assert not waiting.done()  # no event in a: it finds out by polling
+    await clock.advance(a.settings.polling_interval)
+    run = await asyncio.wait_for(waiting, 5)
+    assert run.output == {"doubled": 8}
+
+
+async def test_wait_for_run__negative_timeout_is_rejected(make_durably: Any) -> None:
+    d = make_durably()
+    with pytest.raises(ValidationError, match="timeout"):
+        await d.wait_for_run("x", timeout=-1)
+
+
+async def test_subscribe__yields_run_events_and_ends_after_terminal(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    other = await d.jobs.d.trigger({"n": 7})
+    triggered = await d.jobs.d.trigger({"n": 1})
+
+    async def collect() -> list[Any]:
+        return [event async for event in d.subscribe(triggered.id)]
+
+    task = asyncio.create_task(collect())
+    await settle()
+    d.start()
+    events = await asyncio.wait_for(task, 5)
+    assert all(e.run_id == triggered.id for e in events)
+    types = [e.type for e in events]
+    assert types[0] == "run:leased"
+    assert types[-1] == "run:complete"
+    assert {"step:start", "step:complete", "run:progress", "log:write"} <= set(types)
+    assert (await d.wait_for_run(other.id)).status is RunStatus.COMPLETED
+
+
+async def test_subscribe__ends_after_cancel(make_durably: Any) -> None:
+    d = make_durably({"g": define_job("g", run=Gates().job)})
+    triggered = await d.jobs.g.trigger({})
+
+    async def collect() -> list[Any]:
+        return [event.type async for event in d.subscribe(triggered.id)]
+
+    task = asyncio.create_task(collect())
+    await settle()
+    await d.cancel(triggered.id)
+    assert await asyncio.wait_for(task, 5) == ["run:cancel"]
+
+
+async def test_subscribe__finished_or_unknown_run_ends_at_once(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    triggered = await d.jobs.d.trigger({"n": 1})
+    assert await d.process_one()
+    assert [e async for e in d.subscribe(triggered.id)] == []
+    assert [e async for e in d.subscribe("nope")] == []
+
+
+async def test_subscribe__notices_run_finished_elsewhere(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    jobs = {"d": define_job("double", input=In, output=Out, run=double)}
+    a = make_durably(jobs)
+    b = make_durably(jobs, same_db_as=a)
+    triggered = await a.jobs.d.trigger({"n": 1})
+
+    async def collect() -> list[Any]:
+        return [event async for event in a.subscribe(triggered.id)]
+
+    task = asyncio.create_task(collect())
+    await eventually(lambda: clock.sleepers == 1, "the subscriber polling")
+    assert await b.process_one()
+    await clock.advance(a.settings.polling_interval)
+    assert await asyncio.wait_for(task, 5) == []
+
+
+class FlakyStorage:
+    """Delegates to a real storage; ``claim_next`` / ``renew_lease`` raise
+    ``StorageError`` the given number of times."""
+
+    def __init__(self, inner: Storage, claims: int = 0, renewals: int = 0) -> None:
+        self.inner = inner
+        self.failures = claims
+        self.renew_failures = renewals
+        self.claim_calls = 0
+        self.renew_calls = 0
+
+    async def migrate(self) -> None:
+        await self.inner.migrate()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def enqueue(self, run: NewRun, *, coalesce: bool = False) -> EnqueueResult:
+        return await self.inner.enqueue(run, coalesce=coalesce)
+
+    async def enqueue_many(self, runs: Sequence[tuple[NewRun, bool]]) -> list[EnqueueResult]:
+        return await self.inner.enqueue_many(runs)
+
+    async def get_run(self, run_id: str) -> Run | None:
+        return await self.inner.get_run(run_id)
+
+    async def get_runs(self, query: RunFilter) -> list[Run]:
+        return await self.inner.get_runs(query)
+
+    async def get_steps(self, run_id: str) -> list[StepRecord]:
+        return await self.inner.get_steps(run_id)
+
+    async def get_completed_steps(self, run_id: str) -> list[StepRecord]:
+        return await self.inner.get_completed_steps(run_id)
+
+    async def get_logs(self, run_id: str) -> list[LogRecord]:
+        return await self.inner.get_logs(run_id)
+
+    async def claim_next(
+        self,
+        owner: str,
+        now: datetime,
+        lease_expires_at: datetime,
+        job_names: Sequence[str] | None = None,
+    ) -> Run | None:
+        self.claim_calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise StorageError("database is having a bad day")
+        return await self.inner.claim_next(owner, now, lease_expires_at, job_names)
+
+    async def renew_lease(
+        self, run_id: str, generation: int, now: datetime, lease_expires_at: datetime
+    ) -> bool:
+        self.renew_calls += 1
+        if self.renew_failures > 0:
+            self.renew_failures -= 1
+            raise StorageError("renewal hiccup")
+        return await self.inner.renew_lease(run_id, generation, now, lease_expires_at)
+
+    async def release_expired_leases(self, now: datetime) -> int:
+        return await self.inner.release_expired_leases(now)
+
+    async def persist_step(
+        self, run_id: str, generation: int, step: NewStep, now: datetime
+    ) -> bool:
+        return await self.inner.persist_step(run_id, generation, step, now)
+
+    async def update_progress(
+        self, run_id: str, generation: int, progress: Progress, now: datetime
+    ) -> bool:
+        return await self.inner.update_progress(run_id, generation, progress, now)
+
+    async def append_logs(
+        self, run_id: str, generation: int, logs: Sequence[NewLog], now: datetime
+    ) -> bool:
+        return await self.inner.append_logs(run_id, generation, logs, now)
+
+    async def complete_run(
+        self, run_id: str, generation: int, output_json: str, now: datetime, *, delete_steps: bool
+    ) -> bool:
+        return await self.inner.complete_run(
+            run_id, generation, output_json, now, delete_steps=delete_steps
+        )
+
+    async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
+        return await self.inner.fail_run(run_id, generation, error, now)
+
+    async def cancel_run(self, run_id: str, now: datetime) -> Run | None:
+        return await self.inner.cancel_run(run_id, now)
+
+    async def retry_run(self, run_id: str, now: datetime) -> Run | None:
+        return await self.inner.retry_run(run_id, now)
+
+    async def delete_run(self, run_id: str) -> Run | None:
+        return await self.inner.delete_run(run_id)
+
+    async def purge_runs(self, completed_before: datetime, limit: int) -> int:
+        return await self.inner.purge_runs(completed_before, limit)
+
+
+async def test_worker__storage_error_is_reported_and_retried_with_backoff(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    base = make_durably()
+    await base.migrate()
+    flaky = FlakyStorage(base.storage, claims=3)
+    assert isinstance(flaky, Storage)
+    d = create_durably(
+        flaky, clock=clock, jobs={"d": define_job("double", input=In, output=Out, run=double)}
+    )
+    errors = recorder(d, "worker:error")
+    try:
+        triggered = await d.jobs.d.trigger({"n": 1})
+        d.start()
+        await settle()
+        assert flaky.claim_calls == 1
+        assert [(e.context, e.error) for e in errors] == [("claim", "database is having a bad day")]
+        await settle(200)
+        assert flaky.claim_calls == 1  # no spinning while backing off
+        # backoff doubles from the polling interval (with jitter of 50-100 %)
+        await clock.advance(1)
+        assert flaky.claim_calls == 2
+        await clock.advance(2)
+        assert flaky.claim_calls == 3
+        assert len(errors) == 3
+        await clock.advance(4)
+        assert flaky.claim_calls >= 4
+        assert d.running
+        await status_is(d, triggered.id, RunStatus.COMPLETED)
+        assert len(errors) == 3
+    finally:
+        await d.stop(timeout=0)
+
+
+async def test_worker__claimed_after_backoff_is_reset(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    base = make_durably()
+    await base.migrate()
+    flaky = FlakyStorage(base.storage, claims=1)
+    d = create_durably(
+        flaky, clock=clock, jobs={"d": define_job("double", input=In, output=Out, run=double)}
+    )
+    try:
+        d.start()
+        await settle()
+        await clock.advance(1)
+        calls = flaky.claim_calls
+        result = await asyncio.wait_for(d.jobs.d.trigger_and_wait({"n": 2}), 5)
+        assert result.output.doubled == 4
+        assert flaky.claim_calls > calls
+    finally:
+        await d.stop(timeout=0)
+
+
+async def test_worker__expired_lease_of_crashed_worker_is_taken_over(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    gates = Gates()
+    a = make_durably({"g": define_job("g", run=gates.job)})
+    b = make_durably({"g": define_job("g", run=gates.job)}, same_db_as=a)
+    triggered = await a.jobs.g.trigger({"v": 1})
+    task_a = asyncio.create_task(a.process_one())
+    await eventually(lambda: gates.entered == 1, "A running the job")
+    clock.set(clock.now() + timedelta(seconds=31))
+    b.start()
+    await eventually(lambda: gates.entered == 2, "B running the job")
+    run = await b.get_run(triggered.id)
+    assert run.lease_owner == b.worker_id
+    gates.release.set()
+    await status_is(b, triggered.id, RunStatus.COMPLETED)
+    task_a.cancel()
+    await asyncio.gather(task_a, return_exceptions=True)
+
+
+async def test_worker__renewal_storage_error_is_reported_and_run_goes_on(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    gates = Gates()
+    base = make_durably()
+    await base.migrate()
+    flaky = FlakyStorage(base.storage, renewals=1)
+    d = create_durably(
+        flaky,
+        clock=clock,
+        lease_duration=30,
+        lease_renew_interval=5,
+        jobs={"g": define_job("g", run=gates.job)},
+    )
+    errors = recorder(d, "worker:error")
+    renewed = recorder(d, "run:lease-renewed")
+    triggered = await d.jobs.g.trigger({"v": 1})
+    task = asyncio.create_task(d.process_one())
+    await eventually(lambda: gates.entered == 1, "the run started")
+    await clock.advance(5)
+    assert flaky.renew_calls == 1
+    assert [(e.context, e.run_id) for e in errors] == [("lease-renewal", triggered.id)]
+    assert gates.cancelled == 0
+    assert renewed == []
+    await clock.advance(5)
+    assert flaky.renew_calls == 2
+    await eventually(lambda: len(renewed) == 1, "a renewal")
+    run = await d.get_run(triggered.id)
+    assert run.status is RunStatus.LEASED
+    assert run.lease_expires_at == clock.now() + timedelta(seconds=30)
+    gates.release.set()
+    await asyncio.wait_for(task, 5)
+    assert (await d.get_run(triggered.id)).status is RunStatus.COMPLETED
+
+
+async def test_worker__retry_wakes_worker_in_process(make_durably: Any, clock: ManualClock) -> None:
+    fail = [True]
+
+    async def job(step: Step, payload: Any) -> Any:
+        if fail[0]:
+            raise RuntimeError("first time")
+        return "second time"
+
+    d = make_durably({"j": define_job("j", run=job)})
+    d.start()
+    with pytest.raises(RunFailedError):
+        await d.jobs.j.trigger_and_wait({})
+    failed = (await d.get_runs(status="failed"))[0]
+    fail[0] = False
+    before = clock.now()
+    await d.retry(failed.id)
+    await status_is(d, failed.id, RunStatus.COMPLETED)
+    run = await d.get_run(failed.id)
+    assert run.output == "second time"
+    assert clock.now() == before
+
+
+async def test_worker__stop_timeout_stops_renewing(make_durably: Any, clock: ManualClock) -> None:
+    gates = Gates()
+    d = make_durably({"g": define_job("g", run=gates.job)})
+    renewed = recorder(d, "run:lease-renewed")
+    triggered = await d.jobs.g.trigger({})
+    d.start()
+    await eventually(lambda: gates.entered == 1, "the run started")
+    await d.stop(timeout=0)
+    expires = (await d.get_run(triggered.id)).lease_expires_at
+    await clock.advance(20)
+    assert renewed == []
+    assert (await d.get_run(triggered.id)).lease_expires_at == expires
+
+
+async def test_wait_for_run__zero_timeout_on_pending_run(make_durably: Any) -> None:
+    d = make_durably({"g": define_job("g", run=Gates().job)})
+    triggered = await d.jobs.g.trigger({})
+    with pytest.raises(WaitTimeoutError):
+        await d.wait_for_run(triggered.id, timeout=0)
+    assert (await d.get_run(triggered.id)).status is RunStatus.PENDING
+
+
+async def test_trigger_and_wait__coalesced_waits_for_pending_run(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    first = await d.jobs.d.trigger({"n": 1}, concurrency_key="k")
+    coalesced = recorder(d, "run:coalesced")
+    waiting = asyncio.create_task(
+        d.jobs.d.trigger_and_wait({"n": 50}, concurrency_key="k", coalesce="skip")
+    )
+    await eventually(lambda: coalesced, "the coalesced trigger")
+    d.start()
+    result = await asyncio.wait_for(waiting, 5)
+    assert result.disposition == "coalesced"
+    assert result.id == first.id
+    assert result.output == Out(doubled=2)
+    assert len(await d.get_runs()) == 1
+
+
+async def test_worker__init_migrates_and_starts(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    await d.init()
+    assert d.running
+    result = await d.jobs.d.trigger_and_wait({"n": 3})
+    assert result.output.doubled == 6
+
+
+async def test_worker__can_restart_after_stop(make_durably: Any) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    d.start()
+    await settle()
+    await d.stop()
+    d.start()
+    result = await asyncio.wait_for(d.jobs.d.trigger_and_wait({"n": 4}), 5)
+    assert result.output.doubled == 8
