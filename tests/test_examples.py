@@ -1,0 +1,369 @@
+"""Every program in examples/ runs here as a real subprocess on a temporary SQLite
+file, and what it prints is checked (not only its exit code).
+
+Timings are shortened through the environment variables each example reads.
+Nothing sleeps for a fixed time: the tests wait for lines of output, with a
+bounded timeout on every process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TIMEOUT = 30.0  # the most any one example may take here; they need a few seconds
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an example: its own SQLite file, unbuffered output."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DURABLY_", "TTY_", "FORCE_COLOR", "COLUMNS"))
+    }
+    return base | {
+        "DURABLY_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+        "PYTHONUNBUFFERED": "1",
+        "NO_COLOR": "1",
+    }
+
+
+class Example:
+    """An example running in the background; its output is read line by line."""
+
+    def __init__(self, name: str, *args: str, cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / name), *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, *, count: int = 1, timeout: float = TIMEOUT) -> str:
+        """Wait until ``count`` lines match the regex; returns the last of them."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [line for line in self.lines if regex.search(line)]
+                if len(found) >= count:
+                    return found[count - 1]
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no {count}x {pattern!r} in output:\n{self.output}")
+                self._changed.wait(min(left, 0.1))
+
+    def finish(self, timeout: float = TIMEOUT) -> tuple[int, str]:
+        """Wait for the process to exit; its exit code and whole output."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise AssertionError(f"still running after {timeout}s:\n{self.output}") from None
+        self._reader.join(timeout)
+        return code, self.output
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(TIMEOUT)
+        self._reader.join(TIMEOUT)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+class Starter(Protocol):
+    """The ``start`` fixture: start an example with extra environment variables."""
+
+    def __call__(self, name: str, *args: str, **extra_env: str) -> Example: ...
+
+
+@pytest.fixture
+def start(tmp_path: Path, env: dict[str, str]) -> Iterator[Starter]:
+    started: list[Example] = []
+
+    def start_example(name: str, *args: str, **extra_env: str) -> Example:
+        example = Example(name, *args, cwd=tmp_path, env=env | extra_env)
+        started.append(example)
+        return example
+
+    yield start_example
+    for example in started:
+        example.close()
+
+
+def run(start: Starter, name: str, *args: str, **extra_env: str) -> str:
+    """Run an example to the end; it must exit 0. Returns its output."""
+    code, output = start(name, *args, **extra_env).finish()
+    assert code == 0, output
+    return output
+
+
+def matching(pattern: str, output: str) -> list[str]:
+    return [line for line in output.splitlines() if re.search(pattern, line)]
+
+
+# -- basic.py --
+
+
+def test_basic__runs_to_completion(start: Starter) -> None:
+    output = run(start, "basic.py", BASIC_STEP_SECONDS="0.05")
+    assert [line.split()[0] for line in output.splitlines()[:3]] == [
+        "downloading",
+        "resizing",
+        "uploading",
+    ]
+    assert re.search(
+        r'^run \w{26} \(created\) -> \{"url":"https://cdn\.example\.com/images/\d+\.png",'
+        r'"size":\d+\}$',
+        output,
+        re.M,
+    ), output
+
+
+def test_basic__killed_during_a_step__resumes_without_repeating_finished_steps(
+    start: Starter,
+) -> None:
+    first = start("basic.py", BASIC_STEP_SECONDS="1.5")
+    first.wait_for(r"resizing to 800px")  # the 2nd step has begun: download is checkpointed
+    first.proc.send_signal(signal.SIGKILL)
+    assert first.finish()[0] == -signal.SIGKILL
+    assert "uploading" not in first.output
+
+    # The rerun finds the run by its idempotency key, waits for the dead lease to
+    # expire (3 s in the example), replays download and continues with resize.
+    output = run(start, "basic.py", BASIC_STEP_SECONDS="0.05")
+    assert "downloading" not in output
+    assert matching(r"resizing to 800px", output)
+    assert matching(r"uploading \d+ bytes", output)
+    assert re.search(r"^run \w{26} \(idempotent\) -> \{\"url\":", output, re.M), output
+
+
+# -- events.py --
+
+
+def test_events__logs_the_lifecycle_in_order(start: Starter) -> None:
+    output = run(start, "events.py")
+    kinds = [line.split()[0] for line in output.splitlines()]
+    assert kinds == [
+        "run:trigger",
+        "run:leased",
+        "step:complete",
+        "step:complete",
+        "run:complete",
+        "result:",
+        "run:trigger",
+        "run:leased",
+        "run:fail",
+        "failed:",
+    ], output
+    assert re.search(r"^run:complete +\w+ in \d+\.\d ms output=\{'receipt'", output, re.M)
+    assert matching(r"^run:fail .* step=charge error=cannot charge 0$", output)
+    assert matching(r"^failed: step charge: cannot charge 0$", output)
+
+
+# -- cron.py --
+
+
+def test_cron__two_schedulers_fire_each_slot_once(start: Starter) -> None:
+    # Both schedulers get the same start, so they compute the same two slots
+    # (one and two seconds after it) and trigger each at the same moment.
+    first_slot = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    args = ("--every", "* * * * * */1", "--ticks", "2", "--start", first_slot.isoformat())
+    a = start("cron.py", *args, CRON_SCHEDULER_NAME="A")
+    b = start("cron.py", *args, CRON_SCHEDULER_NAME="B")
+    outputs = {}
+    for name, scheduler in (("A", a), ("B", b)):
+        code, outputs[name] = scheduler.finish()
+        assert code == 0, outputs[name]
+    both = "\n".join(outputs.values())
+
+    fired = re.findall(r"^\[(\w)\] slot (\S+) -> run (\w+) \((\w+)\)$", both, re.M)
+    assert len(fired) == 4, both  # 2 schedulers x 2 slots
+    slots = sorted({slot for _, slot, _, _ in fired})
+    assert [datetime.fromisoformat(s) for s in slots] == [
+        first_slot + timedelta(seconds=n) for n in (1, 2)
+    ]
+    for slot in slots:
+        here = [(who, run_id, how) for who, s, run_id, how in fired if s == slot]
+        assert {who for who, _, _ in here} == {"A", "B"}
+        assert len({run_id for _, run_id, _ in here}) == 1, here  # one run per slot
+        assert sorted(how for _, _, how in here) == ["created", "idempotent"], here
+    # Each slot's job ran once, in one of the two processes; both saw it complete.
+    assert len(matching(r"report for \d\d:\d\d:\d\d sent", both)) == 2, both
+    assert len(matching(r"^\[\w\] run \w+ completed$", both)) == 4, both
+
+
+# -- cli.py --
+
+
+def test_cli__progress_bar_reaches_100_percent(start: Starter, tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_text("".join(f"line {n} of data\n" for n in range(45)))
+    # Make rich draw the live bar as on a terminal, so intermediate frames show.
+    terminal = {"TTY_INTERACTIVE": "1", "TTY_COMPATIBLE": "1", "COLUMNS": "100"}
+    output = run(start, "cli.py", "process", "data.txt", CLI_BATCH_SECONDS="0.15", **terminal)
+    frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output).replace("\r", "\n")
+    percents = [int(p) for p in re.findall(r"(\d+)% ", frames)]
+    assert percents, output
+    assert percents[-1] == 100
+    assert set(percents) & {22, 44, 67, 89}, percents  # the bar moved with run:progress
+    assert percents == sorted(percents)
+    assert re.search(r"done run \w{26}: 45 lines, 180 words", frames), frames
+
+    # The same, unchanged file again: the earlier run's result, no work redone.
+    again = run(start, "cli.py", "process", "data.txt", CLI_BATCH_SECONDS="5")
+    assert "100%" in again
+    assert re.search(r"done run \w{26}: 45 lines, 180 words", again), again
+
+
+def test_cli__missing_file(start: Starter) -> None:
+    code, output = start("cli.py", "process", "nope.txt").finish()
+    assert (code, output.strip()) == (1, "no such file: nope.txt")
+
+
+# -- idempotency.py, concurrency.py --
+
+
+def test_idempotency__second_trigger_gets_the_same_run(start: Starter) -> None:
+    output = run(start, "idempotency.py")
+    first = re.search(r"^1st trigger: created +run (\w+)$", output, re.M)
+    assert first, output
+    run_id = first[1]
+    assert re.search(rf"^2nd trigger: idempotent run {run_id}$", output, re.M), output
+    assert "same run: True; its input: 'Welcome!'" in output
+    assert re.search(rf"^3rd trigger: idempotent run {run_id} -> msg-1$", output, re.M), output
+    assert re.search(r"^other key: +created +run (?!" + run_id + r")\w+ -> msg-2$", output, re.M)
+    assert output.splitlines()[-1].startswith("emails sent: 2 ")
+
+
+def test_concurrency__conflict_coalesce_and_one_run_per_key(start: Starter) -> None:
+    output = run(start, "concurrency.py", CONCURRENCY_SYNC_SECONDS="0.3")
+    first = re.search(r"^ada #1: created (\w+)$", output, re.M)
+    assert first, output
+    assert re.search(r"^ada #2: ConflictError: .*pending run.* concurrency key 'ada'", output, re.M)
+    assert f"ada #3: coalesced {first[1]} (same as #1: True)" in output
+    assert matching(r"^bob #1: created \w+$", output)
+    assert matching(r"^ada #4: created \w+ \(queued while #1 runs\)$", output)
+    assert output.splitlines()[-1] == "all done"
+    syncs = [line.split()[1:3] for line in output.splitlines() if line.startswith("  sync ")]
+    ada = [what for who, what in syncs if who == "ada"]
+    assert ada == ["start", "done", "start", "done"], output  # never two at once
+    # Different keys do run side by side: bob started before ada's first run ended.
+    assert syncs.index(["bob", "start"]) < syncs.index(["ada", "done"]), output
+
+
+# -- retry.py --
+
+
+def test_retry__resumes_after_the_last_completed_step_and_cancels(start: Starter) -> None:
+    output = run(start, "retry.py", RETRY_STEP_SECONDS="0.2")
+    calls = [line.split("(")[0].strip() for line in output.splitlines() if ") called" in line]
+    # fetch ran once; transform failed, then ran again on retry; then save.
+    assert calls == ["fetch", "transform", "transform", "save"], output
+    assert matching(r"failed: Run \w+ failed in step 'transform': upstream API unavailable", output)
+    assert matching(
+        r"error='upstream API unavailable \(503\)' steps: fetch=completed, "
+        r"transform=failed$",
+        output,
+    )
+    assert matching(r"^   \w+ completed, output=3$", output)
+    assert matching(r"^   Run \w+ was cancelled$", output)
+    assert output.splitlines()[-1] == "   status=cancelled after 2 pages"
+    assert "exported page 2" not in output
+
+
+# -- graceful_shutdown.py --
+
+
+def test_graceful_shutdown__sigterm_finishes_the_current_run(start: Starter) -> None:
+    worker = start("graceful_shutdown.py", SHUTDOWN_STEP_SECONDS="0.3")
+    worker.wait_for(r"batch 0 part 1 \.\.\.")
+    worker.proc.send_signal(signal.SIGTERM)
+    code, output = worker.finish()
+    assert code == 0, output
+    assert "received SIGTERM" in output
+    assert output.splitlines()[-4:] == [
+        "  batch-0: completed",
+        "  batch-1: pending",
+        "  batch-2: pending",
+        "bye",
+    ]
+    assert "batch 1 part" not in output  # nothing new was claimed after the signal
+
+
+def test_graceful_shutdown__after_the_grace_period_the_run_is_left_to_resume(
+    start: Starter,
+) -> None:
+    timings = {"SHUTDOWN_LEASE_SECONDS": "1", "SHUTDOWN_GRACE_SECONDS": "0.2"}
+    # Steps of 1 s: the signal comes at the start of part 1, which outlasts the grace.
+    worker = start("graceful_shutdown.py", SHUTDOWN_STEP_SECONDS="1", **timings)
+    worker.wait_for(r"batch 0 part 1 \.\.\.")
+    worker.proc.send_signal(signal.SIGINT)
+    code, output = worker.finish()
+    assert code == 0, output
+    assert "received SIGINT" in output
+    assert "  batch-0: leased (abandoned: resumes when its lease expires)" in output
+
+    # The next worker takes the abandoned run over once its lease (1 s) expires
+    # and continues after part 0; then it finishes the others.
+    worker = start("graceful_shutdown.py", SHUTDOWN_STEP_SECONDS="0.05", **timings)
+    worker.wait_for(r"run \w+ completed", count=3)
+    worker.proc.send_signal(signal.SIGTERM)
+    code, output = worker.finish()
+    assert code == 0, output
+    assert "batch 0 part 0" not in output
+    assert "batch 0 part 1 ..." in output
+    assert [line for line in output.splitlines() if line.startswith("  batch-")] == [
+        "  batch-0: completed",
+        "  batch-1: completed",
+        "  batch-2: completed",
+    ]
+
+
+# -- multi_worker.py --
+
+
+def test_multi_worker__every_run_executed_exactly_once(start: Starter) -> None:
+    output = run(start, "multi_worker.py", MULTI_RUNS="24", MULTI_STEP_SECONDS="0.05")
+    counts = [
+        int(n) for n in re.findall(r"^worker-\d \(pid \d+\) executed (\d+) runs$", output, re.M)
+    ]
+    assert len(counts) == 3, output
+    assert sum(counts) == 24
+    assert "runs: 24, completed: 24, executions: 24" in output
+    assert "executed twice: 0, never executed: 0" in output
+    assert output.splitlines()[-1] == "check: every run executed exactly once"
