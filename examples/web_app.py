@@ -7,9 +7,8 @@ The handler is mounted at ``/api/durably`` (give the React hooks
 lifespan, so runs triggered from the browser execute in this process and their
 progress streams back live.
 
-The database is ``DURABLY_DATABASE_URL``, e.g. the embedded SQLite default
-``DURABLY_DATABASE_URL=sqlite:///web_app.db``. Without it this example uses the
-in-memory backend (``memory://``, from durably-testing: runs vanish on exit).
+The database is ``DURABLY_DATABASE_URL`` if set, else a local SQLite file
+(``sqlite:///web_app.db``), so runs survive a restart of the server.
 """
 
 from __future__ import annotations
@@ -52,8 +51,7 @@ async def import_csv(step: Step, payload: ImportIn) -> ImportOut:
     return ImportOut(imported=payload.rows)
 
 
-# TODO: default to "sqlite:///web_app.db" once the SQLite backend has landed.
-DEFAULT_URL = "memory://"
+DEFAULT_URL = "sqlite:///web_app.db"
 
 
 def make_durably(url: str | None = None) -> Durably:
