@@ -35,3 +35,32 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, every backend, in one pytest invocation."""
     _sync(session)
     session.run("uv", "run", "--frozen", "pytest", *session.posargs, external=True)
+
+
+@nox.session
+def crash(session: nox.Session) -> None:
+    """SIGKILL crash harness (durably_testing.crash): 200 kills on a SQLite file.
+
+    Arguments after ``--`` go to the harness and override the defaults, e.g.
+    ``uv run nox -s crash -- --url http://127.0.0.1:8080 --kills 300 --seed 2``.
+    """
+    import shutil
+    import tempfile
+
+    _sync(session)
+    directory = tempfile.mkdtemp(prefix="durably-crash-db-")
+    url = f"sqlite:///{directory}/crash.db"
+    harness = ["python", "-m", "durably_testing.crash", "--url", url, "--kills", "200"]
+    session.run("uv", "run", "--frozen", *harness, "--seed", "1", *session.posargs, external=True)
+    shutil.rmtree(directory, ignore_errors=True)  # kept when the harness fails
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks W1–W5 (bench/): JSON lines, then one table. Not a timed test.
+
+    Arguments after ``--`` name the scripts to run, e.g. ``-- w2 w4``.
+    """
+    _sync(session)
+    bench_all = ["python", "bench/run_all.py"]
+    session.run("uv", "run", "--frozen", *bench_all, *session.posargs, external=True)

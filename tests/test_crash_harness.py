@@ -1,0 +1,146 @@
+"""The SIGKILL crash harness (durably_testing.crash): a few real kills in the
+default test run (``nox -s crash`` does ≥ 200), and its checks shown to catch
+what they look for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from durably import RunStatus
+from durably_testing.crash import (
+    CrashConfig,
+    CrashReport,
+    _analyse,
+    _Trial,
+    expected_output,
+    run_crash_harness,
+)
+
+
+def test_crash_harness__kills_on_a_sqlite_file_lose_nothing(tmp_path: Path) -> None:
+    report = run_crash_harness(f"sqlite:///{tmp_path / 'crash.db'}", kills=8, seed=1)
+    print(report.format())
+    assert report.problems == ()
+    assert report.kills == 8
+    assert report.trials > 0
+    assert report.checkpointed_steps > 0
+    assert report.checkpointed_steps_reexecuted == 0
+    assert report.checkpoints_changed == 0
+    assert report.runs_lost == 0
+    assert report.wrong_outputs == 0
+    assert report.ok
+    assert report.records_dir is None  # removed after a clean run
+
+
+def test_crash_harness__command_line_on_an_adapters_own_url(tmp_path: Path) -> None:
+    # Any URL an installed backend opens: here the example adapter of the guide.
+    records = tmp_path / "records"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "durably_testing.crash",
+            "--url",
+            f"sqlite3sync:///{tmp_path / 'crash.db'}",
+            "--kills",
+            "4",
+            "--seed",
+            "2",
+            "--workers",
+            "2",
+            "--records-dir",
+            str(records),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for figure in (
+        "trials:",
+        "kills:                          4",
+        "checkpointed steps re-executed: 0",
+        "in-flight re-executions:",
+        "runs lost:                      0",
+        "wrong outputs:                  0",
+        "elapsed:",
+        "result: OK",
+    ):
+        assert figure in done.stdout
+    assert list(records.glob("p*.jsonl"))  # --records-dir keeps them
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite:///:memory:"])
+def test_crash_harness__refuses_a_database_private_to_one_process(url: str) -> None:
+    with pytest.raises(ValueError, match="several processes"):
+        run_crash_harness(url, kills=1)
+
+
+# -- the checks, on hand-written records --
+
+
+class _Done:
+    def __init__(self, output: Any) -> None:
+        self.status = RunStatus.COMPLETED
+        self.output = output
+        self.error = None
+
+
+def _write(records: Path, process: int, *entries: tuple[str, str, int, str, int]) -> None:
+    with open(records / f"p{process}.jsonl", "a") as f:
+        for event, run, index, token, t in entries:
+            f.write(json.dumps({"e": event, "run": run, "i": index, "x": token, "t": t}) + "\n")
+
+
+def _analyse_records(
+    records: Path, deaths: dict[int, int], runs: dict[str, Any] | None = None
+) -> CrashReport:
+    config = CrashConfig("sqlite:///unused.db", seed=1, steps=1)
+    trials = [_Trial(0, "r")]
+    if runs is None:
+        runs = {"r": _Done(expected_output(1, 0, 1))}
+    return _analyse(config, records, trials, runs, deaths=deaths, kills=1, problems=(), elapsed=0.0)
+
+
+def test_checks__in_flight_re_execution_is_allowed(tmp_path: Path) -> None:
+    # process 0 starts the step and is killed; process 1 runs it again and checkpoints it
+    _write(tmp_path, 0, ("start", "r", 0, "0:1", 100))
+    _write(tmp_path, 1, ("start", "r", 0, "1:1", 300), ("done", "r", 0, "1:1", 400))
+    report = _analyse_records(tmp_path, deaths={0: 200, 1: 500})
+    assert report.in_flight_reexecutions == 1
+    assert report.checkpointed_steps_reexecuted == 0
+    assert report.ok
+
+
+def test_checks__step_started_after_its_done_record_is_a_re_execution(tmp_path: Path) -> None:
+    _write(tmp_path, 0, ("start", "r", 0, "0:1", 100), ("done", "r", 0, "0:1", 150))
+    _write(tmp_path, 1, ("start", "r", 0, "1:1", 300), ("done", "r", 0, "0:1", 400))
+    report = _analyse_records(tmp_path, deaths={0: 200, 1: 500})
+    assert report.checkpointed_steps_reexecuted == 1
+    assert not report.ok
+
+
+def test_checks__committed_before_the_kill_without_done_record(tmp_path: Path) -> None:
+    # process 0 committed (its token is the checkpoint) but died before writing
+    # "done": a start after its death is still a re-execution of a checkpointed step
+    _write(tmp_path, 0, ("start", "r", 0, "0:1", 100))
+    _write(tmp_path, 1, ("start", "r", 0, "1:1", 300), ("done", "r", 0, "0:1", 400))
+    report = _analyse_records(tmp_path, deaths={0: 200, 1: 500})
+    assert report.checkpointed_steps_reexecuted == 1
+    assert not report.ok
+
+
+def test_checks__changed_checkpoint_lost_and_wrong_runs(tmp_path: Path) -> None:
+    _write(tmp_path, 0, ("start", "r", 0, "0:1", 100), ("done", "r", 0, "0:1", 150))
+    _write(tmp_path, 1, ("done", "r", 0, "1:7", 300))
+    report = _analyse_records(tmp_path, deaths={0: 200, 1: 500})
+    assert report.checkpoints_changed == 1
+    assert _analyse_records(tmp_path, {}, runs={}).runs_lost == 1
+    assert _analyse_records(tmp_path, {}, runs={"r": _Done({"total": -1})}).wrong_outputs == 1
