@@ -440,10 +440,14 @@ class Durably:
                     failed_step[0] = event.failed_step_name
                 settled.set()
 
-        unsubscribe = engine.bus.on(ANY, listener)
+        # Only the terminal types: a "*" listener would make every step build its
+        # events (see EventBus.wants).
+        unsubscribes = [engine.bus.on(t, listener) for t in sorted(TERMINAL_EVENT_TYPES)]
         deadline = None if timeout is None else engine.clock.now() + timedelta(seconds=timeout)
         try:
             while True:
+                # cleared before the read, so a terminal event during it is not missed
+                settled.clear()
                 run = await self.get_run(run_id)
                 if run is None:
                     raise NotFoundError(f"Run not found: {run_id} (deleted?)", run_id=run_id)
@@ -459,10 +463,10 @@ class Durably:
                     if left <= 0:
                         raise WaitTimeoutError(run_id, timeout or 0.0)
                     wait = min(wait, left)
-                settled.clear()
                 await _first_of(settled.wait(), engine.clock.sleep(wait))
         finally:
-            unsubscribe()
+            for unsubscribe in unsubscribes:
+                unsubscribe()
 
     async def subscribe(self, run_id: str) -> AsyncIterator[Event]:
         """This run's events as they happen in this process; ends after its terminal

@@ -61,8 +61,8 @@ class Execution:
     def now(self) -> datetime:
         return self.engine.now()
 
-    def new_id(self) -> str:
-        return self.engine.new_id()
+    def new_id(self, at: datetime | None = None) -> str:
+        return self.engine.new_id(at)
 
     def report_error(self, exc: BaseException, context: str) -> None:
         self.engine.report_error(exc, context, self.run.id)
@@ -182,6 +182,15 @@ class Execution:
         except StorageError as exc:
             self.report_error(exc, "progress")
         return True
+
+    def flush_needed(self) -> bool:
+        """Is there buffered progress or a log, or a background write in flight?"""
+        task = self._flush_task
+        return (
+            (task is not None and not task.done())
+            or self._pending_progress is not None
+            or bool(self._pending_logs)
+        )
 
     async def flush(self) -> None:
         """Make sure buffered progress and logs are written before the next checkpoint."""
@@ -309,14 +318,15 @@ class Execution:
             await self._after_stop()
             return
         run = self.run
-        self.bus.emit(
-            RunCompleteEvent,
-            run_id=run.id,
-            job_name=run.job_name,
-            labels=run.labels,
-            output=self.codec.decode(text),
-            duration=(time.perf_counter() - t0) * 1000.0,
-        )
+        if self.bus.wants("run:complete"):
+            self.bus.emit(
+                RunCompleteEvent,
+                run_id=run.id,
+                job_name=run.job_name,
+                labels=run.labels,
+                output=self.codec.decode(text),
+                duration=(time.perf_counter() - t0) * 1000.0,
+            )
 
     async def _fail(self, error: str, failed_step_name: str | None = None) -> None:
         await self.flush_quietly()

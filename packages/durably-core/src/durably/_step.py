@@ -123,7 +123,8 @@ class Step:
             return done.output if tp is None else x.codec.to_typed(tp, done.output)
         if x.cancel_flag.is_set():
             raise asyncio.CancelledError
-        await x.flush()
+        if x.flush_needed():
+            await x.flush()
         bus = x.bus
         run = x.run
         started = x.now()
@@ -181,16 +182,17 @@ class Step:
                 error=str(err),
             )
             raise err from None
+        completed = x.now()
         record = NewStep(
-            id=x.new_id(),
+            id=x.new_id(completed),
             name=name,
             index=index,
             status=StepStatus.COMPLETED,
             output_json=text,
             started_at=started,
-            completed_at=x.now(),
+            completed_at=completed,
         )
-        if not await x.storage.persist_step(run.id, x.generation, record, record.completed_at):  # type: ignore[arg-type]
+        if not await x.storage.persist_step(run.id, x.generation, record, completed):
             raise x.lease_lost(f"step {name!r} was not saved")
         native = x.codec.decode(text)
         x.remember(name, index, native, record)

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import inspect
 import typing
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -75,23 +76,48 @@ class Codec:
         return self.adapter(tp).validate_json(self._encoder.encode(native))
 
 
+#: ``return_type_of`` per function (weakly keyed: a job's step functions are looked
+#: up on every ``step.run``, and ``typing.get_type_hints`` is slow).
+_RETURN_TYPES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_MISSING: Any = object()
+
+
 def return_type_of(fn: Callable[..., Any]) -> Any:
     """The declared return type of ``fn`` (unwrapping ``Awaitable``), or ``None`` if
-    there is none worth validating against (missing, ``Any``, ``None``)."""
+    there is none worth validating against (missing, ``Any``, ``None``).
+
+    Cached per function object (a bound method by its function). Lookups whose
+    annotations cannot be resolved (yet) are not cached."""
+    key: Any = getattr(fn, "__func__", fn)
+    try:
+        found = _RETURN_TYPES.get(key, _MISSING)
+    except TypeError:  # not weak-referenceable or not hashable
+        key = None
+        found = _MISSING
+    if found is not _MISSING:
+        return found
+    tp, resolved = _return_type_uncached(fn)
+    if resolved and key is not None:
+        with contextlib.suppress(TypeError):
+            _RETURN_TYPES[key] = tp
+    return tp
+
+
+def _return_type_uncached(fn: Callable[..., Any]) -> tuple[Any, bool]:
     target: Any = fn
     while isinstance(target, functools.partial):
         target = target.func
     try:
         hints = typing.get_type_hints(target)
     except Exception:
-        return None
+        return None, False
     tp = hints.get("return", inspect.Signature.empty)
     if tp is inspect.Signature.empty or tp is Any or tp is type(None) or tp is None:
-        return None
+        return None, True
     origin = typing.get_origin(tp)
     if origin is not None and getattr(origin, "__name__", "") in ("Awaitable", "Coroutine"):
         args = typing.get_args(tp)
         tp = args[-1] if args else None
         if tp is Any or tp is type(None):
-            return None
-    return tp
+            return None, True
+    return tp, True

@@ -82,17 +82,29 @@ _SELECT_PENDING = (
 
 # -- leases --
 
+_CLAIM_KEY_FREE = (
+    "(c.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM durably_runs AS a "
+    "WHERE a.concurrency_key = c.concurrency_key AND a.id <> c.id AND a.status = 'leased' "
+    "AND a.lease_expires_at IS NOT NULL AND a.lease_expires_at > ?))"
+)
+# The oldest claimable run is the older of the oldest claimable pending run and the
+# oldest claimable expired lease. Written as two ordered LIMIT 1 subqueries (not one
+# `status = 'pending' OR …`), each walks an index and stops at the first match instead
+# of sorting every pending run on every claim.
 _CLAIM = (
     "UPDATE durably_runs SET status = 'leased', lease_owner = ?, lease_expires_at = ?, "
     "lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?), "
     "updated_at = ? "
-    "WHERE id = (SELECT c.id FROM durably_runs AS c "
-    "WHERE (c.status = 'pending' OR (c.status = 'leased' AND c.lease_expires_at IS NOT NULL "
-    "AND c.lease_expires_at <= ?)){jobs} "
-    "AND (c.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM durably_runs AS a "
-    "WHERE a.concurrency_key = c.concurrency_key AND a.id <> c.id AND a.status = 'leased' "
-    "AND a.lease_expires_at IS NOT NULL AND a.lease_expires_at > ?)) "
-    f"ORDER BY c.created_at, c.id LIMIT 1) RETURNING {RUN_COLUMNS}"
+    "WHERE id = (SELECT id FROM ("
+    "SELECT * FROM (SELECT c.id, c.created_at FROM durably_runs AS c "
+    "WHERE c.status = 'pending'{jobs} "
+    f"AND {_CLAIM_KEY_FREE} ORDER BY c.created_at, c.id LIMIT 1) "
+    "UNION ALL "
+    "SELECT * FROM (SELECT c.id, c.created_at FROM durably_runs AS c "
+    "WHERE c.status = 'leased' AND c.lease_expires_at IS NOT NULL "
+    "AND c.lease_expires_at <= ?{jobs} "
+    f"AND {_CLAIM_KEY_FREE} ORDER BY c.created_at, c.id LIMIT 1)"
+    f") ORDER BY created_at, id LIMIT 1) RETURNING {RUN_COLUMNS}"
 )
 _RENEW = (
     "UPDATE durably_runs SET lease_expires_at = ?, updated_at = ? "
@@ -476,14 +488,16 @@ class SqlStorage:
         job_names: Sequence[str] | None = None,
     ) -> Run | None:
         now_s = format_ts(now)
-        params: list[SqlValue] = [owner, format_ts(lease_expires_at), now_s, now_s, now_s]
         jobs = ""
+        names: Sequence[str] = ()
         if job_names is not None:
             if not job_names:
                 return None
             jobs = f" AND c.job_name IN {_in_list(len(job_names))}"
-            params += job_names
-        params.append(now_s)
+            names = job_names
+        params: list[SqlValue] = [owner, format_ts(lease_expires_at), now_s, now_s]
+        params += (*names, now_s)  # pending: job names, key guard
+        params += (now_s, *names, now_s)  # expired leases: expiry, job names, key guard
         rows = await self.executor.fetch(_CLAIM.format(jobs=jobs), params)
         return _run(rows[0]) if rows else None
 
