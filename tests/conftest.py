@@ -14,7 +14,10 @@ from durably import Durably, Storage, create_durably
 from durably_testing.clock import ManualClock
 
 #: Backends the engine tests are parametrized over (one pytest invocation covers all).
-BACKENDS = ["memory", "sqlite-file", "sqlite-memory"]
+BACKENDS = ["memory", "sqlite-file", "sqlite-memory", "libsql-file", "libsql-remote"]
+#: Backends whose ``same_db_as`` is a new connection to the same database (the others
+#: live only in this process, so a second instance shares the storage object).
+SEPARATE_CONNECTIONS = frozenset({"sqlite-file", "libsql-file", "libsql-remote"})
 
 
 @pytest.fixture
@@ -28,11 +31,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def db_url(backend: str, tmp_path: Path) -> str:
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "libsql-remote":  # a fresh tursodb server (libsql_support.py)
+        return str(request.getfixturevalue("libsql_server").url)
     return {
         "memory": "memory://",
         "sqlite-file": f"sqlite:///{tmp_path / 'durably.db'}",
         "sqlite-memory": "sqlite:///:memory:",
+        "libsql-file": f"file:{tmp_path / 'durably.db'}",
     }[backend]
 
 
@@ -54,7 +60,7 @@ async def make_durably(backend: str, db_url: str, clock: ManualClock) -> AsyncIt
     ) -> Durably:
         options.setdefault("clock", clock)
         target: str | Storage = db_url
-        if same_db_as is not None and backend != "sqlite-file":
+        if same_db_as is not None and backend not in SEPARATE_CONNECTIONS:
             target = same_db_as.storage
         d = create_durably(target, jobs=jobs, **options)
         made.append(d)
@@ -70,4 +76,4 @@ async def make_durably(backend: str, db_url: str, clock: ManualClock) -> AsyncIt
 
 
 #: pytester drives the durably pytest plugin in tests/test_pytest_plugin.py
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "libsql_support"]

@@ -75,6 +75,12 @@ async def test_subscribe__pending_run_gets_live_events_then_close(server: Server
         GATES.open("live:0")
         GATES.open("live:1")
         frames = await s.frames_until_close()
+    if frames and frames[0]["type"] == "run:leased":
+        # a slow backend (remote libSQL): the snapshot read the claimed row before the
+        # claiming worker emitted its live run:leased; it is the same lease
+        assert frames[0]["leaseOwner"] == first["leaseOwner"]
+        assert frames[0]["leaseExpiresAt"] == first["leaseExpiresAt"]
+        frames = frames[1:]
     types = [f["type"] for f in frames]
     assert types[0] == "step:start"
     assert types[-1] == "run:complete"
