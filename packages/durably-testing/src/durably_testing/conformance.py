@@ -117,7 +117,10 @@ class StorageConformance:
         if not cls.supports_reopen:
             for name in cls._REOPEN_TESTS:
                 setattr(cls, name, None)
-        if cls.url is None and cls.storage_url is StorageConformance.storage_url:
+        own_url_fixture = any(
+            "storage_url" in vars(k) for k in cls.__mro__ if k is not StorageConformance
+        )
+        if cls.url is None and not own_url_fixture:
             for name in cls._URL_TESTS:
                 setattr(cls, name, None)
 
