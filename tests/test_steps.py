@@ -651,3 +651,41 @@ async def test_step_run__replay_emits_no_step_events(make_durably: Any) -> None:
     assert await d.process_one()
     step_events = [(e.type, e.step_name) for e in events if e.type.startswith("step:")]
     assert step_events == [("step:start", "b"), ("step:complete", "b")]
+
+
+async def test_step_run__steps_that_never_suspend_still_let_the_loop_run(
+    make_durably: Any,
+) -> None:
+    # a trivial coroutine step (and the SQLite fast path) completes without giving the
+    # event loop a turn: the runtime must yield now and then, or a long loop of such
+    # steps would starve lease renewal, in-process cancel and other slots
+    from durably._step import YIELD_EVERY
+
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []
+
+    async def trivial(i: int) -> int:
+        seen.append(ticks)
+        return i
+
+    async def job(step: Step, _: Any) -> int:
+        for i in range(10 * YIELD_EVERY):
+            await step.run(f"s{i}", trivial, i)
+        return len(seen)
+
+    task = asyncio.create_task(ticker())
+    try:
+        _, run = await run_once(make_durably, job)
+    finally:
+        stop.set()
+        await task
+    assert run.status == RunStatus.COMPLETED
+    assert seen[-1] - seen[0] >= 9  # at least one loop turn per YIELD_EVERY steps

@@ -37,6 +37,9 @@ class Codec:
         self._encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
         self._decoder = msgspec.json.Decoder()
         self._adapters: dict[Any, pydantic.TypeAdapter[Any]] = {}
+        # weakly keyed: a job's step functions are looked up on every step.run, and
+        # typing.get_type_hints is slow
+        self._return_types: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def encode(self, value: Any) -> str:
         """Compact JSON text. Raises ``TypeError`` for what cannot be encoded."""
@@ -75,35 +78,31 @@ class Codec:
         """A JSON-native value (as read from storage) restored to ``tp``."""
         return self.adapter(tp).validate_json(self._encoder.encode(native))
 
+    def return_type(self, fn: Callable[..., Any]) -> Any:
+        """:func:`return_type_of` ``fn``, cached per function object (a bound method
+        by its function); lookups whose annotations cannot be resolved yet are not."""
+        key: Any = getattr(fn, "__func__", fn)
+        try:
+            found = self._return_types.get(key, _MISSING)
+        except TypeError:  # not weak-referenceable or not hashable
+            key = None
+            found = _MISSING
+        if found is not _MISSING:
+            return found
+        tp, resolved = return_type_of(fn)
+        if resolved and key is not None:
+            with contextlib.suppress(TypeError):
+                self._return_types[key] = tp
+        return tp
 
-#: ``return_type_of`` per function (weakly keyed: a job's step functions are looked
-#: up on every ``step.run``, and ``typing.get_type_hints`` is slow).
-_RETURN_TYPES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
 _MISSING: Any = object()
 
 
-def return_type_of(fn: Callable[..., Any]) -> Any:
+def return_type_of(fn: Callable[..., Any]) -> tuple[Any, bool]:
     """The declared return type of ``fn`` (unwrapping ``Awaitable``), or ``None`` if
-    there is none worth validating against (missing, ``Any``, ``None``).
-
-    Cached per function object (a bound method by its function). Lookups whose
-    annotations cannot be resolved (yet) are not cached."""
-    key: Any = getattr(fn, "__func__", fn)
-    try:
-        found = _RETURN_TYPES.get(key, _MISSING)
-    except TypeError:  # not weak-referenceable or not hashable
-        key = None
-        found = _MISSING
-    if found is not _MISSING:
-        return found
-    tp, resolved = _return_type_uncached(fn)
-    if resolved and key is not None:
-        with contextlib.suppress(TypeError):
-            _RETURN_TYPES[key] = tp
-    return tp
-
-
-def _return_type_uncached(fn: Callable[..., Any]) -> tuple[Any, bool]:
+    there is none worth validating against (missing, ``Any``, ``None``); and whether
+    the annotations could be resolved (a forward reference may resolve later)."""
     target: Any = fn
     while isinstance(target, functools.partial):
         target = target.func
