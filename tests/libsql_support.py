@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ci_support import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "@tursodatabase/cli-linux-x64-gnu"
@@ -53,9 +54,7 @@ def require_tursodb() -> Path:
             f"tursodb is not installed ({where}); run scripts/setup-tursodb.sh "
             "(or set DURABLY_TURSODB to the binary)"
         )
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable(message)
     return binary
 
 

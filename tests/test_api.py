@@ -276,6 +276,18 @@ def test_create_durably__env_var_used_without_url(monkeypatch: pytest.MonkeyPatc
     assert isinstance(d.storage, MemoryStorage)
 
 
+async def test_create_durably__default_is_durably_db_in_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from durably.sql import SqlStorage
+
+    monkeypatch.delenv("DURABLY_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    async with create_durably() as d:
+        assert isinstance(d.storage, SqlStorage)
+    assert (tmp_path / "durably.db").is_file()
+
+
 def test_create_durably__env_var_unknown_scheme_is_reported(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

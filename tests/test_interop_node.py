@@ -20,15 +20,15 @@ skipped — except under ``CI=true``, where that fails them.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
+from ci_support import unavailable
 from pydantic import BaseModel
 
 from durably import Durably, Step, create_durably, define_job
@@ -83,10 +83,8 @@ async def interop_job(step: Step, payload: InteropIn) -> InteropOut:
     return InteropOut(total=total, count=count["n"], summary=summary, by="python")
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"interop with @coji/durably: {reason}")
-    pytest.skip(f"interop with @coji/durably: {reason}")
+def _unavailable(reason: str) -> NoReturn:
+    unavailable(f"interop with @coji/durably: {reason}")
 
 
 @pytest.fixture(scope="module")

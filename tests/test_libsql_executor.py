@@ -231,6 +231,7 @@ async def test_one_checkpoint_is_one_request(libsql_server: TursoServer) -> None
         "BEGIN",
         "INSERT",
         "UPDATE",
+        "SELECT",  # changes(): whether the fenced writes applied
         "COMMIT",
         "ROLLBACK",
     ]

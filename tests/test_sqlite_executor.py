@@ -4,6 +4,7 @@ that keeps the event loop responsive while another connection holds the lock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -200,12 +201,14 @@ from durably.plugins import BackendRegistry
 
 async def main() -> None:
     storage = BackendRegistry().open("sqlite:///" + sys.argv[1])
+    stage = "migrate"
     try:
         await storage.migrate()
-        await storage.enqueue_many([])
+        stage = "first write"
+        await storage.executor.execute("CREATE TABLE probe (a)")
         print("NO ERROR")
     except DurablyError as exc:
-        print(type(exc).__name__, "|", exc)
+        print(stage, "|", type(exc).__name__, "|", exc)
     finally:
         try:
             await storage.close()
@@ -234,11 +237,14 @@ async def _write_one(path: Path) -> None:
     await rw.close()
 
 
-def test_error__read_only_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dir_mode", [0o555, 0o755], ids=["read-only-dir", "writable-dir"])
+def test_error__read_only_file(tmp_path: Path, dir_mode: int) -> None:
     path = tmp_path / "d.db"
     asyncio.run(_write_one(path))
+    for leftover in ("d.db-wal", "d.db-shm"):
+        (tmp_path / leftover).unlink(missing_ok=True)
     before = path.read_bytes()
-    set_modes(path, 0o444, 0o555)
+    set_modes(path, 0o444, dir_mode)
     try:
         proc = subprocess.run(
             [*unprivileged(), sys.executable, "-c", READ_ONLY_SCRIPT, str(path)],
@@ -249,12 +255,13 @@ def test_error__read_only_file(tmp_path: Path) -> None:
     finally:
         set_modes(path, 0o644, 0o755)
     assert proc.returncode == 0, proc.stderr
-    kind, _, message = proc.stdout.strip().partition(" | ")
-    assert kind == "StorageReadOnlyError", proc.stdout
+    stage, kind, message = proc.stdout.strip().split(" | ", 2)
+    # refused when opened, not at the first write (a worker must not start on it)
+    assert (stage, kind) == ("migrate", "StorageReadOnlyError"), proc.stdout
     assert str(path) in message
     assert "check the permissions" in message
     assert path.read_bytes() == before
-    assert not (tmp_path / "d.db-wal").exists() or (tmp_path / "d.db-wal").stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.db"]
 
 
 async def test_error__newer_python_schema_refused_and_file_untouched(tmp_path: Path) -> None:
@@ -265,6 +272,9 @@ async def test_error__newer_python_schema_refused_and_file_untouched(tmp_path: P
         "INSERT INTO durably_py_schema_versions (version, applied_at) VALUES (999, 'x')"
     )
     await storage.close()
+    # from a file in rollback-journal mode too, which opening must not switch to WAL
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
     before = path.read_bytes()
     again = open_sqlite(f"sqlite:///{path}")
     with pytest.raises(SchemaVersionError, match=r"version 999.*Upgrade durably"):

@@ -4,11 +4,11 @@ backends side by side (``durably_testing.stateful``)."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Mapping
 from datetime import datetime
 
 import pytest
+from ci_support import in_ci
 from conftest import BACKENDS
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
@@ -54,7 +54,7 @@ def installed(backend: str) -> bool:
             "libsql-file": "file",
             "libsql-remote": "http",
         }
-        if backend == "libsql-remote" and tursodb_binary() is None and not os.environ.get("CI"):
+        if backend == "libsql-remote" and tursodb_binary() is None and not in_ci():
             return False
         return scheme.get(backend, backend) in BackendRegistry().schemes
     return False

@@ -112,6 +112,11 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
+def _reads_only(sql: str) -> bool:
+    head = sql.lstrip()[:6].upper()
+    return head == "SELECT" and "RETURNING" not in sql.upper()
+
+
 def _fetch(cur: sqlite3.Cursor, sql: str, params: Params) -> list[Row]:
     return cur.execute(sql, params).fetchall()
 
@@ -168,6 +173,9 @@ class SqliteExecutor:
         self._slow_lock: asyncio.Lock | None = None
         self._closed_memory = False
         self._wal = not self.memory and mode != "ro"
+        #: WAL is switched on before the first write, not at open: a database that is
+        #: refused after reading it (e.g. a newer schema) is left byte for byte as it was.
+        self._wal_pending = self._wal
         self._checkpoint_mark = 0
         self._checkpointing: asyncio.Future[None] | None = None
 
@@ -192,10 +200,8 @@ class SqliteExecutor:
         )
         try:
             if not self.memory:
-                if self.mode == "ro":
-                    conn.execute("PRAGMA schema_version").fetchall()  # is it a database?
-                else:
-                    self._ensure_wal(conn, self.busy_timeout)
+                # is it a database? (reads the header; a non-database fails here)
+                conn.execute("PRAGMA schema_version").fetchall()
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         except BaseException:
             conn.close()
@@ -224,10 +230,28 @@ class SqliteExecutor:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
 
+    def _check_writable(self) -> None:
+        """Refuse at open, not at the first write, a file this process cannot write
+        (SQLite would open it read-only without a word)."""
+        path = Path(self.database).resolve()
+        target = path if path.exists() else path.parent
+        if target.is_dir() and target == path:
+            return  # a directory path: SQLite's own error says so (see _map)
+        if target.exists() and not os.access(target, os.W_OK):
+            what = "file" if target == path else "directory"
+            raise StorageReadOnlyError(
+                f"SQLite database {self.database!r} cannot be written: its {what} "
+                f"{str(target)!r} is read-only for this process; check the permissions of "
+                "the file and of its directory (SQLite also creates -wal and -shm files "
+                'next to it), or open it with mode="ro" to only read'
+            )
+
     def _open_sync(self) -> tuple[sqlite3.Connection, sqlite3.Connection | None]:
         if self.memory:
             return self._connect(0.0), None
-        slow = self._connect(self.busy_timeout)  # sets WAL, waiting for locks if needed
+        if self.mode != "ro":
+            self._check_writable()
+        slow = self._connect(self.busy_timeout)
         try:
             fast = self._connect(0.0)
             if self._wal:
@@ -295,10 +319,29 @@ class SqliteExecutor:
             if pool is not None:
                 pool.shutdown(wait=False)
 
+    async def _enable_wal(self) -> None:
+        """Switch the file to WAL (once; on the worker thread: it may wait for locks)."""
+        pool, slow = self._pool, self._slow
+        if pool is None or slow is None:
+            raise StorageError("The SQLite storage is closed")
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                pool, self._ensure_wal, slow, self.busy_timeout
+            )
+            fast = self._cur
+            if fast is not None:
+                # a read makes this connection see the header's new journal mode now
+                fast.execute("PRAGMA schema_version").fetchall()
+        except sqlite3.Error as exc:
+            raise self._map(exc) from exc
+        self._wal_pending = False
+
     # -- the Executor protocol --
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         cur = self._cur or await self._open()
+        if self._wal_pending and not _reads_only(sql):
+            await self._enable_wal()
         try:
             rows = cur.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
@@ -311,6 +354,8 @@ class SqliteExecutor:
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         cur = self._cur or await self._open()
+        if self._wal_pending and not _reads_only(sql):
+            await self._enable_wal()
         try:
             count = cur.execute(sql, params).rowcount
         except sqlite3.Error as exc:
@@ -323,6 +368,8 @@ class SqliteExecutor:
 
     async def batch(self, statements: Sequence[Statement]) -> list[list[Row]]:
         cur = self._cur or await self._open()
+        if self._wal_pending:
+            await self._enable_wal()
         try:
             results = _batch(cur, statements)
         except sqlite3.Error as exc:
