@@ -2,7 +2,9 @@
 
     uv run uvicorn examples.web_app:app --port 8000
 
-The handler is mounted at ``/api/durably`` (give the React hooks
+``POST /imports`` (``{"filename": "a.csv"}``) is an endpoint of the app's own that
+triggers a run and answers at once with its id; ``GET /imports/<id>`` reads it back.
+durably's handler is mounted at ``/api/durably`` (give the React hooks
 ``createDurably({ api: "/api/durably" })``); the worker runs in the app's
 lifespan, so runs triggered from the browser execute in this process and their
 progress streams back live.
@@ -18,7 +20,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from durably import Durably, Step, create_durably, define_job
@@ -73,6 +75,21 @@ def create_app(durably: Durably | None = None) -> FastAPI:
     app = FastAPI(title="durably web app", lifespan=lifespan)
     app.state.durably = durably
     app.mount("/api/durably", create_handler(durably))
+
+    # Your own endpoints trigger jobs too (the counterpart of the docs' Express
+    # routes): the request returns at once with the run id; the worker in this
+    # process picks the run up immediately, no polling delay.
+    @app.post("/imports", status_code=202)
+    async def start_import(body: ImportIn) -> dict[str, str]:
+        run = await durably.jobs.import_csv.trigger(body)
+        return {"runId": run.id, "status": run.status.value}
+
+    @app.get("/imports/{run_id}")
+    async def import_status(run_id: str) -> dict[str, object]:
+        run = await durably.jobs.import_csv.get_run(run_id)
+        if run is None:
+            raise HTTPException(status_code=404, detail=f"no import {run_id}")
+        return {"runId": run.id, "status": run.status.value, "output": run.output}
 
     @app.get("/health")
     async def health() -> dict[str, bool]:

@@ -3,6 +3,7 @@ its lifespan; a run triggered over HTTP executes and streams its progress."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -54,5 +55,28 @@ async def test_web_app__trigger_stream_and_list(web_app: Any) -> None:
     assert not app.state.durably.running
 
 
-def test_web_app__module_level_app_uses_the_environment(web_app: Any) -> None:
-    assert web_app.app.state.durably.storage is not None
+async def test_web_app__own_endpoint_triggers_and_reads_back(web_app: Any) -> None:
+    app = web_app.create_app()
+    async with serve(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        r = await client.post("/imports", json={"filename": "b.csv", "rows": 120})
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "pending"
+        run_id = r.json()["runId"]
+        for _ in range(200):
+            status = (await client.get(f"/imports/{run_id}")).json()
+            if status["status"] == "completed":
+                break
+            await asyncio.sleep(0.01)
+        assert status == {"runId": run_id, "status": "completed", "output": {"imported": 120}}
+        assert (await client.get("/imports/nope")).status_code == 404
+        assert (await client.post("/imports", json={"rows": 1})).status_code == 422
+
+
+def test_web_app__module_level_app_uses_the_environment(
+    web_app: Any, request: pytest.FixtureRequest
+) -> None:
+    from durably.sql import SqlStorage
+    from durably_testing.memory import MemoryStorage
+
+    expected = MemoryStorage if "memory" in request.node.callspec.id else SqlStorage
+    assert type(web_app.app.state.durably.storage) is expected

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Mount
 
-from durably import Durably, NotFoundError, RunStatus
+from durably import Durably, NotFoundError, RunStatus, ValidationError
 from durably.http import Auth, RunsFilter, TriggerRequest, create_handler
 
 CLIENT_RUN_KEYS = {
@@ -393,11 +393,11 @@ async def test_unknown_routes_are_plain_404(
 
 
 def test_create_handler__checks_its_options(durably: Durably) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(ValidationError, match=r"durably\.http\.Auth"):
         create_handler(durably, auth={"authenticate": lambda r: None})  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="sse_throttle"):
+    with pytest.raises(ValidationError, match="sse_throttle"):
         create_handler(durably, sse_throttle=-1)
-    with pytest.raises(ValueError, match="sse_poll_interval"):
+    with pytest.raises(ValidationError, match="sse_poll_interval"):
         create_handler(durably, sse_poll_interval=0)
 
 

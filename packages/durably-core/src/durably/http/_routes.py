@@ -313,11 +313,20 @@ def create_handler(
     ``stop()`` in the application's lifespan.
     """
     if auth is not None and not isinstance(auth, Auth):
-        raise TypeError("auth must be a durably.http.Auth(authenticate=...)")
-    if sse_throttle < 0:
-        raise ValueError("sse_throttle must be >= 0 seconds")
-    if sse_poll_interval is not None and sse_poll_interval <= 0:
-        raise ValueError("sse_poll_interval must be > 0 seconds (or None)")
+        raise ValidationError(
+            f"auth must be a durably.http.Auth(authenticate=...), got {type(auth).__name__}"
+        )
+    if not isinstance(sse_throttle, int | float) or sse_throttle < 0:
+        raise ValidationError(
+            f"sse_throttle must be a number of seconds >= 0, got {sse_throttle!r}"
+        )
+    if sse_poll_interval is not None and (
+        not isinstance(sse_poll_interval, int | float) or sse_poll_interval <= 0
+    ):
+        raise ValidationError(
+            "sse_poll_interval must be a number of seconds > 0 (or None), "
+            f"got {sse_poll_interval!r}"
+        )
     handler = _Handler(durably, auth, sse_throttle, sse_poll_interval, on_request)
     methods = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"]
     app = Starlette(routes=[Route("/{path:path}", handler.dispatch, methods=methods)])
