@@ -75,6 +75,7 @@ EXPECTED_ALL = [
     "StorageConnectionError",
     "StorageCorruptError",
     "StorageError",
+    "StorageOutcomeUnknownError",
     "StorageReadOnlyError",
     "SystemClock",
     "TriggerResult",
@@ -103,7 +104,7 @@ def test_errors__every_public_error_is_a_durably_error() -> None:
         for name in durably.__all__
         if inspect.isclass(obj := getattr(durably, name)) and issubclass(obj, BaseException)
     ]
-    assert len(errors) == 18
+    assert len(errors) == 19
     for cls in errors:
         assert issubclass(cls, DurablyError), cls
 
@@ -114,6 +115,7 @@ def test_errors__storage_errors_share_a_base() -> None:
         "StorageCorruptError",
         "StorageReadOnlyError",
         "StorageConnectionError",
+        "StorageOutcomeUnknownError",
         "StorageAuthError",
         "SchemaVersionError",
     ):

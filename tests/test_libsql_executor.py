@@ -460,3 +460,93 @@ def test_base64__blob_decoding_accepts_unpadded() -> None:
     for data in (b"", b"\x00", b"\x00\x01", b"\x00\x01\x02"):
         unpadded = base64.b64encode(data).decode().rstrip("=")
         assert decode_value({"type": "blob", "base64": unpadded}) == data
+
+
+# -- lost answers: checked, not repeated blindly, and not paid for with a lease --
+
+
+class LosingTransport(httpx.AsyncBaseTransport):
+    """Loses the answer to the first copy of every write request: ``after`` the real
+    server applied it (the connection broke on the way back), or ``before`` it reached
+    the server (dropped on the way there). Reads and second copies pass."""
+
+    def __init__(self, when: str) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.when = when
+        self.seen: set[bytes] = set()
+        self.lost: list[str] = []
+
+    @staticmethod
+    def _first_sql(body: dict[str, Any]) -> str:
+        request = body["requests"][0]
+        if request["type"] == "batch":
+            return str(request["batch"]["steps"][1]["stmt"]["sql"])
+        return str(request["stmt"]["sql"])
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sql = self._first_sql(body) if body["requests"] else "SELECT"
+        write = not sql.lstrip().upper().startswith("SELECT") or "RETURNING" in sql.upper()
+        first_copy = request.content not in self.seen
+        self.seen.add(request.content)
+        if not (write and first_copy and "durably_runs SET status = 'leased'" not in sql):
+            return await self.inner.handle_async_request(request)
+        self.lost.append(" ".join(sql.split()[:3]))
+        if self.when == "after":
+            response = await self.inner.handle_async_request(request)
+            await response.aread()
+        raise httpx.ReadError("connection reset by peer", request=request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+async def test_lost_answers__checked_then_resent_once__no_lease_waited_for(
+    libsql_server: TursoServer, when: str
+) -> None:
+    from durably_testing.clock import ManualClock
+
+    transport = LosingTransport(when)
+    calls: list[int] = []
+
+    async def job(step: Any, payload: Any) -> int:
+        total = 0
+        for i in range(3):
+
+            async def work(i: int = i) -> int:
+                calls.append(i)
+                return i
+
+            total += await step.run(f"s{i}", work)
+            step.progress(i + 1, 3)
+            step.log.info("step done", i=i)
+        return total
+
+    clock = ManualClock()  # never advanced: no lease can expire during the test
+    d = create_durably(
+        libsql_server.url,
+        jobs={"j": define_job("j", run=job)},
+        transport=transport,
+        clock=clock,
+        preserve_steps=True,
+    )
+    errors: list[Any] = []
+    d.on("worker:error", errors.append)
+    try:
+        await d.migrate()
+        triggered = await d.jobs.j.trigger({}, idempotency_key="k")
+        assert triggered.disposition == "created"  # its answer was lost, yet it is ours
+        assert await d.process_one()
+        run = await d.get_run(triggered.id)
+        steps = await d.get_steps(triggered.id)
+    finally:
+        await d.storage.close()
+    assert run is not None
+    assert (run.status.value, run.output, run.completed_step_count) == ("completed", 3, 3)
+    assert calls == [0, 1, 2]  # every step ran once
+    assert [s.name for s in steps] == ["s0", "s1", "s2"]
+    assert not errors
+    lost = " | ".join(transport.lost)
+    for what in ("INSERT INTO durably_runs", "INSERT INTO durably_steps", "UPDATE durably_runs"):
+        assert what in lost, lost

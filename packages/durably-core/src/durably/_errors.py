@@ -20,6 +20,7 @@ mapped to :class:`StorageError` subclasses with the original chained as
         ├── StorageCorruptError      the file is not a database we can use
         ├── StorageReadOnlyError     the database cannot be written
         ├── StorageConnectionError   the database server cannot be reached
+        │   └── StorageOutcomeUnknownError  a write was sent; its answer was lost
         ├── StorageAuthError         the server refused our credentials
         └── SchemaVersionError       the database was made by a newer release
 """
@@ -131,6 +132,14 @@ class StorageReadOnlyError(StorageError):
 
 class StorageConnectionError(StorageError):
     """The database server cannot be reached."""
+
+
+class StorageOutcomeUnknownError(StorageConnectionError):
+    """A write reached (or may have reached) the server, but its answer was lost:
+    it may or may not have been applied, so it must not be repeated blindly.
+
+    ``durably.sql.SqlStorage`` resolves it for the operations it can check (by the
+    ids it chose, or the fenced state it expects); the others raise it."""
 
 
 class StorageAuthError(StorageError):

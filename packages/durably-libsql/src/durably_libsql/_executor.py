@@ -33,14 +33,16 @@ jittered exponential backoff, at most ``retries`` times:
   free. Nothing was executed, so sending it again cannot apply it twice.
 - **Read-only requests after any transport error** (every statement a ``SELECT``):
   repeating a read changes nothing.
-- **Never: a request with a write whose response was lost** (the connection broke
-  or timed out after the request was sent). The server may or may not have
+- **Never here: a request with a write whose response was lost** (the connection
+  broke or timed out after the request was sent). The server may or may not have
   applied it, and blindly repeating e.g. a step checkpoint or a completion would
-  turn a success into a conflict. It is raised as ``StorageConnectionError``
-  ("outcome unknown"); the engine treats that as a transient fault: the worker
-  reports ``worker:error`` and backs off, the run's lease expires, and whoever
-  claims it next resumes from the checkpoints that *are* in the database — the
-  writes are fenced by ``lease_generation``, so a late duplicate can never land.
+  turn a success into a conflict. It is raised as ``StorageOutcomeUnknownError``,
+  and ``SqlStorage`` checks what the write wrote (by the ids it chose, or the
+  fenced state it set) before sending it once more (``durably/sql/_outcome.py``),
+  so a lost answer costs a read, not a lease. What it cannot check (a claim) is
+  reported: the worker backs off, and whoever claims the run next resumes from the
+  checkpoints that *are* in the database — the writes are fenced by
+  ``lease_generation``, so a late duplicate can never land.
 
 Requests in flight are capped (``max_in_flight``); every request has a timeout.
 The auth token is sent as a ``Bearer`` header and appears in no repr, log or
@@ -63,6 +65,7 @@ from durably import (
     StorageBusyError,
     StorageConnectionError,
     StorageError,
+    StorageOutcomeUnknownError,
     StorageReadOnlyError,
 )
 from durably.sql import Params, Row, Statement, constraint_violation
@@ -300,7 +303,7 @@ class HranaExecutor:
         elif safe:
             message = f"The libSQL server at {self.url} did not answer: {reason}"
         else:
-            message = (
+            return StorageOutcomeUnknownError(
                 f"The connection to the libSQL server at {self.url} broke while a write was "
                 f"in flight ({reason}); its outcome is unknown, so it was not repeated"
             )

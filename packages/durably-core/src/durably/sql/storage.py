@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from .._errors import ConflictError, StorageCorruptError
+from .._errors import ConflictError, StorageCorruptError, StorageOutcomeUnknownError
 from .._records import (
     EnqueueResult,
     LogRecord,
@@ -41,6 +41,7 @@ from .._records import (
 )
 from .._timefmt import format_ts as _format_ts
 from .._timefmt import parse_ts
+from ._outcome import resolved
 from .executor import ConstraintViolation, Executor, Params, Row, SqlValue, Statement
 from .schema import migrate as _migrate
 
@@ -138,6 +139,10 @@ _ADVANCE = (
 _PROGRESS = f"UPDATE durably_runs SET progress = ?, updated_at = ? WHERE id = ? AND {_FENCE}"
 _CHANGES = "SELECT changes()"
 _HOLDS = f"SELECT 1 FROM durably_runs WHERE id = ? AND {_FENCE}"
+_LEASE_STATE = "SELECT status, lease_generation, lease_expires_at FROM durably_runs WHERE id = ?"
+_STEP_EXISTS = "SELECT 1 FROM durably_steps WHERE id = ?"
+_LOG_EXISTS = "SELECT 1 FROM durably_logs WHERE id = ?"
+_RUNS_BY_ID = f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE id IN "
 _LOG_CHUNK = 100
 _COMPLETE = (
     "UPDATE durably_runs SET status = 'completed', output = ?, error = NULL, "
@@ -326,7 +331,12 @@ class SqlStorage:
         self.executor = executor
 
     async def migrate(self) -> None:
-        await _migrate(self.executor, format_ts(datetime.now(UTC)))
+        applied_at = format_ts(datetime.now(UTC))
+        try:
+            await _migrate(self.executor, applied_at)
+        except StorageOutcomeUnknownError:
+            # migrating is idempotent (and safe against a racing process): run it again
+            await _migrate(self.executor, applied_at)
 
     async def close(self) -> None:
         await self.executor.close()
@@ -433,13 +443,52 @@ class SqlStorage:
         return exc
 
     async def enqueue(self, run: NewRun, *, coalesce: bool = False) -> EnqueueResult:
-        [result] = await self._enqueue_all([(run, coalesce)])
+        [result] = await self._enqueue_checked([(run, coalesce)])
         return result
 
     async def enqueue_many(self, runs: Sequence[tuple[NewRun, bool]]) -> list[EnqueueResult]:
         if not runs:
             return []
-        return await self._enqueue_all(runs)
+        return await self._enqueue_checked(runs)
+
+    async def _enqueue_checked(self, items: Sequence[tuple[NewRun, bool]]) -> list[EnqueueResult]:
+        """:meth:`_enqueue_all`, resolving a lost answer by the ids chosen for the runs
+        (the batch is all or nothing: all of them are stored, or none)."""
+
+        async def landed() -> list[EnqueueResult] | None:
+            found = await self._runs_by_id([run.id for run, _ in items])
+            if len(found) < len(items):
+                return None
+            return [EnqueueResult(found[run.id], "created") for run, _ in items]
+
+        results = await resolved(lambda: self._enqueue_all(items), landed)
+        # a second copy meets the first as an idempotent or coalesced match: ours
+        return [
+            EnqueueResult(result.run, "created") if result.run.id == run.id else result
+            for (run, _), result in zip(items, results, strict=True)
+        ]
+
+    async def _runs_by_id(self, ids: Sequence[str]) -> dict[str, Run]:
+        found: dict[str, Run] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for row in await self.executor.fetch(_RUNS_BY_ID + _in_list(len(chunk)), chunk):
+                run = _run(row)
+                found[run.id] = run
+        return found
+
+    async def _lease_state(
+        self, run_id: str, generation: int, done: str | None = None
+    ) -> bool | None:
+        """After a lost answer: ``True`` if the run is in status ``done`` under this
+        generation (the write landed), ``None`` if this generation still holds its
+        lease (not landed: send again), ``False`` if the lease is gone."""
+        rows = await self.executor.fetch(_LEASE_STATE, (run_id,))
+        if not rows or rows[0][1] != generation:
+            return False
+        if done is not None and rows[0][0] == done:
+            return True
+        return None if rows[0][0] == RunStatus.LEASED.value else False
 
     # -- reading --
 
@@ -506,8 +555,21 @@ class SqlStorage:
         self, run_id: str, generation: int, now: datetime, lease_expires_at: datetime
     ) -> bool:
         now_s = format_ts(now)
-        params = (format_ts(lease_expires_at), now_s, run_id, generation, now_s)
-        return await self.executor.execute(_RENEW, params) > 0
+        expires_s = format_ts(lease_expires_at)
+        params = (expires_s, now_s, run_id, generation, now_s)
+
+        async def write() -> bool:
+            return await self.executor.execute(_RENEW, params) > 0
+
+        async def landed() -> bool | None:
+            rows = await self.executor.fetch(_LEASE_STATE, (run_id,))
+            if not rows or tuple(rows[0][:2]) != (RunStatus.LEASED.value, generation):
+                return False
+            if rows[0][2] == expires_s:
+                return True
+            return None if rows[0][2] is not None and rows[0][2] > now_s else False
+
+        return await resolved(write, landed)
 
     async def release_expired_leases(self, now: datetime) -> int:
         now_s = format_ts(now)
@@ -516,6 +578,16 @@ class SqlStorage:
     # -- fenced writes by the lease holder --
 
     async def persist_step(
+        self, run_id: str, generation: int, step: NewStep, now: datetime
+    ) -> bool:
+        async def landed() -> bool | None:
+            if await self.executor.fetch(_STEP_EXISTS, (step.id,)):
+                return True
+            return await self._lease_state(run_id, generation)
+
+        return await resolved(lambda: self._persist_step(run_id, generation, step, now), landed)
+
+    async def _persist_step(
         self, run_id: str, generation: int, step: NewStep, now: datetime
     ) -> bool:
         now_s = format_ts(now)
@@ -560,11 +632,24 @@ class SqlStorage:
         self, run_id: str, generation: int, progress: Progress, now: datetime
     ) -> bool:
         params = (progress_json(progress), format_ts(now), run_id, generation)
-        return await self.executor.execute(_PROGRESS, params) > 0
+
+        async def write() -> bool:
+            return await self.executor.execute(_PROGRESS, params) > 0
+
+        # writing the same progress twice is harmless: send again while the lease holds
+        return await resolved(write, lambda: self._lease_state(run_id, generation))
 
     async def append_logs(
         self, run_id: str, generation: int, logs: Sequence[NewLog], now: datetime
     ) -> bool:
+        async def landed() -> bool | None:
+            if logs and await self.executor.fetch(_LOG_EXISTS, (logs[0].id,)):
+                return True
+            return await self._lease_state(run_id, generation)
+
+        return await resolved(lambda: self._append_logs(run_id, generation, logs), landed)
+
+    async def _append_logs(self, run_id: str, generation: int, logs: Sequence[NewLog]) -> bool:
         if not logs:
             return bool(await self.executor.fetch(_HOLDS, (run_id, generation)))
         statements: list[Statement] = []
@@ -608,21 +693,32 @@ class SqlStorage:
     ) -> bool:
         now_s = format_ts(now)
         complete: Params = (output_json, now_s, now_s, run_id, generation)
-        if not delete_steps:
-            return await self.executor.execute(_COMPLETE, complete) > 0
         guard: Params = (run_id, run_id, generation)
-        results = await self.executor.batch(
-            [
-                (_DELETE_STEPS_IF_HELD, guard),
-                (_DELETE_LOGS_IF_HELD, guard),
-                (_COMPLETE + " RETURNING 1", complete),
-            ]
-        )
-        return bool(results[2])
+
+        async def write() -> bool:
+            if not delete_steps:
+                return await self.executor.execute(_COMPLETE, complete) > 0
+            results = await self.executor.batch(
+                [
+                    (_DELETE_STEPS_IF_HELD, guard),
+                    (_DELETE_LOGS_IF_HELD, guard),
+                    (_COMPLETE + " RETURNING 1", complete),
+                ]
+            )
+            return bool(results[2])
+
+        done = RunStatus.COMPLETED.value
+        return await resolved(write, lambda: self._lease_state(run_id, generation, done))
 
     async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
         now_s = format_ts(now)
-        return await self.executor.execute(_FAIL, (error, now_s, now_s, run_id, generation)) > 0
+
+        async def write() -> bool:
+            params = (error, now_s, now_s, run_id, generation)
+            return await self.executor.execute(_FAIL, params) > 0
+
+        done = RunStatus.FAILED.value
+        return await resolved(write, lambda: self._lease_state(run_id, generation, done))
 
     # -- control --
 

@@ -1,0 +1,208 @@
+"""SqlStorage after a lost answer (``StorageOutcomeUnknownError``): each write that
+can be checked is checked, and sent once more only when it did not land — so the
+result is what one delivery would have given, and the state is one application.
+
+Driven on a real SQLite file through an executor that loses the answer to the
+first copy of each write: after applying it, or before (dropped)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from durably import (
+    NewLog,
+    NewRun,
+    NewStep,
+    Progress,
+    RunStatus,
+    StepStatus,
+    StorageOutcomeUnknownError,
+)
+from durably.sql import Params, Row, SqlStorage, Statement
+from durably_sqlite import SqliteExecutor
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+LEASE = T0 + timedelta(seconds=30)
+
+
+def rid(n: int) -> str:
+    return f"01J{n:023d}"
+
+
+class LosingExecutor:
+    """A SqliteExecutor whose next write (``lose(when)``) loses its answer."""
+
+    def __init__(self, inner: SqliteExecutor) -> None:
+        self.inner = inner
+        self.when: str | None = None
+        self.lost = 0
+
+    def lose(self, when: str) -> None:
+        self.when = when
+
+    async def _maybe_lose(self, write: Callable[[], Awaitable[Any]]) -> Any:
+        when, self.when = self.when, None
+        if when is None:
+            return await write()
+        self.lost += 1
+        if when == "after":
+            await write()
+        raise StorageOutcomeUnknownError("answer lost (test)")
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        if sql.lstrip().upper().startswith("SELECT") and "RETURNING" not in sql.upper():
+            return await self.inner.fetch(sql, params)
+        rows: list[Row] = await self._maybe_lose(lambda: self.inner.fetch(sql, params))
+        return rows
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        count: int = await self._maybe_lose(lambda: self.inner.execute(sql, params))
+        return count
+
+    async def batch(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        out: list[list[Row]] = await self._maybe_lose(lambda: self.inner.batch(statements))
+        return out
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[tuple[SqlStorage, LosingExecutor]]:
+    executor = LosingExecutor(SqliteExecutor(tmp_path / "d.db"))
+    s = SqlStorage(executor)
+    await s.migrate()
+    yield s, executor
+    await s.close()
+
+
+async def leased(s: SqlStorage, n: int = 1) -> str:
+    await s.enqueue(NewRun(id=rid(n), job_name="j", input_json="{}", created_at=T0))
+    run = await s.claim_next("w", T0, LEASE)
+    assert run is not None
+    return run.id
+
+
+WHEN = pytest.mark.parametrize("when", ["after", "before"])
+
+
+@WHEN
+async def test_enqueue__created_once(storage: Any, when: str) -> None:
+    from durably import RunFilter
+
+    s, ex = storage
+    ex.lose(when)
+    result = await s.enqueue(
+        NewRun(
+            id=rid(1),
+            job_name="j",
+            input_json="{}",
+            idempotency_key="k",
+            concurrency_key="c",
+            labels={"a": "b"},
+            created_at=T0,
+        )
+    )
+    assert ex.lost == 1
+    assert (result.disposition, result.run.id) == ("created", rid(1))
+    assert [r.id for r in await s.get_runs(RunFilter(labels={"a": "b"}))] == [rid(1)]
+
+
+@WHEN
+async def test_enqueue_many__all_created_once(storage: Any, when: str) -> None:
+    from durably import RunFilter
+
+    s, ex = storage
+    runs = [
+        (NewRun(id=rid(n), job_name="j", input_json="{}", concurrency_key="c", created_at=T0), True)
+        for n in (1, 2)
+    ]
+    ex.lose(when)
+    results = await s.enqueue_many(runs)
+    assert [(r.disposition, r.run.id) for r in results] == [
+        ("created", rid(1)),
+        ("coalesced", rid(1)),
+    ]
+    assert [r.id for r in await s.get_runs(RunFilter())] == [rid(1)]
+
+
+@WHEN
+async def test_persist_step__written_once(storage: Any, when: str) -> None:
+    s, ex = storage
+    run_id = await leased(s)
+    step = NewStep(
+        id=rid(9),
+        name="s",
+        index=0,
+        status=StepStatus.COMPLETED,
+        output_json="1",
+        started_at=T0,
+        completed_at=T0,
+    )
+    ex.lose(when)
+    assert await s.persist_step(run_id, 1, step, T0)
+    assert [x.name for x in await s.get_steps(run_id)] == ["s"]
+    run = await s.get_run(run_id)
+    assert (run.completed_step_count, run.current_step_index) == (1, 1)
+
+
+@WHEN
+async def test_complete_run__true_once(storage: Any, when: str) -> None:
+    s, ex = storage
+    run_id = await leased(s)
+    ex.lose(when)
+    assert await s.complete_run(run_id, 1, '"ok"', T0, delete_steps=True)
+    run = await s.get_run(run_id)
+    assert (run.status, run.output) == (RunStatus.COMPLETED, "ok")
+
+
+@WHEN
+async def test_fail_run__true_once(storage: Any, when: str) -> None:
+    s, ex = storage
+    run_id = await leased(s)
+    ex.lose(when)
+    assert await s.fail_run(run_id, 1, "boom", T0)
+    run = await s.get_run(run_id)
+    assert (run.status, run.error) == (RunStatus.FAILED, "boom")
+
+
+@WHEN
+async def test_renew_progress_logs__true_once(storage: Any, when: str) -> None:
+    s, ex = storage
+    run_id = await leased(s)
+    later = LEASE + timedelta(seconds=5)
+    ex.lose(when)
+    assert await s.renew_lease(run_id, 1, T0, later)
+    ex.lose(when)
+    assert await s.update_progress(run_id, 1, Progress(1, 2, "half"), T0)
+    ex.lose(when)
+    log = NewLog(id=rid(7), step_name=None, level="info", message="m", created_at=T0)
+    assert await s.append_logs(run_id, 1, [log], T0)
+    run = await s.get_run(run_id)
+    assert (run.lease_expires_at, run.progress) == (later, Progress(1, 2, "half"))
+    assert [x.message for x in await s.get_logs(run_id)] == ["m"]
+
+
+@WHEN
+async def test_fenced_write__lost_answer_after_the_lease_moved_on_is_refused(
+    storage: Any, when: str
+) -> None:
+    s, ex = storage
+    run_id = await leased(s)
+    assert await s.cancel_run(run_id, T0) is not None
+    ex.lose(when)
+    assert not await s.complete_run(run_id, 1, '"late"', T0, delete_steps=False)
+    assert (await s.get_run(run_id)).status == RunStatus.CANCELLED
+
+
+async def test_claim__lost_answer_is_raised(storage: Any) -> None:
+    s, ex = storage
+    await s.enqueue(NewRun(id=rid(1), job_name="j", input_json="{}", created_at=T0))
+    ex.lose("before")
+    with pytest.raises(StorageOutcomeUnknownError):
+        await s.claim_next("w", T0, LEASE)
