@@ -4,7 +4,9 @@ what they look for."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from durably import RunStatus
+from durably import RunFailedError, RunStatus, ValidationError, create_durably
 from durably_testing.crash import (
     CrashConfig,
     CrashReport,
     _analyse,
     _Trial,
+    crash_job,
     expected_output,
     run_crash_harness,
 )
@@ -79,8 +82,50 @@ def test_crash_harness__command_line_on_an_adapters_own_url(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("url", ["memory://", "sqlite:///:memory:"])
 def test_crash_harness__refuses_a_database_private_to_one_process(url: str) -> None:
-    with pytest.raises(ValueError, match="several processes"):
+    with pytest.raises(ValidationError, match="several processes"):
         run_crash_harness(url, kills=1)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"kills": -1}, "kills >= 0, got -1; pass --kills 0 or more"),
+        ({"workers": 0}, "workers >= 1, got 0; pass --workers 1 or more"),
+        ({"slots": 0}, "slots >= 1, got 0; pass --slots 1 or more"),
+        ({"steps": 0}, "steps >= 1, got 0; pass --steps 1 or more"),
+        ({"kill_interval": (0.5, 0.1)}, "--min-gap 0.02 --max-gap 0.3"),
+    ],
+    ids=["kills", "workers", "slots", "steps", "interval"],
+)
+def test_crash_harness__bad_figures_refused_before_anything_starts(
+    tmp_path: Path, options: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        run_crash_harness(f"sqlite:///{tmp_path / 'crash.db'}", **options)
+    assert not (tmp_path / "crash.db").exists()  # refused before the database was opened
+
+
+def test_crash_harness__command_line_reports_a_bad_url_without_a_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "durably_testing.crash", "--url", "memory://", "--kills", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "several processes share" in done.stderr
+
+
+def test_crash_job__refuses_to_run_outside_a_worker_process() -> None:
+    async def run_here() -> None:
+        async with create_durably("memory://", jobs={"crash": crash_job(None)}) as durably:
+            payload = {"seed": 1, "trial": 0, "steps": 1}
+            await durably.jobs.crash.trigger_and_wait(payload, timeout=10)
+
+    with pytest.raises(RunFailedError, match="runs only in the crash harness's worker"):
+        asyncio.run(run_here())
 
 
 # -- the checks, on hand-written records --

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 import durably_testing
-from durably import NewRun, RunFilter, RunStatus, Storage, StorageError
+from durably import NewRun, RunFilter, RunStatus, Storage, StorageError, ValidationError
 from durably_testing import (
     Fault,
     FaultKind,
@@ -124,20 +126,22 @@ async def test_plans__combine_with_or() -> None:
 
 
 @pytest.mark.parametrize(
-    "make",
+    ("make", "says"),
     [
-        lambda: Fault(FaultKind.ERROR),
-        lambda: Fault(FaultKind.ERROR, at_call=1, operation="migrate"),
-        lambda: Fault(FaultKind.ERROR, at_call=-1),
-        lambda: FaultPlan.on_operation("persist_steps", "error"),
-        lambda: FaultPlan.on_operation("migrate", "error", occurrence=0),
-        lambda: FaultPlan.at_call(0, "explode"),
+        (lambda: Fault(FaultKind.ERROR), "exactly one of at_call="),
+        (lambda: Fault(FaultKind.ERROR, at_call=1, operation="migrate"), "exactly one of at_call="),
+        (lambda: Fault(FaultKind.ERROR, at_call=-1), "pass an index ≥ 0"),
+        (lambda: FaultPlan.on_operation("persist_steps", "error"), "use one of: migrate, close"),
+        (lambda: FaultPlan.on_operation("migrate", "error", occurrence=0), "occurrence=1 or more"),
+        (lambda: FaultPlan.on_operation("migrate", "error", times=0), "times=1 or more"),
+        (lambda: FaultPlan.at_call(0, "explode"), "use one of: 'error', 'crash-before'"),
+        (lambda: Fault("explode", at_call=0), "Unknown fault kind 'explode'"),  # type: ignore[arg-type]
     ],
-    ids=["no-target", "two-targets", "negative", "typo", "occurrence-0", "unknown-kind"],
+    ids=["no-target", "two-targets", "negative", "typo", "occurrence-0", "times-0", "kind", "raw"],
 )
-def test_plan__invalid_faults_are_refused(make: object) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
-        make()  # type: ignore[operator]
+def test_plan__invalid_faults_are_refused(make: Callable[[], object], says: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        make()
 
 
 def test_public_names__sorted_and_importable() -> None:

@@ -7,6 +7,10 @@ import heapq
 import itertools
 from datetime import UTC, datetime, timedelta
 
+from durably import ValidationError
+
+__all__ = ["ManualClock", "settle"]
+
 
 class ManualClock:
     """``now()`` stays put until :meth:`advance`; ``sleep()`` waits for clock time.
@@ -17,9 +21,7 @@ class ManualClock:
     """
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
-        if self._now.tzinfo is None:
-            raise ValueError("ManualClock needs a timezone-aware start time")
+        self._now = _aware(start or datetime(2026, 1, 1, tzinfo=UTC), "start")
         self._sleepers: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._counter = itertools.count()
 
@@ -56,7 +58,16 @@ class ManualClock:
 
     def set(self, when: datetime) -> None:
         """Jump to ``when`` without waking sleepers (use ``advance`` to fire timers)."""
-        self._now = when
+        self._now = _aware(when, "set()")
+
+
+def _aware(when: datetime, what: str) -> datetime:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValidationError(
+            f"ManualClock {what} needs a timezone-aware datetime, got {when!r}; "
+            "pass e.g. datetime(2026, 1, 1, tzinfo=UTC)"
+        )
+    return when
 
 
 async def settle(rounds: int = 20) -> None:

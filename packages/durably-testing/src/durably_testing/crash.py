@@ -107,7 +107,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from durably import RunStatus, Step, create_durably, define_job
+from durably import JobDefinition, RunStatus, Step, ValidationError, create_durably, define_job
 
 __all__ = [
     "JOB_NAME",
@@ -255,50 +255,49 @@ class _Recorder:
         os.close(self.fd)
 
 
-_recorder: _Recorder | None = None
+def crash_job(recorder: _Recorder | None) -> JobDefinition[Any, Any]:
+    """The harness's job, its steps writing to ``recorder``. The harness process,
+    which only triggers runs, passes ``None``: a step run there is an error."""
 
+    def the_recorder() -> _Recorder:
+        if recorder is None:
+            raise ValidationError(
+                f"The job {JOB_NAME!r} runs only in the crash harness's worker processes "
+                "(python -m durably_testing.crash --worker …); do not start a worker "
+                "for it in the harness process"
+            )
+        return recorder
 
-def _the_recorder() -> _Recorder:
-    if _recorder is None:
-        raise RuntimeError(
-            f"The job {JOB_NAME!r} runs only in the crash harness's worker processes"
-        )
-    return _recorder
+    async def async_step(run_id: str, seed: int, trial: int, index: int) -> dict[str, Any]:
+        rec = the_recorder()
+        token = rec.token()
+        rec.write("start", run_id, index, token)
+        await asyncio.sleep(rec.pause())
+        return {"value": step_value(seed, trial, index), "x": token}
 
+    def sync_step(run_id: str, seed: int, trial: int, index: int) -> dict[str, Any]:
+        # A sync step runs in a worker thread: the kill may land there too.
+        rec = the_recorder()
+        token = rec.token()
+        rec.write("start", run_id, index, token)
+        time.sleep(rec.pause())
+        return {"value": step_value(seed, trial, index), "x": token}
 
-async def _async_step(run_id: str, seed: int, trial: int, index: int) -> dict[str, Any]:
-    recorder = _the_recorder()
-    token = recorder.token()
-    recorder.write("start", run_id, index, token)
-    await asyncio.sleep(recorder.pause())
-    return {"value": step_value(seed, trial, index), "x": token}
+    async def run(step: Step, payload: dict[str, Any]) -> dict[str, Any]:
+        rec = the_recorder()
+        seed, trial, steps = int(payload["seed"]), int(payload["trial"]), int(payload["steps"])
+        values: list[int] = []
+        for i in range(steps):
+            args = (step.run_id, seed, trial, i)
+            if i % 3 == 2:
+                out = await step.run(f"step-{i}", sync_step, *args)
+            else:
+                out = await step.run(f"step-{i}", async_step, *args)
+            rec.write("done", step.run_id, i, str(out["x"]))
+            values.append(int(out["value"]))
+        return {"total": sum(values), "values": values}
 
-
-def _sync_step(run_id: str, seed: int, trial: int, index: int) -> dict[str, Any]:
-    # A sync step runs in a worker thread: the kill may land there too.
-    recorder = _the_recorder()
-    token = recorder.token()
-    recorder.write("start", run_id, index, token)
-    time.sleep(recorder.pause())
-    return {"value": step_value(seed, trial, index), "x": token}
-
-
-async def _crash_job(step: Step, payload: dict[str, Any]) -> dict[str, Any]:
-    recorder = _the_recorder()
-    seed, trial, steps = int(payload["seed"]), int(payload["trial"]), int(payload["steps"])
-    values: list[int] = []
-    for i in range(steps):
-        args = (step.run_id, seed, trial, i)
-        if i % 3 == 2:
-            out = await step.run(f"step-{i}", _sync_step, *args)
-        else:
-            out = await step.run(f"step-{i}", _async_step, *args)
-        recorder.write("done", step.run_id, i, str(out["x"]))
-        values.append(int(out["value"]))
-    return {"total": sum(values), "values": values}
-
-
-crash_job = define_job(name=JOB_NAME, run=_crash_job)
+    return define_job(name=JOB_NAME, run=run)
 
 
 def _durably_options(config: CrashConfig) -> dict[str, Any]:
@@ -312,12 +311,12 @@ def _durably_options(config: CrashConfig) -> dict[str, Any]:
 
 
 async def _worker_main(config: CrashConfig, index: int, records: Path) -> None:
-    global _recorder
-    _recorder = _Recorder(records / f"p{index}.jsonl", index, config.seed, config.step_time)
+    recorder = _Recorder(records / f"p{index}.jsonl", index, config.seed, config.step_time)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    durably = create_durably(config.url, jobs={"crash": crash_job}, **_durably_options(config))
+    job = crash_job(recorder)
+    durably = create_durably(config.url, jobs={"crash": job}, **_durably_options(config))
     try:
         await durably.init()
         (records / f"p{index}.ready").touch()
@@ -325,8 +324,7 @@ async def _worker_main(config: CrashConfig, index: int, records: Path) -> None:
         await durably.stop(timeout=5.0)
     finally:
         await durably.close()
-        _recorder.close()
-        _recorder = None
+        recorder.close()
 
 
 # -- the harness --
@@ -481,25 +479,45 @@ def _check_url(url: str) -> None:
         or ":memory:" in lowered
         or lowered in ("sqlite:", "sqlite://")
     ):
-        raise ValueError(
+        raise ValidationError(
             f"The crash harness needs a database that several processes share; {url!r} "
             "lives inside one process. Use a file (sqlite:////tmp/crash.db) or a server URL."
+        )
+
+
+def _check_counts(config: CrashConfig) -> None:
+    counts = {
+        "kills": (config.kills, 0),
+        "workers": (config.workers, 1),
+        "slots": (config.slots, 1),
+        "steps": (config.steps, 1),
+    }
+    for name, (value, least) in counts.items():
+        if value < least:
+            raise ValidationError(
+                f"The crash harness needs {name} >= {least}, got {value}; "
+                f"pass --{name} {least} or more (CrashConfig({name}=…))"
+            )
+    low, high = config.kill_interval
+    if not 0 <= low <= high:
+        raise ValidationError(
+            f"kill_interval must be (low, high) with 0 <= low <= high, got {(low, high)}; "
+            "give the shortest and the longest delay before a kill, in seconds "
+            "(--min-gap 0.02 --max-gap 0.3)"
         )
 
 
 async def crash_harness(config: CrashConfig) -> CrashReport:
     """Run the harness (see the module docstring) and return its figures."""
     _check_url(config.url)
-    if config.kills < 0 or config.workers < 1 or config.steps < 1 or config.slots < 1:
-        raise ValueError("kills must be >= 0; workers, slots and steps >= 1")
+    _check_counts(config)
     low, high = config.kill_interval
-    if not 0 <= low <= high:
-        raise ValueError(f"kill_interval must be (low, high) with 0 <= low <= high: {low, high}")
     started = time.monotonic()
     keep = config.records_dir is not None
     records = _records_dir(config.records_dir)
     harness = _Harness(config, records, random.Random(config.seed))
-    durably = create_durably(config.url, jobs={"crash": crash_job}, **_durably_options(config))
+    jobs = {"crash": crash_job(None)}  # triggered here, run only by the workers
+    durably = create_durably(config.url, jobs=jobs, **_durably_options(config))
     trials: list[_Trial] = []
     try:
         await durably.migrate()
@@ -707,7 +725,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("--worker needs --records-dir")
         asyncio.run(_worker_main(config, args.worker, Path(args.records_dir)))
         return 0
-    report = asyncio.run(crash_harness(config))
+    try:
+        report = asyncio.run(crash_harness(config))
+    except ValidationError as exc:  # a bad URL or figure: the message says what to pass
+        raise SystemExit(f"python -m durably_testing.crash: {exc}") from exc
     print(report.format(), flush=True)
     return 0 if report.ok else 1
 

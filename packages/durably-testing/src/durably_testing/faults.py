@@ -50,6 +50,7 @@ from durably import (
     StepRecord,
     Storage,
     StorageError,
+    ValidationError,
 )
 
 __all__ = [
@@ -111,6 +112,15 @@ class FaultKind(StrEnum):
         return self in (FaultKind.CRASH_BEFORE, FaultKind.CRASH_AFTER)
 
 
+def _fault_kind(kind: FaultKind | str) -> FaultKind:
+    """``kind`` as a :class:`FaultKind`; a ``ValidationError`` naming the kinds otherwise."""
+    try:
+        return FaultKind(kind)
+    except ValueError:
+        kinds = ", ".join(repr(k.value) for k in FaultKind)
+        raise ValidationError(f"Unknown fault kind {kind!r}; use one of: {kinds}") from None
+
+
 #: The kinds that kill the simulated process.
 CRASH_KINDS: tuple[FaultKind, ...] = (FaultKind.CRASH_BEFORE, FaultKind.CRASH_AFTER)
 #: The kinds the process survives: the caller sees a ``StorageError``.
@@ -162,20 +172,30 @@ class Fault:
     times: int = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", FaultKind(self.kind))
+        object.__setattr__(self, "kind", _fault_kind(self.kind))
         if (self.at_call is None) == (self.operation is None):
-            raise ValueError("A Fault needs exactly one of at_call= or operation=")
+            raise ValidationError(
+                "A Fault needs exactly one of at_call= (a call index over all operations) "
+                "or operation= (a storage operation name, with occurrence=)"
+            )
         if self.at_call is not None and self.at_call < 0:
-            raise ValueError(f"at_call must be ≥ 0, got {self.at_call}")
+            raise ValidationError(
+                f"at_call counts calls from 0, got {self.at_call}; pass an index ≥ 0"
+            )
         if self.operation is not None and self.operation not in STORAGE_OPERATIONS:
-            raise ValueError(
+            raise ValidationError(
                 f"Unknown storage operation {self.operation!r}; "
-                f"one of: {', '.join(STORAGE_OPERATIONS)}"
+                f"use one of: {', '.join(STORAGE_OPERATIONS)}"
             )
         if self.occurrence < 1:
-            raise ValueError(f"occurrence counts from 1, got {self.occurrence}")
+            raise ValidationError(
+                f"occurrence counts from 1 (the first call of the operation), "
+                f"got {self.occurrence}; pass occurrence=1 or more"
+            )
         if self.times < 1:
-            raise ValueError(f"times must be ≥ 1, got {self.times}")
+            raise ValidationError(
+                f"times is how many consecutive calls fail, got {self.times}; pass times=1 or more"
+            )
 
     def matches(self, index: int, operation: str, occurrence: int) -> bool:
         """Does this fault fire on call ``index``, the ``occurrence``-th of ``operation``?"""
@@ -195,7 +215,7 @@ class FaultPlan:
     @classmethod
     def at_call(cls, index: int, kind: FaultKind | str, *, times: int = 1) -> FaultPlan:
         """Fault on call number ``index`` (0-based, over all operations)."""
-        return cls([Fault(FaultKind(kind), at_call=index, times=times)])
+        return cls([Fault(_fault_kind(kind), at_call=index, times=times)])
 
     @classmethod
     def on_operation(
@@ -203,7 +223,7 @@ class FaultPlan:
     ) -> FaultPlan:
         """Fault on the ``occurrence``-th call (1-based) of ``operation``."""
         return cls(
-            [Fault(FaultKind(kind), operation=operation, occurrence=occurrence, times=times)]
+            [Fault(_fault_kind(kind), operation=operation, occurrence=occurrence, times=times)]
         )
 
     def __or__(self, other: FaultPlan) -> FaultPlan:

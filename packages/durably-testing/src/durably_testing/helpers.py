@@ -13,6 +13,7 @@ from durably import (
     RunFailedError,
     RunResult,
     RunStatus,
+    ValidationError,
 )
 
 from .clock import ManualClock
@@ -63,9 +64,10 @@ async def advance_past_lease(
     timers, so leases taken now (e.g. by a crashed worker) have expired."""
     if clock is None:
         if not isinstance(durably.clock, ManualClock):
-            raise TypeError(
-                "advance_past_lease() needs a ManualClock: pass clock=, or create the "
-                "Durably with clock=ManualClock()"
+            raise ValidationError(
+                f"advance_past_lease() needs a ManualClock, but this Durably's clock is "
+                f"{type(durably.clock).__name__}: pass clock=ManualClock() to "
+                "create_durably(), or pass the manual clock here as clock="
             )
         clock = durably.clock
     await clock.advance(durably.settings.lease_duration + extra)

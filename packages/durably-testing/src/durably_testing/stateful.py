@@ -65,6 +65,7 @@ from durably import (
     StepRecord,
     StepStatus,
     Storage,
+    ValidationError,
 )
 
 __all__ = ["LifecycleModel", "ModelConflict", "ModelRun", "ModelStep", "StorageStateMachine"]
@@ -506,7 +507,11 @@ class StorageStateMachine(RuleBasedStateMachine):
         try:
             self.storages = dict(self._run(self.open_storages()))
             if not self.storages:
-                raise ValueError("open_storages() returned no storage")
+                raise ValidationError(
+                    f"{type(self).__name__}.open_storages() returned no storage; return "
+                    "a mapping of names to fresh, unmigrated storages, e.g. "
+                    '{"mine": MyStorage(...)}'
+                )
             for storage in self.storages.values():
                 self._run(storage.migrate())
         except BaseException:
