@@ -10,7 +10,7 @@ from typing import Any
 
 import pydantic
 import pytest
-from engine_support import eventually, recorder
+from engine_support import eventually, recorder, status_is
 
 from durably import (
     ConflictError,
@@ -738,3 +738,44 @@ async def test_execute__untyped_job_receives_json_input(make_durably: Any) -> No
     await d.jobs.j.trigger({"a": [1, 2], "b": None})
     assert await d.process_one()
     assert received == [{"a": [1, 2], "b": None}]
+
+
+async def test_maintenance__runs_while_every_slot_is_busy(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    # a worker that always has a run in flight still purges old runs and releases
+    # the expired leases of crashed workers (at most once per polling interval)
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def long_job(step: Step, payload: Any) -> str:
+        started.set()  # its lease renewal is armed by now
+        await release.wait()
+        return "done"
+
+    jobs = {"ok": define_job("ok", run=ok_job), "long": define_job("long", run=long_job)}
+    d = make_durably(jobs, retain_runs="20s")
+    old = await d.jobs.ok.trigger({})
+    assert await d.process_one()
+    orphan = await d.jobs.ok.trigger({})
+    crashed = await d.storage.claim_next(
+        "crashed-worker", clock.now(), clock.now() + timedelta(seconds=30)
+    )
+    assert crashed is not None
+    assert crashed.id == orphan.id
+    busy = await d.jobs.long.trigger({})
+    renewed = recorder(d, "run:lease-renewed")
+    d.start()
+    await eventually(started.is_set, "the long run executing")
+    for i in range(8):  # 40 s, a renewal at a time (the long run must keep its lease)
+        await clock.advance(5)
+        await eventually(lambda i=i: len(renewed) > i, "the lease renewed")
+
+    async def maintained() -> bool:
+        orphaned = await d.get_run(orphan.id)
+        return await d.get_run(old.id) is None and orphaned.status == RunStatus.PENDING
+
+    await eventually(maintained, "the old run purged and the orphan released")
+    assert (await d.get_run(busy.id)).status == RunStatus.LEASED
+    release.set()
+    await status_is(d, busy.id, RunStatus.COMPLETED)

@@ -430,8 +430,15 @@ class FlakyStorage:
     """Delegates to a real storage; ``claim_next`` / ``renew_lease`` raise
     ``StorageError`` the given number of times."""
 
-    def __init__(self, inner: Storage, claims: int = 0, renewals: int = 0) -> None:
+    def __init__(
+        self,
+        inner: Storage,
+        claims: int = 0,
+        renewals: int = 0,
+        error: type[Exception] = StorageError,
+    ) -> None:
         self.inner = inner
+        self.error = error
         self.failures = claims
         self.renew_failures = renewals
         self.claim_calls = 0
@@ -474,7 +481,7 @@ class FlakyStorage:
         self.claim_calls += 1
         if self.failures > 0:
             self.failures -= 1
-            raise StorageError("database is having a bad day")
+            raise self.error("database is having a bad day")
         return await self.inner.claim_next(owner, now, lease_expires_at, job_names)
 
     async def renew_lease(
@@ -527,12 +534,14 @@ class FlakyStorage:
         return await self.inner.purge_runs(completed_before, limit)
 
 
+# OSError: an adapter that lets a raw exception escape must not stop the worker either
+@pytest.mark.parametrize("error", [StorageError, OSError], ids=["storage-error", "raw-error"])
 async def test_worker__storage_error_is_reported_and_retried_with_backoff(
-    make_durably: Any, clock: ManualClock
+    make_durably: Any, clock: ManualClock, error: type[Exception]
 ) -> None:
     base = make_durably()
     await base.migrate()
-    flaky = FlakyStorage(base.storage, claims=3)
+    flaky = FlakyStorage(base.storage, claims=3, error=error)
     assert isinstance(flaky, Storage)
     d = create_durably(
         flaky, clock=clock, jobs={"d": define_job("double", input=In, output=Out, run=double)}

@@ -585,16 +585,6 @@ def build_filter(
     )
 
 
-_OPTION_NAMES = {
-    "polling_interval",
-    "lease_duration",
-    "lease_renew_interval",
-    "max_concurrent_runs",
-    "preserve_steps",
-    "retain_runs",
-}
-
-
 def create_durably(
     url_or_storage: str | Storage | None = None,
     *,

@@ -2,8 +2,11 @@
 
 One loop per ``Durably``: it fills every free slot at once, then waits for a
 wake-up (a run triggered or finished in this process) or the polling interval
-— a single idle poll shared by all slots. While idle it does maintenance:
-releasing expired leases and purging old runs when ``retain_runs`` is set.
+— a single idle poll shared by all slots. When a round claims nothing (idle,
+or every slot busy) it does maintenance, at most once per polling interval:
+releasing expired leases and purging old runs when ``retain_runs`` is set. No
+failure of the storage (whatever it raises) stops the loop: it is reported as
+``worker:error`` and retried with backoff.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import random
 from datetime import datetime
 
 from ._engine import Engine
-from ._errors import StorageError
 from ._records import Run
 from ._runtime import Execution
 
@@ -74,12 +76,12 @@ class Worker:
             try:
                 claimed = await self._fill_slots()
                 backoff = 0.0
-            except StorageError as exc:
+            except Exception as exc:  # any adapter failure: report, back off, keep going
                 engine.report_error(exc, "claim")
                 backoff = min(MAX_BACKOFF, max(settings.polling_interval, backoff * 2))
                 await self._wait(backoff * (0.5 + random.random() / 2))
                 continue
-            if not claimed and not self._running:
+            if not claimed:  # idle, or every slot busy: maintenance (rate-limited)
                 await self._maintain()
             if self._stopping:
                 break
@@ -129,5 +131,5 @@ class Worker:
             retain = engine.settings.retain_runs
             if retain is not None:
                 await engine.storage.purge_runs(now - retain, engine.settings.purge_batch)
-        except StorageError as exc:
+        except Exception as exc:  # reported like a claim failure; retried next time
             engine.report_error(exc, "maintenance")

@@ -18,7 +18,6 @@ request. The guarantees live in the statements themselves (SCHEMA.md):
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -39,8 +38,7 @@ from .._records import (
     StepRecord,
     StepStatus,
 )
-from .._timefmt import format_ts as _format_ts
-from .._timefmt import parse_ts
+from .._timefmt import format_ts, parse_ts
 from ._outcome import resolved
 from .executor import ConstraintViolation, Executor, Params, Row, SqlValue, Statement
 from .schema import migrate as _migrate
@@ -203,9 +201,6 @@ _LABEL_MATCH = (
     "AND l.key = ? AND l.value = ?)"
 )
 
-#: ``format_ts`` memoized: one operation often formats the same instant more than once
-#: (a step's completion time is usually the ``now`` of its write).
-format_ts = functools.lru_cache(maxsize=256)(_format_ts)
 _decode = msgspec.json.Decoder().decode
 _decode_progress = msgspec.json.Decoder(Progress).decode
 _encode = msgspec.json.Encoder().encode
