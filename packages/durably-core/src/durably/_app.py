@@ -42,6 +42,7 @@ from ._runtime import Execution
 from ._storage import Storage
 from ._timefmt import parse_duration
 from ._validate import (
+    check_text,
     describe_pydantic_error,
     positive_int,
     positive_number,
@@ -75,9 +76,15 @@ class Durably:
             bus=EventBus(clock, on_listener_error),
             settings=settings,
         )
-        self._labels_adapter = (
-            None if labels_schema is None else self._engine.codec.adapter(labels_schema)
-        )
+        self._labels_adapter = None
+        if labels_schema is not None:
+            try:
+                self._labels_adapter = self._engine.codec.adapter(labels_schema)
+            except Exception as exc:  # pydantic raises several kinds (schema generation, …)
+                raise ValidationError(
+                    f"labels={labels_schema!r} cannot be validated by pydantic "
+                    f"({type(exc).__name__}: {exc}); pass a pydantic model of str fields"
+                ) from None
         self._worker = Worker(self._engine)
         self._owns_storage = owns_storage
         self._migrated = False
@@ -219,6 +226,11 @@ class Durably:
             raise ValidationError(
                 f"{where}Invalid input for job {definition.name!r}: not JSON-serializable ({exc})"
             ) from None
+        except Exception as exc:  # a user validator raising something else
+            raise ValidationError(
+                f"{where}Invalid input for job {definition.name!r}: validation raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         try:
             idem = validate_key("idempotency_key", options.get("idempotency_key"))
             conc = validate_key("concurrency_key", options.get("concurrency_key"))
@@ -569,7 +581,20 @@ def build_filter(
         statuses = tuple(dict.fromkeys(resolved))
     names: tuple[str, ...] | None = None
     if job_name is not None:
-        names = (job_name,) if isinstance(job_name, str) else tuple(job_name)
+        if isinstance(job_name, str):
+            names = (job_name,)
+        elif isinstance(job_name, list | tuple | set | frozenset):
+            names = tuple(job_name)
+        else:
+            raise ValidationError(
+                f"Invalid job_name {job_name!r}: expected a job name or a list of job names"
+            )
+        for name in names:
+            if not isinstance(name, str):
+                raise ValidationError(
+                    f"Invalid job_name {name!r}: expected a job name or a list of job names"
+                )
+            check_text("job_name", name)
     if labels is not None:
         labels = validate_labels(dict(labels), None, None)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):

@@ -7,7 +7,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+import pydantic
+
 from ._errors import ValidationError
+from ._validate import check_text
 
 if TYPE_CHECKING:
     from ._step import Step
@@ -41,9 +44,26 @@ class JobDefinition(Generic[I, O]):
                 f"Job {self.name!r}: the job function must be 'async def fn(step, input)', "
                 f"got {self.run!r}"
             )
+        check_text(f"Job name {self.name!r}", self.name)
+        for role, tp in (("input", self.input), ("output", self.output)):
+            if tp is not None:
+                _check_schema(self.name, role, tp)
 
     def __repr__(self) -> str:
         return f"JobDefinition(name={self.name!r})"
+
+
+def _check_schema(job: str, role: str, tp: Any) -> None:
+    """Refuse, when the job is defined, a type pydantic cannot validate: found later,
+    it would fail every trigger or every completion."""
+    try:
+        pydantic.TypeAdapter(tp)
+    except Exception as exc:  # pydantic raises several kinds (schema generation, …)
+        raise ValidationError(
+            f"Job {job!r}: its {role} type {tp!r} cannot be validated by pydantic "
+            f"({type(exc).__name__}: {exc}). Use a pydantic model, a dataclass, a "
+            "typing_extensions.TypedDict or another type pydantic.TypeAdapter accepts."
+        ) from None
 
 
 @overload

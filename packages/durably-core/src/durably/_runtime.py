@@ -25,7 +25,7 @@ from ._events import (
 from ._job import JobDefinition
 from ._records import LogLevel, NewLog, NewStep, Progress, Run, RunStatus, StepRecord, StepStatus
 from ._step import Step, error_message
-from ._validate import describe_pydantic_error
+from ._validate import check_progress, check_text, describe_pydantic_error
 
 StopReason = Literal["cancelled", "lease-lost", "shutdown"]
 
@@ -104,6 +104,7 @@ class Execution:
         return threading.get_ident() == self._loop_thread
 
     def set_progress(self, current: float, total: float | None, message: str | None) -> None:
+        check_progress(current, total, message)  # in the caller's thread: it sees the error
         if not self._on_loop():
             self._loop.call_soon_threadsafe(self.set_progress, current, total, message)
             return
@@ -120,6 +121,7 @@ class Execution:
         self._schedule_flush()
 
     def log(self, level: LogLevel, message: str, data: dict[str, Any]) -> None:
+        message = check_text("Log message", str(message))
         if not self._on_loop():
             step_name = self.current_step
             self._loop.call_soon_threadsafe(self._log_on_loop, level, message, data, step_name)
@@ -141,7 +143,7 @@ class Execution:
                 id=self.new_id(),
                 step_name=step_name,
                 level=level,
-                message=str(message),
+                message=message,
                 data_json=data_json,
                 created_at=now,
             )
@@ -220,6 +222,9 @@ class Execution:
                 payload = self._decode_input(job)
             except pydantic.ValidationError as exc:
                 await self._fail(f"Invalid input: {describe_pydantic_error(exc)}")
+                return
+            except Exception as exc:  # a validator raising something else: same outcome
+                await self._fail(f"Invalid input: {type(exc).__name__}: {exc}")
                 return
             for record in await self.storage.get_completed_steps(self.run.id):
                 self.completed.setdefault(record.name, record)
@@ -303,6 +308,9 @@ class Execution:
             return
         except (TypeError, PydanticSerializationError) as exc:
             await self._fail(f"Invalid output: not JSON-serializable ({exc})")
+            return
+        except Exception as exc:  # a validator raising something else: same outcome
+            await self._fail(f"Invalid output: {type(exc).__name__}: {exc}")
             return
         await self.flush_quietly()
         now = self.now()

@@ -9,7 +9,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from ._errors import LeaseLostError, RunCancelledError, StepOutputError, StorageError
+from ._errors import (
+    LeaseLostError,
+    RunCancelledError,
+    StepOutputError,
+    StorageError,
+    ValidationError,
+)
 from ._events import (
     StepCancelEvent,
     StepCompleteEvent,
@@ -17,6 +23,7 @@ from ._events import (
     StepStartEvent,
 )
 from ._records import LogLevel, NewStep, StepStatus
+from ._validate import check_text
 
 if TYPE_CHECKING:
     from ._runtime import Execution
@@ -119,7 +126,8 @@ class Step:
         """
         x = self._x
         if not isinstance(name, str) or not name:
-            raise StepOutputError(str(name), f"Step name must be a non-empty string, got {name!r}")
+            raise ValidationError(f"Step name must be a non-empty string, got {name!r}")
+        check_text("Step name", name)
         index = self._next_index
         self._next_index += 1
         if index % YIELD_EVERY == YIELD_EVERY - 1:

@@ -25,6 +25,38 @@ def describe_pydantic_error(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
+def check_text(what: str, value: str) -> str:
+    """``value`` if it can be stored as text (UTF-8): a lone surrogate cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{what} is not valid Unicode text (it holds a lone surrogate such as '\\ud800'); "
+            "decode bytes with errors='replace' or pass real text"
+        ) from None
+    return value
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_progress(current: Any, total: Any, message: Any) -> None:
+    """``step.progress(current, total=None, message=None)``: finite numbers, text."""
+    if not _finite(current):
+        raise ValidationError(f"step.progress: current must be a finite number, got {current!r}")
+    if total is not None and not _finite(total):
+        raise ValidationError(
+            f"step.progress: total must be a finite number or None, got {total!r}"
+        )
+    if message is not None:
+        if not isinstance(message, str):
+            raise ValidationError(
+                f"step.progress: message must be a string or None, got {type(message).__name__}"
+            )
+        check_text("step.progress message", message)
+
+
 def validate_labels(
     labels: Any, schema: Any, adapter: pydantic.TypeAdapter[Any] | None
 ) -> dict[str, str]:
@@ -53,6 +85,7 @@ def validate_labels(
             raise ValidationError(
                 f"Invalid label {key!r}: values must be strings, got {type(value).__name__}"
             )
+        check_text(f"Label {key!r}", value)
     return dict(labels)
 
 
@@ -61,7 +94,7 @@ def validate_key(kind: str, value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise ValidationError(f"Invalid {kind}: expected a non-empty string, got {value!r}")
-    return value
+    return check_text(kind, value)
 
 
 def validate_coalesce(coalesce: Any, concurrency_key: str | None) -> bool:

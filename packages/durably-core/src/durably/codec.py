@@ -64,7 +64,10 @@ class Codec:
 
     def encode_typed(self, tp: Any, value: Any) -> str:
         """Encode ``value`` as ``tp`` would dump it. Raises ``TypeError`` when it cannot."""
-        adapter = self.adapter(tp)
+        try:
+            adapter = self.adapter(tp)
+        except Exception as exc:  # not a type pydantic can build a schema for
+            raise TypeError(f"{tp!r} is not a type pydantic can validate ({exc})") from exc
         try:
             # validate first so a dict returned for `returns=Model` becomes a Model
             return adapter.dump_json(adapter.validate_python(value)).decode()
@@ -90,6 +93,11 @@ class Codec:
         if found is not _MISSING:
             return found
         tp, resolved = return_type_of(fn)
+        if tp is not None:
+            try:
+                self.adapter(tp)
+            except Exception:  # e.g. typing.TypedDict on 3.11, a plain class: not a schema
+                tp = None
         if resolved and key is not None:
             with contextlib.suppress(TypeError):
                 self._return_types[key] = tp

@@ -1,0 +1,266 @@
+"""Bad input at every edge gets a ``ValidationError`` that says what was wrong, and
+nothing is written; what only shows while a run executes fails that run clearly
+(never a raw driver or pydantic exception, never a run retried forever)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import pydantic
+import pytest
+import typing_extensions
+from engine_support import recorder
+
+from durably import (
+    RunStatus,
+    Step,
+    StepOutputError,
+    ValidationError,
+    create_durably,
+    define_job,
+)
+
+LONE = "\ud800"  # a lone surrogate: a str Python accepts and no database can store
+
+
+class PlainClass:
+    """Not something pydantic can build a schema for."""
+
+
+class OldTypedDict(typing.TypedDict):  # pydantic refuses typing.TypedDict on 3.11
+    a: int
+
+
+class NewTypedDict(typing_extensions.TypedDict):
+    a: int
+
+
+@dataclasses.dataclass
+class Pair:
+    left: str
+    right: int
+
+
+async def ok(step: Step, payload: Any) -> Any:
+    return payload
+
+
+# -- job definitions --
+
+
+@pytest.mark.parametrize("role", ["input", "output"])
+@pytest.mark.parametrize("tp", [PlainClass, OldTypedDict], ids=["plain-class", "typing-TypedDict"])
+def test_define_job__type_pydantic_cannot_validate_is_refused(role: str, tp: Any) -> None:
+    with pytest.raises(ValidationError, match=rf"Job 'j': its {role} type .* cannot be validated"):
+        define_job("j", run=ok, **{role: tp})
+
+
+def test_define_job__name_must_be_text() -> None:
+    with pytest.raises(ValidationError, match="not valid Unicode"):
+        define_job(f"j{LONE}", run=ok)
+
+
+def test_create_durably__labels_schema_pydantic_cannot_validate() -> None:
+    with pytest.raises(ValidationError, match=r"labels=.*cannot be validated"):
+        create_durably("memory://", labels=PlainClass)
+
+
+# -- triggers: nothing written --
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"idempotency_key": f"k{LONE}"},
+        {"concurrency_key": LONE},
+        {"labels": {"team": LONE}},
+    ],
+    ids=["idempotency-key", "concurrency-key", "label-value"],
+)
+async def test_trigger__text_that_cannot_be_stored_is_refused(
+    make_durably: Any, options: dict[str, Any]
+) -> None:
+    d = make_durably({"j": define_job("j", run=ok)})
+    await d.migrate()
+    with pytest.raises(ValidationError, match="not valid Unicode"):
+        await d.jobs.j.trigger({}, **options)
+    assert await d.get_runs() == []
+
+
+async def test_trigger__validator_raising_another_exception_is_a_validation_error(
+    make_durably: Any,
+) -> None:
+    class In(pydantic.BaseModel):
+        n: int
+
+        @pydantic.field_validator("n")
+        @classmethod
+        def explode(cls, value: int) -> int:
+            raise LookupError("no such n")  # not a ValueError: pydantic lets it through
+
+    d = make_durably({"j": define_job("j", input=In, run=ok)})
+    await d.migrate()
+    with pytest.raises(ValidationError, match="LookupError: no such n"):
+        await d.jobs.j.trigger({"n": 1})
+    assert await d.get_runs() == []
+
+
+async def test_get_runs__job_name_must_be_text(make_durably: Any) -> None:
+    d = make_durably()
+    with pytest.raises(ValidationError, match="job_name"):
+        await d.get_runs(job_name=123)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="not valid Unicode"):
+        await d.get_runs(job_name=[LONE])
+
+
+# -- while a run executes --
+
+
+async def test_output_validator_raising_another_exception_fails_the_run(
+    make_durably: Any,
+) -> None:
+    class Out(pydantic.BaseModel):
+        n: int
+
+        @pydantic.field_validator("n")
+        @classmethod
+        def explode(cls, value: int) -> int:
+            raise LookupError("bad n")
+
+    d = make_durably({"j": define_job("j", output=Out, run=ok)})
+    await d.migrate()
+    triggered = await d.jobs.j.trigger({"n": 1})
+    assert await d.process_one()
+    run = await d.get_run(triggered.id)
+    assert run is not None
+    assert run.status is RunStatus.FAILED  # failed once, not retried forever
+    assert run.error == "Invalid output: LookupError: bad n"
+
+
+@pytest.mark.parametrize(
+    ("input_type", "value", "expected"),
+    [
+        (list[int], ["1", 2], [1, 2]),
+        (Pair, {"left": "a", "right": "2"}, Pair("a", 2)),
+        (NewTypedDict, {"a": "3"}, {"a": 3}),
+    ],
+    ids=["list-of-int", "dataclass", "TypedDict"],
+)
+async def test_job__any_pydantic_type_as_input_and_output(
+    make_durably: Any, input_type: Any, value: Any, expected: Any
+) -> None:
+    seen: list[Any] = []
+
+    async def echo(step: Step, payload: Any) -> Any:
+        seen.append(payload)
+        return payload
+
+    d = make_durably({"j": define_job("j", input=input_type, output=input_type, run=echo)})
+    await d.init()
+    result = await d.jobs.j.trigger_and_wait(value, timeout=10)
+    assert seen == [expected]  # validated and coerced before the job saw it
+    assert result.output == expected
+
+
+async def test_step__return_annotation_pydantic_cannot_handle_is_treated_as_unknown(
+    make_durably: Any,
+) -> None:
+    def make() -> OldTypedDict:
+        return {"a": 1}
+
+    async def job(step: Step, payload: Any) -> Any:
+        return await step.run("make", make)
+
+    d = make_durably({"j": define_job("j", run=job)})
+    await d.migrate()
+    triggered = await d.jobs.j.trigger({})
+    assert await d.process_one()
+    run = await d.get_run(triggered.id)
+    assert run is not None
+    assert (run.status, run.output) == (RunStatus.COMPLETED, {"a": 1})
+
+
+async def test_step__explicit_returns_type_pydantic_cannot_handle_fails_the_step(
+    make_durably: Any,
+) -> None:
+    caught: list[StepOutputError] = []
+
+    async def job(step: Step, payload: Any) -> Any:
+        try:
+            await step.run("make", lambda: 1, returns=PlainClass)
+        except StepOutputError as exc:
+            caught.append(exc)
+            raise
+
+    d = make_durably({"j": define_job("j", run=job)})
+    await d.migrate()
+    fails = recorder(d, "step:fail")
+    triggered = await d.jobs.j.trigger({})
+    assert await d.process_one()
+    run = await d.get_run(triggered.id)
+    assert run is not None
+    assert run.status is RunStatus.FAILED
+    assert "'make'" in str(caught[0])
+    assert [e.step_name for e in fails] == ["make"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("half",), "current must be a finite number"),
+        ((float("nan"),), "current must be a finite number"),
+        ((1, "10"), "total must be a finite number"),
+        ((1, 10, 5), "message must be a string"),
+        ((1, 10, LONE), "not valid Unicode"),
+    ],
+)
+async def test_step_progress__bad_values_raise_in_the_job(
+    make_durably: Any, args: tuple[Any, ...], message: str
+) -> None:
+    caught: list[Exception] = []
+
+    async def job(step: Step, payload: Any) -> str:
+        try:
+            step.progress(*args)
+        except ValidationError as exc:
+            caught.append(exc)
+        step.progress(1, 2, "fine")
+        return "done"
+
+    d = make_durably({"j": define_job("j", run=job)})
+    await d.migrate()
+    triggered = await d.jobs.j.trigger({})
+    assert await d.process_one()
+    run = await d.get_run(triggered.id)
+    assert run is not None
+    assert run.status is RunStatus.COMPLETED
+    assert len(caught) == 1
+    assert message in str(caught[0])
+
+
+@pytest.mark.parametrize("where", ["step-name", "log-message"])
+async def test_step__text_that_cannot_be_stored_raises_in_the_job(
+    make_durably: Any, where: str
+) -> None:
+    caught: list[Exception] = []
+
+    async def job(step: Step, payload: Any) -> str:
+        try:
+            if where == "step-name":
+                await step.run(f"s{LONE}", lambda: 1)
+            else:
+                step.log.info(f"hello {LONE}")
+        except ValidationError as exc:
+            caught.append(exc)
+        return "done"
+
+    d = make_durably({"j": define_job("j", run=job)})
+    await d.migrate()
+    triggered = await d.jobs.j.trigger({})
+    assert await d.process_one()
+    run = await d.get_run(triggered.id)
+    assert run is not None
+    assert run.status is RunStatus.COMPLETED
+    assert "not valid Unicode" in str(caught[0])
