@@ -104,6 +104,27 @@ def test_registry__plugin_raising_is_wrapped() -> None:
         BackendRegistry([Raising()])
 
 
+def test_registry__plugin_that_fails_to_import_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    installed = importlib.metadata.entry_points(group="durably")
+    broken = importlib.metadata.EntryPoint(
+        name="broken", value="durably_no_such_module:plugin", group="durably"
+    )
+
+    def entry_points(**selection: Any) -> Any:
+        assert selection == {"group": "durably"}
+        return [*installed, broken]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    with pytest.raises(PluginError, match=r"'broken'.*durably_no_such_module.*failed to import"):
+        BackendRegistry()
+    # the installed ones still load by themselves, under their entry-point names
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: installed)
+    registry = BackendRegistry()
+    assert registry.backend_for("memory://").plugin == "memory"
+
+
 @pytest.mark.parametrize(
     ("url", "scheme"),
     [

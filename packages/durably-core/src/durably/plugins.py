@@ -21,14 +21,27 @@ pass plugins explicitly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import importlib.metadata
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, cast
 
 import pluggy
 
 from ._errors import PluginError, UnknownBackendError, ValidationError
 from ._storage import Storage
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KNOWN_PACKAGES",
+    "PROJECT",
+    "BackendRegistry",
+    "StorageBackend",
+    "hookimpl",
+    "hookspec",
+    "url_scheme",
+]
 
 PROJECT = "durably"
 ENTRY_POINT_GROUP = "durably"
@@ -37,14 +50,16 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: Schemes of the backends we publish, so an unknown-scheme error can say what to install.
-KNOWN_PACKAGES: dict[str, str] = {
-    "sqlite": "durably-sqlite",
-    "file": "durably-libsql",
-    "libsql": "durably-libsql",
-    "http": "durably-libsql",
-    "https": "durably-libsql",
-    "memory": "durably-testing",
-}
+KNOWN_PACKAGES: Mapping[str, str] = MappingProxyType(
+    {
+        "sqlite": "durably-sqlite",
+        "file": "durably-libsql",
+        "libsql": "durably-libsql",
+        "http": "durably-libsql",
+        "https": "durably-libsql",
+        "memory": "durably-testing",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -89,11 +104,28 @@ class BackendRegistry:
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(_HookSpecs)
         if load_entry_points:
-            self._pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            self._load_entry_points()
         for plugin in plugins:
             if not self._pm.is_registered(plugin):
                 self._pm.register(plugin)
         self._by_scheme = self._build_table()
+
+    def _load_entry_points(self) -> None:
+        """Like pluggy's ``load_setuptools_entrypoints``, but a plugin that fails to
+        import is a ``PluginError`` naming its package (not a raw ImportError)."""
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if self._pm.get_plugin(ep.name) is not None or self._pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                dist = ep.dist.name if ep.dist is not None else "unknown package"
+                raise PluginError(
+                    f"The durably plugin {ep.name!r} (entry point {ep.value!r} of "
+                    f"{dist!r}) failed to import: {type(exc).__name__}: {exc}. Reinstall "
+                    f"{dist!r}, or uninstall it if it is not needed."
+                ) from exc
+            self._pm.register(plugin, name=ep.name)
 
     def _build_table(self) -> dict[str, StorageBackend]:
         table: dict[str, StorageBackend] = {}
