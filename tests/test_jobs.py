@@ -8,7 +8,15 @@ import pydantic
 import pytest
 
 import durably
-from durably import ConflictError, JobDefinition, JobHandle, Step, ValidationError, define_job
+from durably import (
+    ConflictError,
+    JobDefinition,
+    JobHandle,
+    Step,
+    ValidationError,
+    create_durably,
+    define_job,
+)
 
 
 class In(pydantic.BaseModel):
@@ -152,3 +160,12 @@ async def test_job_handle__trigger_and_get_run_scoped_to_job(make_durably: Any) 
     assert (await d.jobs.a.get_run(ra.id)) is not None
     assert await d.jobs.a.get_run(rb.id) is None
     assert [r.id for r in await d.jobs.b.get_runs()] == [rb.id]
+
+
+@pytest.mark.parametrize("key", ["get", "keys", "items", "values"])
+def test_register__key_shadowing_a_method_of_jobs_is_rejected(key: str) -> None:
+    job = define_job("j", run=greet)
+    with pytest.raises(ValidationError, match=rf"Job key '{key}' is a method of durably.jobs"):
+        create_durably("memory://", jobs={key: job})
+    d = create_durably("memory://", jobs={"get_report": job})
+    assert d.jobs.get_report.name == "j"

@@ -210,4 +210,9 @@ class Jobs(Mapping[str, JobHandle[Any, Any]]):
 def check_job_key(key: Any) -> str:
     if not isinstance(key, str) or not key:
         raise ValidationError(f"Job keys must be non-empty strings, got {key!r}")
+    if not key.startswith("_") and hasattr(Jobs, key):
+        raise ValidationError(
+            f"Job key {key!r} is a method of durably.jobs (durably.jobs.{key} would not be "
+            "the job); register it under another key"
+        )
     return key
