@@ -722,3 +722,48 @@ async def test_worker__can_restart_after_stop(make_durably: Any) -> None:
     d.start()
     result = await asyncio.wait_for(d.jobs.d.trigger_and_wait({"n": 4}), 5)
     assert result.output.doubled == 8
+
+
+async def test_worker__many_slots_share_one_idle_poll(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    d = make_durably({"d": define_job("double", input=In, output=Out, run=double)})
+    d2 = make_durably(max_concurrent_runs=8, same_db_as=d)
+    d2.start()
+    await eventually(lambda: clock.sleepers == 1, "the worker idling")
+    await settle(50)
+    assert clock.sleepers == 1  # one timer for all 8 slots, not one per slot
+
+
+async def test_context_manager__interrupt_leaves_runs_to_their_lease(
+    make_durably: Any, clock: ManualClock, backend: str
+) -> None:
+    # Ctrl-C inside `async with`: leave at once, do not wait for the run in flight
+    # (its lease expires and another worker resumes it after the last checkpoint)
+    gate = asyncio.Event()
+
+    async def stuck(step: Step, payload: Any) -> None:
+        await step.run("first", lambda: 1)
+        await gate.wait()
+
+    d = make_durably({"s": define_job("stuck", run=stuck)})
+    triggered: Any = None
+
+    async def interrupted_session() -> None:
+        nonlocal triggered
+        async with d:
+            triggered = await d.jobs.s.trigger({})
+            await status_is(d, triggered.id, RunStatus.LEASED)
+            await eventually(lambda: clock.sleepers >= 2, "the run renewing its lease")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        await interrupted_session()
+    assert not d.running
+    if backend == "sqlite-memory":
+        return  # its database closed with it: nothing left to look at
+    other = make_durably({"s": define_job("stuck", run=stuck)}, same_db_as=d)
+    run = await other.get_run(triggered.id)
+    assert run is not None
+    assert run.status is RunStatus.LEASED  # not released, not failed: left to expire
+    assert [s.name for s in await other.get_steps(triggered.id)] == ["first"]
