@@ -264,3 +264,15 @@ async def test_step__text_that_cannot_be_stored_raises_in_the_job(
     assert run is not None
     assert run.status is RunStatus.COMPLETED
     assert "not valid Unicode" in str(caught[0])
+
+
+async def test_run_id_that_is_not_text__no_driver_error_leaks(make_durably: Any) -> None:
+    d = make_durably()
+    await d.migrate()
+    for call in (d.get_run, d.get_steps, d.get_logs):
+        try:
+            result = await call(LONE)
+        except ValidationError as exc:
+            assert "not valid Unicode" in str(exc)
+        else:
+            assert not result  # no such run

@@ -68,7 +68,7 @@ from durably import (
     StorageOutcomeUnknownError,
     StorageReadOnlyError,
 )
-from durably.sql import Params, Row, Statement, constraint_violation
+from durably.sql import Params, Row, Statement, constraint_violation, unstorable_text
 
 from ._hrana import (
     HranaError,
@@ -220,7 +220,10 @@ class HranaExecutor:
                 requests = [*requests, _CHECKPOINT]
         if self._send_close:
             requests = [*requests, _CLOSE]
-        body = _encode({"baton": None, "requests": requests})
+        try:
+            body = _encode({"baton": None, "requests": requests})
+        except UnicodeEncodeError as exc:
+            raise unstorable_text(exc) from exc
         data = await self._post(body, read_only)
         if data.get("baton") is not None and not self._send_close:
             self._send_close = True  # the server keeps streams: close them from now on

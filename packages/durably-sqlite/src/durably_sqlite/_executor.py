@@ -65,7 +65,7 @@ from durably import (
     StorageError,
     StorageReadOnlyError,
 )
-from durably.sql import Params, Row, Statement, constraint_violation
+from durably.sql import Params, Row, Statement, constraint_violation, unstorable_text
 
 __all__ = ["SqliteExecutor"]
 
@@ -344,6 +344,8 @@ class SqliteExecutor:
             await self._enable_wal()
         try:
             rows = cur.execute(sql, params).fetchall()
+        except UnicodeEncodeError as exc:
+            raise unstorable_text(exc) from exc
         except sqlite3.Error as exc:
             if not _is_busy(exc) or self.memory:
                 raise self._map(exc) from exc
@@ -358,6 +360,8 @@ class SqliteExecutor:
             await self._enable_wal()
         try:
             count = cur.execute(sql, params).rowcount
+        except UnicodeEncodeError as exc:
+            raise unstorable_text(exc) from exc
         except sqlite3.Error as exc:
             if not _is_busy(exc) or self.memory:
                 raise self._map(exc) from exc
@@ -372,6 +376,8 @@ class SqliteExecutor:
             await self._enable_wal()
         try:
             results = _batch(cur, statements)
+        except UnicodeEncodeError as exc:  # _batch rolled back
+            raise unstorable_text(exc) from exc
         except sqlite3.Error as exc:
             if not _is_busy(exc) or self.memory:
                 raise self._map(exc) from exc

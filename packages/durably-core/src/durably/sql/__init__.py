@@ -12,6 +12,7 @@ from .executor import (
     SqlValue,
     Statement,
     constraint_violation,
+    unstorable_text,
 )
 from .schema import PY_MIGRATIONS, PY_SCHEMA_VERSION, SCHEMA_V1, Migration, migrate
 from .storage import SqlStorage, progress_json
@@ -31,4 +32,5 @@ __all__ = [
     "constraint_violation",
     "migrate",
     "progress_json",
+    "unstorable_text",
 ]

@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .._errors import StorageError
+from .._errors import StorageError, ValidationError
 
 __all__ = [
     "ConstraintViolation",
@@ -35,6 +35,7 @@ __all__ = [
     "SqlValue",
     "Statement",
     "constraint_violation",
+    "unstorable_text",
 ]
 
 SqlValue = str | int | float | bytes | None
@@ -85,6 +86,15 @@ class ConstraintViolation(StorageError):
 _CONSTRAINT = re.compile(
     r"(UNIQUE|NOT NULL|CHECK|FOREIGN KEY|PRIMARY KEY) constraint failed:?\s*(.*)"
 )
+
+
+def unstorable_text(exc: UnicodeEncodeError) -> ValidationError:
+    """The error for a parameter that is not valid Unicode (a lone surrogate): the
+    driver cannot encode it, nothing was sent. The caller chains ``exc``."""
+    return ValidationError(
+        f"A value cannot be stored: it is not valid Unicode text ({exc.reason} at "
+        f"position {exc.start}); decode bytes with errors='replace' or pass real text"
+    )
 
 
 def constraint_violation(message: str) -> ConstraintViolation:
