@@ -29,6 +29,15 @@ Optional capabilities are switched on with class attributes:
   ``entry_point_name``: the backend is found through
   ``durably.plugins.BackendRegistry().backend_for(url)`` and opens a working storage.
 
+Besides one case per rule of each operation, the suite runs operations at the
+same time (``asyncio.gather`` on one storage: claims, enqueues of one key, one
+step persisted twice, finishing writes of one lease, a claim racing a cancel) and
+requires an outcome of running them one after another — what a "read, await,
+write" implementation gets wrong; and it checks that errors are durably's own:
+text that is not valid Unicode is refused with a ``ValidationError`` (or a
+``StorageError``), and a closed storage works or raises a ``StorageError``, never
+a driver exception.
+
 The suite relies on the :class:`durably.Storage` protocol only. All times are
 explicit arguments at millisecond precision (what the database stores); ids are
 26-character ULID-like strings that sort in creation order.
@@ -37,18 +46,15 @@ explicit arguments at millisecond precision (what the database stores); ids are
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
-import msgspec
 import pytest
 
 from durably import (
     ConflictError,
     LogRecord,
-    NewLog,
     NewRun,
-    NewStep,
     Progress,
     Run,
     RunFilter,
@@ -58,18 +64,16 @@ from durably import (
     Storage,
     ValidationError,
 )
-from durably._records import LogLevel
 from durably.plugins import BackendRegistry
+
+from ._conformance_base import ConformanceBase, js
+from ._conformance_concurrency import ConcurrencyCases
+from ._conformance_errors import ErrorMappingCases
 
 __all__ = ["Reopen", "StorageConformance"]
 
 #: ``reopen(old)`` closes ``old`` and returns a fresh, migrated storage over the same data.
 Reopen = Callable[[Storage], Awaitable[Storage]]
-
-#: The suite's fixed origin of time: aware UTC, millisecond precision.
-T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-
-Snapshot = tuple[Run | None, list[StepRecord], list[LogRecord]]
 
 FENCED_WRITES = ("persist_step", "update_progress", "append_logs", "complete_run", "fail_run")
 LOST_LEASE_SCENARIOS = ("reclaimed", "cancelled", "released", "finished", "wrong_generation")
@@ -85,13 +89,12 @@ NESTED: dict[str, Any] = {
 }
 
 
-def js(value: Any) -> str:
-    """Compact JSON text, as the core encodes it."""
-    return msgspec.json.encode(value).decode()
+class StorageConformance(ConcurrencyCases, ErrorMappingCases, ConformanceBase):
+    """Base class of the adapter conformance suite (see the module docstring).
 
-
-class StorageConformance:
-    """Base class of the adapter conformance suite (see the module docstring)."""
+    The cases of single operations are here; those of operations run at the same
+    time (atomicity) come from ``ConcurrencyCases``, and those of errors that must
+    be durably's own (no driver exception escapes) from ``ErrorMappingCases``."""
 
     #: The adapter keeps its data across ``close()`` and a new open (file-backed stores).
     supports_reopen: ClassVar[bool] = False
@@ -100,8 +103,6 @@ class StorageConformance:
     url: ClassVar[str | None] = None
     #: The entry-point name (group ``durably``) expected to provide ``url``'s backend.
     entry_point_name: ClassVar[str | None] = None
-
-    _seq: int = 0
 
     #: The tests of each optional capability, left out of a subclass that lacks it.
     _REOPEN_TESTS: ClassVar[tuple[str, ...]] = ("test_reopen__data_and_leases_survive",)
@@ -136,119 +137,7 @@ class StorageConformance:
         """The URL for the discovery tests; defaults to the ``url`` class attribute."""
         return self.url
 
-    # -- helpers --
-
-    def at(self, seconds: float) -> datetime:
-        """``T0`` plus ``seconds`` (millisecond precision)."""
-        return T0 + timedelta(milliseconds=round(seconds * 1000))
-
-    def new_id(self) -> str:
-        """A 26-character ULID-like id; later ids sort after earlier ones."""
-        self._seq += 1
-        return f"01J{self._seq:023d}"
-
-    def new_run(
-        self,
-        job_name: str = "job-a",
-        *,
-        input: Any = None,
-        idempotency_key: str | None = None,
-        concurrency_key: str | None = None,
-        labels: dict[str, str] | None = None,
-        created_at: datetime | None = None,
-    ) -> NewRun:
-        run_id = self.new_id()
-        if created_at is None:  # an hour before T0, in creation order
-            created_at = self.at(-3600 + self._seq / 1000)
-        return NewRun(
-            id=run_id,
-            job_name=job_name,
-            input_json=js({"n": self._seq} if input is None else input),
-            idempotency_key=idempotency_key,
-            concurrency_key=concurrency_key,
-            labels=labels or {},
-            created_at=created_at,
-        )
-
-    def new_step(
-        self,
-        name: str,
-        index: int,
-        *,
-        status: StepStatus = StepStatus.COMPLETED,
-        output: Any = None,
-        error: str | None = None,
-        started_at: datetime | None = None,
-        completed_at: datetime | None = None,
-    ) -> NewStep:
-        started = started_at or self.at(1 + index)
-        return NewStep(
-            id=self.new_id(),
-            name=name,
-            index=index,
-            status=status,
-            output_json=js(output) if status is StepStatus.COMPLETED else None,
-            error=error,
-            started_at=started,
-            completed_at=completed_at or started + timedelta(milliseconds=500),
-        )
-
-    def new_log(
-        self,
-        message: str,
-        *,
-        step_name: str | None = None,
-        level: LogLevel = "info",
-        data: Any = None,
-        created_at: datetime | None = None,
-    ) -> NewLog:
-        return NewLog(
-            id=self.new_id(),
-            step_name=step_name,
-            level=level,
-            message=message,
-            data_json=None if data is None else js(data),
-            created_at=created_at or self.at(2),
-        )
-
-    async def create(self, storage: Storage, **kwargs: Any) -> Run:
-        """Enqueue a new run (``new_run(**kwargs)``) and check that it was created."""
-        result = await storage.enqueue(self.new_run(**kwargs))
-        assert result.disposition == "created"
-        return result.run
-
-    async def lease(
-        self,
-        storage: Storage,
-        *,
-        owner: str = "worker-1",
-        now: float = 0,
-        lease_for: float = 30,
-        **kwargs: Any,
-    ) -> Run:
-        """Create a run and claim it (restricted to its job; it must be the one claimed)."""
-        run = await self.create(storage, **kwargs)
-        claimed = await storage.claim_next(
-            owner, self.at(now), self.at(now + lease_for), [run.job_name]
-        )
-        assert claimed is not None
-        assert claimed.id == run.id
-        return claimed
-
-    async def snapshot(self, storage: Storage, run_id: str) -> Snapshot:
-        return (
-            await storage.get_run(run_id),
-            await storage.get_steps(run_id),
-            await storage.get_logs(run_id),
-        )
-
-    async def ids(self, storage: Storage, query: RunFilter | None = None) -> list[str]:
-        return [r.id for r in await storage.get_runs(query or RunFilter())]
-
-    async def status_of(self, storage: Storage, run_id: str) -> RunStatus:
-        run = await storage.get_run(run_id)
-        assert run is not None
-        return run.status
+    # -- helpers of the cases below --
 
     async def fenced_write(
         self, kind: str, storage: Storage, run_id: str, generation: int, now: datetime

@@ -4,9 +4,10 @@ Every rule comes from :mod:`durably._lifecycle` (guards and transitions), so the
 rules exist once; this module only stores records and applies them. Each
 operation runs synchronously inside its ``async def`` (no ``await`` in the
 middle of a mutation), which makes every operation atomic. Timestamps are
-normalised the way the database stores them (UTC, millisecond precision), and
-JSON text is decoded with msgspec into JSON-native values, so what a test sees
-here is what it would see from a SQL backend.
+normalised the way the database stores them (UTC, millisecond precision), JSON
+text is decoded with msgspec into JSON-native values, and text no database can
+store (a lone surrogate) is refused with ``ValidationError``, so what a test
+sees here is what it would see from a SQL backend.
 """
 
 from __future__ import annotations
@@ -69,6 +70,47 @@ def _fresh_log(log: LogRecord) -> LogRecord:
     return msgspec.structs.replace(log, data=copy.deepcopy(log.data))
 
 
+def _storable(text: str | None, what: str) -> None:
+    """Refuse text no database can store (a lone surrogate), as a SQL backend would."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{what} is not valid Unicode text (a lone surrogate at position {exc.start}) "
+            "and cannot be stored; fix its source, or decode it with errors='replace'"
+        ) from None
+
+
+def _check_new_run(new: NewRun) -> None:
+    for value, what in (
+        (new.id, "The run id"),
+        (new.job_name, "The job name"),
+        (new.idempotency_key, "The idempotency key"),
+        (new.concurrency_key, "The concurrency key"),
+        (new.input_json, f"The input of run {new.id}"),
+    ):
+        _storable(value, what)
+    for key, value in new.labels.items():
+        _storable(key, "A label key")
+        _storable(value, f"The value of label {key!r}")
+
+
+def _check_new_step(step: NewStep) -> None:
+    _storable(step.id, "The step id")
+    _storable(step.name, "The step name")
+    _storable(step.error, f"The error of step {step.name!r}")
+    _storable(step.output_json, f"The output of step {step.name!r}")
+
+
+def _check_new_log(log: NewLog) -> None:
+    _storable(log.id, "The log entry id")
+    _storable(log.step_name, "The step name of a log entry")
+    _storable(log.message, "A log message")
+    _storable(log.data_json, f"The data of log entry {log.id}")
+
+
 def _decode(text: str, what: str) -> Any:
     try:
         return msgspec.json.decode(text)
@@ -82,6 +124,7 @@ def _decode_opt(text: str | None, what: str) -> Any:
 
 def _enqueue_into(runs: dict[str, Run], new: NewRun, coalesce: bool) -> EnqueueResult:
     """Apply one enqueue to ``runs`` (mutated only when a run is created)."""
+    _check_new_run(new)
     if new.idempotency_key is not None:
         for existing in runs.values():
             if (
@@ -219,6 +262,7 @@ class MemoryStorage:
         job_names: Sequence[str] | None = None,
     ) -> Run | None:
         now = _ts(now)
+        _storable(owner, "The lease owner")
         candidates = [
             r
             for r in self._runs.values()
@@ -273,6 +317,7 @@ class MemoryStorage:
         self, run_id: str, generation: int, step: NewStep, now: datetime
     ) -> bool:
         now = _ts(now)
+        _check_new_step(step)
         run = self._held(run_id, generation)
         if run is None:
             return False
@@ -306,6 +351,7 @@ class MemoryStorage:
         self, run_id: str, generation: int, progress: Progress, now: datetime
     ) -> bool:
         now = _ts(now)
+        _storable(progress.message, "The progress message")
         run = self._held(run_id, generation)
         if run is None:
             return False
@@ -315,6 +361,8 @@ class MemoryStorage:
     async def append_logs(
         self, run_id: str, generation: int, logs: Sequence[NewLog], now: datetime
     ) -> bool:
+        for log in logs:
+            _check_new_log(log)
         if self._held(run_id, generation) is None:
             return False
         records = [
@@ -343,6 +391,7 @@ class MemoryStorage:
         delete_steps: bool,
     ) -> bool:
         now = _ts(now)
+        _storable(output_json, f"The output of run {run_id}")
         run = self._held(run_id, generation)
         if run is None:
             return False
@@ -354,6 +403,7 @@ class MemoryStorage:
 
     async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
         now = _ts(now)
+        _storable(error, f"The error of run {run_id}")
         run = self._held(run_id, generation)
         if run is None:
             return False

@@ -4,7 +4,10 @@ The four methods of the protocol, each keeping the rules of
 :mod:`durably.sql.executor`: one statement per call in autocommit mode, a batch
 in one ``BEGIN IMMEDIATE`` … ``COMMIT`` (all or nothing), and every driver error
 mapped to a :class:`durably.StorageError` (a violated constraint to
-:class:`durably.sql.ConstraintViolation`) with the driver's exception chained.
+:class:`durably.sql.ConstraintViolation`) with the driver's exception chained. A
+parameter the driver cannot encode (text with a lone surrogate: ``sqlite3``
+raises ``UnicodeEncodeError`` for it, not a ``sqlite3.Error``) is a
+:class:`durably.ValidationError`.
 """
 
 from __future__ import annotations
@@ -12,14 +15,24 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from durably import StorageBusyError, StorageError
+from durably import StorageBusyError, StorageError, ValidationError
 from durably.sql import Params, Row, Statement, constraint_violation
 
-__all__ = ["SyncSqliteExecutor", "map_error"]
+__all__ = ["DRIVER_ERRORS", "SyncSqliteExecutor", "map_error"]
+
+#: What the driver raises: its own errors, and UnicodeEncodeError for unstorable text.
+DRIVER_ERRORS = (sqlite3.Error, UnicodeEncodeError)
 
 
-def map_error(exc: sqlite3.Error, where: str) -> StorageError:
+def map_error(
+    exc: sqlite3.Error | UnicodeEncodeError, where: str
+) -> StorageError | ValidationError:
     """The durably error for a driver error (the caller writes ``raise … from exc``)."""
+    if isinstance(exc, UnicodeEncodeError):
+        return ValidationError(
+            f"{where} cannot store text that is not valid Unicode (a lone surrogate); "
+            "fix its source, or decode it with errors='replace'"
+        )
     if isinstance(exc, sqlite3.IntegrityError):
         return constraint_violation(str(exc))
     if "locked" in str(exc) or "busy" in str(exc):
@@ -54,14 +67,14 @@ class SyncSqliteExecutor:
         conn = self._connection()
         try:
             return conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise map_error(exc, self._where) from exc
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         conn = self._connection()
         try:
             return conn.execute(sql, params).rowcount
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise map_error(exc, self._where) from exc
 
     async def batch(self, statements: Sequence[Statement]) -> list[list[Row]]:
@@ -75,7 +88,7 @@ class SyncSqliteExecutor:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise map_error(exc, self._where) from exc
         return results
 

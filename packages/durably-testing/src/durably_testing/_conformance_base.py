@@ -1,0 +1,154 @@
+"""The helpers every conformance case uses: the suite's clock origin, ids that
+sort in creation order, record builders and short reads.
+
+Part of :mod:`durably_testing.conformance`; import from there.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from durably import (
+    LogLevel,
+    LogRecord,
+    NewLog,
+    NewRun,
+    NewStep,
+    Run,
+    RunFilter,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    Storage,
+)
+
+#: The suite's fixed origin of time: aware UTC, millisecond precision.
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+Snapshot = tuple[Run | None, list[StepRecord], list[LogRecord]]
+
+
+def js(value: Any) -> str:
+    """Compact JSON text, as the core encodes it."""
+    return msgspec.json.encode(value).decode()
+
+
+class ConformanceBase:
+    """Builders and reads shared by the case classes of the suite."""
+
+    _seq: int = 0
+
+    def at(self, seconds: float) -> datetime:
+        """``T0`` plus ``seconds`` (millisecond precision)."""
+        return T0 + timedelta(milliseconds=round(seconds * 1000))
+
+    def new_id(self) -> str:
+        """A 26-character ULID-like id; later ids sort after earlier ones."""
+        self._seq += 1
+        return f"01J{self._seq:023d}"
+
+    def new_run(
+        self,
+        job_name: str = "job-a",
+        *,
+        input: Any = None,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+        labels: dict[str, str] | None = None,
+        created_at: datetime | None = None,
+    ) -> NewRun:
+        run_id = self.new_id()
+        if created_at is None:  # an hour before T0, in creation order
+            created_at = self.at(-3600 + self._seq / 1000)
+        return NewRun(
+            id=run_id,
+            job_name=job_name,
+            input_json=js({"n": self._seq} if input is None else input),
+            idempotency_key=idempotency_key,
+            concurrency_key=concurrency_key,
+            labels=labels or {},
+            created_at=created_at,
+        )
+
+    def new_step(
+        self,
+        name: str,
+        index: int,
+        *,
+        status: StepStatus = StepStatus.COMPLETED,
+        output: Any = None,
+        error: str | None = None,
+        started_at: datetime | None = None,
+        completed_at: datetime | None = None,
+    ) -> NewStep:
+        started = started_at or self.at(1 + index)
+        return NewStep(
+            id=self.new_id(),
+            name=name,
+            index=index,
+            status=status,
+            output_json=js(output) if status is StepStatus.COMPLETED else None,
+            error=error,
+            started_at=started,
+            completed_at=completed_at or started + timedelta(milliseconds=500),
+        )
+
+    def new_log(
+        self,
+        message: str,
+        *,
+        step_name: str | None = None,
+        level: LogLevel = "info",
+        data: Any = None,
+        created_at: datetime | None = None,
+    ) -> NewLog:
+        return NewLog(
+            id=self.new_id(),
+            step_name=step_name,
+            level=level,
+            message=message,
+            data_json=None if data is None else js(data),
+            created_at=created_at or self.at(2),
+        )
+
+    async def create(self, storage: Storage, **kwargs: Any) -> Run:
+        """Enqueue a new run (``new_run(**kwargs)``) and check that it was created."""
+        result = await storage.enqueue(self.new_run(**kwargs))
+        assert result.disposition == "created"
+        return result.run
+
+    async def lease(
+        self,
+        storage: Storage,
+        *,
+        owner: str = "worker-1",
+        now: float = 0,
+        lease_for: float = 30,
+        **kwargs: Any,
+    ) -> Run:
+        """Create a run and claim it (restricted to its job; it must be the one claimed)."""
+        run = await self.create(storage, **kwargs)
+        claimed = await storage.claim_next(
+            owner, self.at(now), self.at(now + lease_for), [run.job_name]
+        )
+        assert claimed is not None
+        assert claimed.id == run.id
+        return claimed
+
+    async def snapshot(self, storage: Storage, run_id: str) -> Snapshot:
+        return (
+            await storage.get_run(run_id),
+            await storage.get_steps(run_id),
+            await storage.get_logs(run_id),
+        )
+
+    async def ids(self, storage: Storage, query: RunFilter | None = None) -> list[str]:
+        return [r.id for r in await storage.get_runs(query or RunFilter())]
+
+    async def status_of(self, storage: Storage, run_id: str) -> RunStatus:
+        run = await storage.get_run(run_id)
+        assert run is not None
+        return run.status
