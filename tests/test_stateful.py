@@ -3,8 +3,7 @@ backends side by side (``durably_testing.stateful``)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 
 import pytest
@@ -12,9 +11,9 @@ from ci_support import in_ci
 from conftest import BACKENDS
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
-from libsql_support import fresh_shared_database, tursodb_binary
+from libsql_support import fresh_shared_database
 
-from durably import Storage, UnknownBackendError
+from durably import Storage
 from durably.plugins import BackendRegistry
 from durably_testing.stateful import StorageStateMachine
 
@@ -44,20 +43,14 @@ def url_for(backend: str, machine: StorageStateMachine) -> str:
     return urls[backend]()
 
 
-def installed(backend: str) -> bool:
-    """Whether the plugin for ``backend`` is installed and opens a database."""
-    with contextlib.suppress(UnknownBackendError):
-        scheme = {
-            "memory": "memory",
-            "sqlite-memory": "sqlite",
-            "sqlite-file": "sqlite",
-            "libsql-file": "file",
-            "libsql-remote": "http",
-        }
-        if backend == "libsql-remote" and tursodb_binary() is None and not in_ci():
-            return False
-        return scheme.get(backend, backend) in BackendRegistry().schemes
-    return False
+#: The URL scheme whose plugin opens each backend.
+SCHEMES = {
+    "memory": "memory",
+    "sqlite-memory": "sqlite",
+    "sqlite-file": "sqlite",
+    "libsql-file": "file",
+    "libsql-remote": "http",
+}
 
 
 def machine_for(backends: list[str], *, check_model: bool) -> type[StorageStateMachine]:
@@ -74,11 +67,23 @@ def machine_for(backends: list[str], *, check_model: bool) -> type[StorageStateM
     return Machine
 
 
-def side_by_side_backends() -> list[str]:
-    """Every backend the engine tests run on, plus SQLite in memory when installed;
-    at least two storages (a second memory store when nothing else is installed)."""
-    chosen = list(dict.fromkeys([*BACKENDS, "sqlite-memory"]))
-    chosen = [b for b in chosen if installed(b) and b != "libsql-remote"]
+def side_by_side_backends(installed_schemes: Collection[str], *, ci: bool) -> list[str]:
+    """Every backend the engine tests run on (conftest.BACKENDS) but the remote server
+    (its model test checks it). In CI each must be installed, or the test fails;
+    elsewhere a missing one is left out (at least two storages: a second memory store
+    if need be)."""
+    wanted = [b for b in dict.fromkeys([*BACKENDS, "sqlite-memory"]) if b != "libsql-remote"]
+    unknown = [b for b in wanted if b not in SCHEMES]
+    if unknown:
+        raise AssertionError(f"tests/test_stateful.py: add the URL scheme of {unknown}")
+    missing = [b for b in wanted if SCHEMES[b] not in installed_schemes]
+    if missing and ci:
+        pytest.fail(
+            f"backends {missing} are not installed (no plugin for their URL schemes); in CI "
+            "every backend of conftest.BACKENDS runs: uv sync --frozen --all-packages",
+            pytrace=False,
+        )
+    chosen = [b for b in wanted if b not in missing]
     if len(chosen) < 2:
         chosen.append("memory")
     return chosen
@@ -96,8 +101,23 @@ def test_storage__matches_the_lifecycle_model(backend: str) -> None:
 
 
 def test_backends__agree_side_by_side() -> None:
-    backends = side_by_side_backends()
+    backends = side_by_side_backends(BackendRegistry().schemes, ci=in_ci())
     run_state_machine_as_test(machine_for(backends, check_model=False), settings=SETTINGS)
+
+
+def test_side_by_side__every_installed_backend_takes_part() -> None:
+    # the workspace installs every in-tree plugin (uv sync --all-packages)
+    everything = ["memory", "sqlite-file", "sqlite-memory", "libsql-file"]
+    assert side_by_side_backends(BackendRegistry().schemes, ci=in_ci()) == everything
+
+
+def test_side_by_side__a_missing_backend_fails_in_ci_only() -> None:
+    with pytest.raises(
+        pytest.fail.Exception, match=r"\['sqlite-file', 'sqlite-memory', 'libsql-file'\]"
+    ):
+        side_by_side_backends({"memory"}, ci=True)
+    assert side_by_side_backends({"memory"}, ci=False) == ["memory", "memory"]
+    assert side_by_side_backends({"memory", "file"}, ci=False) == ["memory", "libsql-file"]
 
 
 def test_machine__catches_a_storage_that_breaks_the_contract() -> None:
