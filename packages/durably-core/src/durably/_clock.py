@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, cast, runtime_checkable
 
 
 @runtime_checkable
@@ -25,11 +26,18 @@ class Clock(Protocol):
         ...
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class SystemClock:
     """The real clock."""
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(time.time(), UTC)
+        return _EPOCH + timedelta(microseconds=time.time_ns() // 1000)
+
+    def now_ms(self) -> datetime:
+        """``now()`` truncated to milliseconds, in one step (read twice per checkpoint)."""
+        return _EPOCH + timedelta(milliseconds=time.time_ns() // 1_000_000)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
@@ -39,3 +47,12 @@ def now_ms(clock: Clock) -> datetime:
     """The clock's time truncated to milliseconds, the database's precision."""
     t = clock.now()
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def now_ms_reader(clock: Clock) -> Callable[[], datetime]:
+    """A function returning :func:`now_ms` of ``clock`` (the clock's own ``now_ms``
+    when it has one: the system clock's is twice as fast)."""
+    own = getattr(clock, "now_ms", None)
+    if callable(own):
+        return cast("Callable[[], datetime]", own)
+    return lambda: now_ms(clock)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ._clock import Clock, now_ms
+from ._clock import Clock, now_ms_reader
 from ._events import EventBus, WorkerErrorEvent
 from ._storage import Storage
 from ._ulid import UlidGenerator
@@ -48,8 +48,11 @@ class Engine:
     #: Runs executing in this process, by id (for in-process cancel).
     active: dict[str, Execution] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._now_ms = now_ms_reader(self.clock)
+
     def now(self) -> datetime:
-        return now_ms(self.clock)
+        return self._now_ms()
 
     def new_id(self, at: datetime | None = None) -> str:
         t = at or self.clock.now()

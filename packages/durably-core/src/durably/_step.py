@@ -132,7 +132,9 @@ class Step:
         self._next_index += 1
         if index % YIELD_EVERY == YIELD_EVERY - 1:
             await asyncio.sleep(0)
-        tp = x.codec.return_type(fn) if returns is _UNSET else returns
+        tp, is_coroutine = x.codec.step_function(fn)
+        if returns is not _UNSET:
+            tp = returns
         done = x.completed.get(name)
         if done is not None:
             return done.output if tp is None else x.codec.to_typed(tp, done.output)
@@ -155,7 +157,7 @@ class Step:
                 step_index=index,
             )
         try:
-            if inspect.iscoroutinefunction(fn):
+            if is_coroutine:
                 result = await fn(*args, **kwargs)
             else:
                 result = await asyncio.to_thread(fn, *args, **kwargs)

@@ -81,9 +81,10 @@ class Codec:
         """A JSON-native value (as read from storage) restored to ``tp``."""
         return self.adapter(tp).validate_json(self._encoder.encode(native))
 
-    def return_type(self, fn: Callable[..., Any]) -> Any:
-        """:func:`return_type_of` ``fn``, cached per function object (a bound method
-        by its function); lookups whose annotations cannot be resolved yet are not."""
+    def step_function(self, fn: Callable[..., Any]) -> tuple[Any, bool]:
+        """(:func:`return_type_of` ``fn``, whether ``fn`` is a coroutine function),
+        cached per function object (a bound method by its function); lookups whose
+        annotations cannot be resolved yet are not cached."""
         key: Any = getattr(fn, "__func__", fn)
         try:
             found = self._return_types.get(key, _MISSING)
@@ -91,17 +92,18 @@ class Codec:
             key = None
             found = _MISSING
         if found is not _MISSING:
-            return found
+            return found  # type: ignore[no-any-return]
         tp, resolved = return_type_of(fn)
         if tp is not None:
             try:
                 self.adapter(tp)
             except Exception:  # e.g. typing.TypedDict on 3.11, a plain class: not a schema
                 tp = None
+        info = (tp, inspect.iscoroutinefunction(fn))
         if resolved and key is not None:
             with contextlib.suppress(TypeError):
-                self._return_types[key] = tp
-        return tp
+                self._return_types[key] = info
+        return info
 
 
 _MISSING: Any = object()
