@@ -189,6 +189,7 @@ def test_create_durably__defaults() -> None:
     assert (s.polling_interval, s.lease_duration, s.lease_renew_interval) == (1.0, 30.0, 5.0)
     assert s.max_concurrent_runs == 1
     assert s.preserve_steps is False
+    assert s.persist_logs is True
     assert s.retain_runs is None
     assert isinstance(d.clock, durably.SystemClock)
 

@@ -473,6 +473,23 @@ async def test_get_logs__returns_stored_entries(make_durably: Any) -> None:
     ]
 
 
+async def test_get_logs__persist_logs_false_emits_events_and_writes_nothing(
+    make_durably: Any,
+) -> None:
+    async def job(step: Step, payload: Any) -> Any:
+        step.log.info("one", x=1)
+        await step.run("s", lambda: None)
+
+    events: list[Any] = []
+    d, run = await run_once(make_durably, job, preserve_steps=True, persist_logs=False)
+    assert await d.get_logs(run.id) == []
+    d.on("log:write", events.append)
+    again = await d.jobs.j.trigger({})
+    assert await d.process_one()
+    assert [(e.message, e.data) for e in events] == [("one", {"x": 1})]
+    assert await d.get_logs(again.id) == []
+
+
 async def test_get_logs__kept_for_failed_run(make_durably: Any) -> None:
     async def job(step: Step, payload: Any) -> Any:
         step.log.info("before failing")

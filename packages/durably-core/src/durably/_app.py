@@ -619,6 +619,7 @@ def create_durably(
     lease_renew_interval: float = 5.0,
     max_concurrent_runs: int = 1,
     preserve_steps: bool = False,
+    persist_logs: bool = True,
     retain_runs: str | float | timedelta | None = None,
     labels: Any = None,
     plugins: Sequence[object] = (),
@@ -630,6 +631,9 @@ def create_durably(
 
     Without a URL, ``DURABLY_DATABASE_URL`` is used, else ``sqlite:///durably.db``.
     ``labels`` is an optional pydantic model (or type) that validates run labels.
+    ``persist_logs=False`` keeps ``step.log`` to ``log:write`` events (as the
+    TypeScript library does without its log-persistence plugin): no writes, and
+    ``get_logs()`` stays empty.
     Remaining keyword arguments go to the storage backend (e.g. ``synchronous=``).
     """
     settings = Settings(
@@ -638,6 +642,7 @@ def create_durably(
         lease_renew_interval=positive_number("lease_renew_interval", lease_renew_interval),
         max_concurrent_runs=positive_int("max_concurrent_runs", max_concurrent_runs),
         preserve_steps=bool(preserve_steps),
+        persist_logs=bool(persist_logs),
         retain_runs=None if retain_runs is None else parse_duration(retain_runs),
     )
     if settings.lease_renew_interval >= settings.lease_duration:

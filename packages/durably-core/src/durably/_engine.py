@@ -31,6 +31,7 @@ class Settings:
     lease_renew_interval: float = 5.0
     max_concurrent_runs: int = 1
     preserve_steps: bool = False
+    persist_logs: bool = True
     retain_runs: timedelta | None = None
     purge_batch: int = 500
 

@@ -137,17 +137,18 @@ class Execution:
                 data_json = self.codec.encode(data)
             except TypeError:
                 data_json = self.codec.encode({k: repr(v) for k, v in data.items()})
-        now = self.now()
-        self._pending_logs.append(
-            NewLog(
-                id=self.new_id(),
-                step_name=step_name,
-                level=level,
-                message=message,
-                data_json=data_json,
-                created_at=now,
+        persist = self.engine.settings.persist_logs
+        if persist:
+            self._pending_logs.append(
+                NewLog(
+                    id=self.new_id(),
+                    step_name=step_name,
+                    level=level,
+                    message=message,
+                    data_json=data_json,
+                    created_at=self.now(),
+                )
             )
-        )
         run = self.run
         self.bus.emit(
             LogWriteEvent,
@@ -159,7 +160,8 @@ class Execution:
             message=str(message),
             data=None if data_json is None else self.codec.decode(data_json),
         )
-        self._schedule_flush()
+        if persist:
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if self._flush_task is None or self._flush_task.done():
