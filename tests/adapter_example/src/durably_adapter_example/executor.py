@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from durably import StorageBusyError, StorageError, ValidationError
-from durably.sql import Params, Row, Statement, constraint_violation
+from durably.sql import Params, Row, Statement, constraint_violation, unstorable_text
 
 __all__ = ["DRIVER_ERRORS", "SyncSqliteExecutor", "map_error"]
 
@@ -29,10 +29,7 @@ def map_error(
 ) -> StorageError | ValidationError:
     """The durably error for a driver error (the caller writes ``raise … from exc``)."""
     if isinstance(exc, UnicodeEncodeError):
-        return ValidationError(
-            f"{where} cannot store text that is not valid Unicode (a lone surrogate); "
-            "fix its source, or decode it with errors='replace'"
-        )
+        return unstorable_text(exc)
     if isinstance(exc, sqlite3.IntegrityError):
         return constraint_violation(str(exc))
     if "locked" in str(exc) or "busy" in str(exc):
