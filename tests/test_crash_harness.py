@@ -19,8 +19,8 @@ from durably_testing.crash import (
     CrashConfig,
     CrashReport,
     _analyse,
+    _crash_job,
     _Trial,
-    crash_job,
     expected_output,
     run_crash_harness,
 )
@@ -120,7 +120,7 @@ def test_crash_harness__command_line_reports_a_bad_url_without_a_traceback() -> 
 
 def test_crash_job__refuses_to_run_outside_a_worker_process() -> None:
     async def run_here() -> None:
-        async with create_durably("memory://", jobs={"crash": crash_job(None)}) as durably:
+        async with create_durably("memory://", jobs={"crash": _crash_job(None)}) as durably:
             payload = {"seed": 1, "trial": 0, "steps": 1}
             await durably.jobs.crash.trigger_and_wait(payload, timeout=10)
 

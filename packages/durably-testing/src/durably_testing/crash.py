@@ -255,7 +255,7 @@ class _Recorder:
         os.close(self.fd)
 
 
-def crash_job(recorder: _Recorder | None) -> JobDefinition[Any, Any]:
+def _crash_job(recorder: _Recorder | None) -> JobDefinition[Any, Any]:
     """The harness's job, its steps writing to ``recorder``. The harness process,
     which only triggers runs, passes ``None``: a step run there is an error."""
 
@@ -315,7 +315,7 @@ async def _worker_main(config: CrashConfig, index: int, records: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    job = crash_job(recorder)
+    job = _crash_job(recorder)
     durably = create_durably(config.url, jobs={"crash": job}, **_durably_options(config))
     try:
         await durably.init()
@@ -516,7 +516,7 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
     keep = config.records_dir is not None
     records = _records_dir(config.records_dir)
     harness = _Harness(config, records, random.Random(config.seed))
-    jobs = {"crash": crash_job(None)}  # triggered here, run only by the workers
+    jobs = {"crash": _crash_job(None)}  # triggered here, run only by the workers
     durably = create_durably(config.url, jobs=jobs, **_durably_options(config))
     trials: list[_Trial] = []
     try:

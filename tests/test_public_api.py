@@ -1,0 +1,123 @@
+"""The public names of every package and public module but ``durably`` itself
+(pinned in tests/test_api.py): ``__all__`` is exactly this, has no duplicates,
+and every name in it imports. Adding or removing a public name means changing
+this file, on purpose."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "durably_testing": [
+        "Fault",
+        "FaultKind",
+        "FaultPlan",
+        "FaultyStorage",
+        "FiredFault",
+        "InjectedStorageError",
+        "ManualClock",
+        "MemoryStorage",
+        "SimulatedCrash",
+        "StorageConformance",
+        "StorageStateMachine",
+        "advance_past_lease",
+        "run_to_completion",
+    ],
+    "durably_testing.clock": ["ManualClock", "settle"],
+    "durably_testing.conformance": ["Reopen", "StorageConformance"],
+    "durably_testing.crash": [
+        "CrashConfig",
+        "CrashReport",
+        "JOB_NAME",
+        "crash_harness",
+        "expected_output",
+        "main",
+        "run_crash_harness",
+        "step_value",
+    ],
+    "durably_testing.faults": [
+        "CRASH_KINDS",
+        "Fault",
+        "FaultKind",
+        "FaultPlan",
+        "FaultyStorage",
+        "FiredFault",
+        "InjectedStorageError",
+        "STORAGE_OPERATIONS",
+        "SimulatedCrash",
+        "TRANSIENT_KINDS",
+    ],
+    "durably_testing.helpers": ["advance_past_lease", "run_to_completion"],
+    "durably_testing.memory": ["MemoryStorage"],
+    "durably_testing.pytest_plugin": [
+        "durably",
+        "durably_advance_past_lease",
+        "durably_clock",
+        "durably_run",
+    ],
+    "durably_testing.stateful": [
+        "LifecycleModel",
+        "ModelConflict",
+        "ModelRun",
+        "ModelStep",
+        "StorageStateMachine",
+    ],
+    "durably.http": [
+        "Auth",
+        "RunOperation",
+        "RunsFilter",
+        "RunsSubscribeFilter",
+        "TriggerRequest",
+        "create_handler",
+    ],
+    "durably.plugins": [
+        "BackendRegistry",
+        "ENTRY_POINT_GROUP",
+        "KNOWN_PACKAGES",
+        "PROJECT",
+        "StorageBackend",
+        "hookimpl",
+        "hookspec",
+        "url_scheme",
+    ],
+    "durably.sql": [
+        "ConstraintViolation",
+        "Executor",
+        "Migration",
+        "PY_MIGRATIONS",
+        "PY_SCHEMA_VERSION",
+        "Params",
+        "Row",
+        "SCHEMA_V1",
+        "SqlStorage",
+        "SqlValue",
+        "Statement",
+        "constraint_violation",
+        "migrate",
+        "progress_json",
+        "unstorable_text",
+    ],
+    "durably_libsql": ["HranaError", "HranaExecutor", "RemoteConfig", "open_libsql"],
+    "durably_sqlite": ["SqliteExecutor", "open_sqlite"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_all__is_pinned(module: str) -> None:
+    names = importlib.import_module(module).__all__
+    assert len(names) == len(set(names)), f"{module}.__all__ lists a name twice"
+    assert sorted(names) == PUBLIC[module]
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_all__every_name_imports(module: str) -> None:
+    imported = importlib.import_module(module)
+    for name in imported.__all__:
+        assert getattr(imported, name) is not None, f"{module}.{name}"
+
+
+def test_pins__are_sorted() -> None:
+    for module, names in PUBLIC.items():
+        assert names == sorted(names), module
