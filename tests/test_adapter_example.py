@@ -1,7 +1,8 @@
 """The example adapter of docs/writing-a-storage-adapter.md (``tests/adapter_example``,
 installed into the workspace through its own ``durably`` entry point) passes the
-whole conformance suite, discovery included; a copy of it with the fencing
-condition dropped does not."""
+whole conformance suite, discovery included, the fault-injection suite and the
+stateful model test; a copy of it with the fencing condition dropped fails the
+suite's fencing cases."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from durably import Step, Storage, create_durably, define_job
 from durably.plugins import BackendRegistry
 from durably_testing.conformance import Reopen, StorageConformance
+from durably_testing.fault_suite import FaultInjectionSuite, OpenStorage
 from durably_testing.stateful import StorageStateMachine
 
 
@@ -54,6 +56,15 @@ class TestExampleAdapterMemory(StorageConformance):
         await s.migrate()
         yield s
         await s.close()
+
+
+class TestExampleAdapterFaults(FaultInjectionSuite):
+    """The guide's fault-injection step: a fault at every storage call."""
+
+    @pytest.fixture
+    def open_storage(self, tmp_path: Path) -> OpenStorage:
+        url = f"sqlite3sync:///{tmp_path / 'faults.db'}"
+        return lambda: BackendRegistry().open(url)
 
 
 async def test_example_adapter__runs_a_job_end_to_end(tmp_path: Path) -> None:

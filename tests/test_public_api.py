@@ -12,6 +12,7 @@ import pytest
 PUBLIC = {
     "durably_testing": [
         "Fault",
+        "FaultInjectionSuite",
         "FaultKind",
         "FaultPlan",
         "FaultyStorage",
@@ -48,6 +49,13 @@ PUBLIC = {
         "STORAGE_OPERATIONS",
         "SimulatedCrash",
         "TRANSIENT_KINDS",
+    ],
+    "durably_testing.fault_suite": [
+        "EXPECTED_OUTPUT",
+        "FaultInjectionSuite",
+        "OpenStorage",
+        "STEPS",
+        "uninterrupted_calls",
     ],
     "durably_testing.helpers": ["advance_past_lease", "run_to_completion"],
     "durably_testing.memory": ["MemoryStorage"],

@@ -1,8 +1,9 @@
 """Testing tools for durably: a memory backend, a manual clock, fault injection,
 the adapter conformance suite, stateful model tests and a pytest plugin.
 
-``StorageConformance`` (needs pytest) and ``StorageStateMachine`` (needs
-hypothesis) are imported on first use, so importing this package needs neither.
+``StorageConformance`` and ``FaultInjectionSuite`` (need pytest) and
+``StorageStateMachine`` (needs hypothesis) are imported on first use, so
+importing this package needs neither.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -22,10 +23,12 @@ from .memory import MemoryStorage
 
 if TYPE_CHECKING:
     from .conformance import StorageConformance
+    from .fault_suite import FaultInjectionSuite
     from .stateful import StorageStateMachine
 
 __all__ = [
     "Fault",
+    "FaultInjectionSuite",
     "FaultKind",
     "FaultPlan",
     "FaultyStorage",
@@ -41,6 +44,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "FaultInjectionSuite": "durably_testing.fault_suite",
     "StorageConformance": "durably_testing.conformance",
     "StorageStateMachine": "durably_testing.stateful",
 }
