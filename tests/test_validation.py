@@ -276,3 +276,25 @@ async def test_run_id_that_is_not_text__no_driver_error_leaks(make_durably: Any)
             result = str(exc)
         # no such run, or refused as not storable: never a raw UnicodeEncodeError
         assert not result or "not valid Unicode" in result
+
+
+async def test_job_error_text_that_cannot_be_stored_still_fails_the_run(
+    make_durably: Any,
+) -> None:
+    # e.g. an OSError about a file name that was not valid UTF-8
+    def read() -> None:
+        raise FileNotFoundError(f"no such file: 'photo-{LONE}.jpg'")
+
+    async def job(step: Step, payload: Any) -> None:
+        await step.run("read", read)
+
+    d = make_durably({"j": define_job("j", run=job)})
+    await d.migrate()
+    triggered = await d.jobs.j.trigger({})
+    assert await d.process_one()
+    run = await d.get_run(triggered.id)
+    assert run is not None
+    assert run.status is RunStatus.FAILED
+    assert run.error == "no such file: 'photo-\\ud800.jpg'"
+    [step] = await d.get_steps(triggered.id)
+    assert step.error == run.error

@@ -40,9 +40,11 @@ YIELD_EVERY = 16
 
 
 def error_message(exc: BaseException) -> str:
-    """The text stored as a run's or step's error."""
-    text = str(exc)
-    return text if text else type(exc).__name__
+    """The text stored as a run's or step's error: always storable (a lone surrogate,
+    e.g. from an undecodable file name, is written as ``\\udcff``, or the failure
+    could never be recorded)."""
+    text = str(exc) or type(exc).__name__
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class StepLog:

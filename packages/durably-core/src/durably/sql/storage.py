@@ -40,7 +40,15 @@ from .._records import (
 )
 from .._timefmt import format_ts, parse_ts
 from ._outcome import resolved
-from .executor import ConstraintViolation, Executor, Params, Row, SqlValue, Statement
+from .executor import (
+    ConstraintViolation,
+    Executor,
+    Params,
+    Row,
+    SqlValue,
+    Statement,
+    unstorable_text,
+)
 from .schema import migrate as _migrate
 
 __all__ = ["SqlStorage"]
@@ -293,6 +301,15 @@ def _number(value: float) -> float | int:
     return value
 
 
+def _json_text(value: Any) -> str:
+    """Compact JSON of a value holding user text (labels, progress): text that is not
+    valid Unicode is a ValidationError, as every executor reports it for parameters."""
+    try:
+        return _encode(value).decode()
+    except UnicodeEncodeError as exc:
+        raise unstorable_text(exc) from exc
+
+
 def progress_json(progress: Progress) -> str:
     """The reference's progress JSON: ``{"current":n,"total":n,"message":s}``, unset
     ``total``/``message`` keys omitted."""
@@ -301,7 +318,7 @@ def progress_json(progress: Progress) -> str:
         data["total"] = _number(progress.total)
     if progress.message is not None:
         data["message"] = progress.message
-    return _encode(data).decode()
+    return _json_text(data)
 
 
 def _in_list(count: int) -> str:
@@ -351,7 +368,7 @@ class SqlStorage:
                     run.input_json,
                     run.idempotency_key,
                     run.concurrency_key,
-                    _encode(run.labels).decode(),
+                    _json_text(run.labels),
                     created,
                     created,
                 ),
