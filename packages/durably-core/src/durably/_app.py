@@ -36,7 +36,6 @@ from ._events import (
 )
 from ._handle import JobHandle, Jobs, TriggerResult, check_job_key
 from ._job import JobDefinition
-from ._lifecycle import STATUS_ALIASES, can_retrigger
 from ._records import LogRecord, NewRun, Run, RunFilter, RunStatus, StepRecord
 from ._runtime import Execution
 from ._storage import Storage
@@ -51,6 +50,7 @@ from ._validate import (
     validate_labels,
 )
 from ._worker import Worker, claim
+from .lifecycle import STATUS_ALIASES, can_retrigger
 from .plugins import BackendRegistry
 
 DEFAULT_URL = "sqlite:///durably.db"

@@ -90,7 +90,7 @@ class Storage(Protocol):
         lease_expires_at: datetime,
         job_names: Sequence[str] | None = None,
     ) -> Run | None:
-        """Atomically lease the oldest claimable run (see ``_lifecycle.is_claimable``)
+        """Atomically lease the oldest claimable run (see ``durably.lifecycle.is_claimable``)
         whose concurrency key has no other live lease; bump its generation.
 
         ``job_names`` restricts the claim to those jobs (``None``: any job).

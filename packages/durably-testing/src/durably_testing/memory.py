@@ -1,6 +1,6 @@
 """``MemoryStorage``: the :class:`durably.Storage` contract kept in dicts.
 
-Every rule comes from :mod:`durably._lifecycle` (guards and transitions), so the
+Every rule comes from :mod:`durably.lifecycle` (guards and transitions), so the
 rules exist once; this module only stores records and applies them. Each
 operation runs synchronously inside its ``async def`` (no ``await`` in the
 middle of a mutation), which makes every operation atomic. Timestamps are
@@ -35,7 +35,7 @@ from durably import (
     StorageError,
     ValidationError,
 )
-from durably import _lifecycle as life
+from durably import lifecycle as life
 from durably._timefmt import format_ts, parse_ts
 from durably.plugins import url_scheme
 

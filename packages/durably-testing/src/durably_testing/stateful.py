@@ -10,7 +10,7 @@ After every operation it checks:
 - every storage gives the same observable result (records compared whole);
 - with ``check_model`` (the default), that result is the one predicted by
   :class:`LifecycleModel`, a model of the lifecycle written from the behaviour
-  contract independently of ``durably._lifecycle`` (which the memory backend uses);
+  contract independently of ``durably.lifecycle`` (which the memory backend uses);
 - the invariants: at most one live lease per run (no generation is handed out
   twice), a lease generation never decreases, a completed step's output never
   changes, one run per idempotency key, at most one live-leased run per

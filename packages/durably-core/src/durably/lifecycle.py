@@ -3,12 +3,46 @@
 No I/O and no clock reads: "now" is always an argument. The memory backend
 applies these functions directly; the SQL backend expresses the same rules as
 ``WHERE`` clauses; the property tests check both against an independent model.
+An adapter that implements :class:`durably.Storage` directly (not over SQL) can
+build on them too (see docs/writing-a-storage-adapter.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+__all__ = [
+    "ACTIVE_STATUSES",
+    "CANCELLABLE_STATUSES",
+    "DELETABLE_STATUSES",
+    "RETRIGGERABLE_STATUSES",
+    "RETRYABLE_STATUSES",
+    "STATUS_ALIASES",
+    "TERMINAL_STATUSES",
+    "can_cancel",
+    "can_delete",
+    "can_renew",
+    "can_retrigger",
+    "can_retry",
+    "cancelled",
+    "claim_order",
+    "claimed",
+    "completed",
+    "concurrency_blocked",
+    "failed",
+    "has_live_lease",
+    "holds_lease",
+    "is_claimable",
+    "is_terminal",
+    "pending_conflicts",
+    "released",
+    "renewed",
+    "retried",
+    "step_completed",
+    "with_progress",
+]
+
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from types import MappingProxyType
 
 import msgspec
 
@@ -24,10 +58,9 @@ RETRIGGERABLE_STATUSES = TERMINAL_STATUSES
 DELETABLE_STATUSES = TERMINAL_STATUSES
 
 #: Filter spellings accepted for a status; ``running`` is the documentation's older word.
-STATUS_ALIASES: dict[str, RunStatus] = {
-    **{s.value: s for s in RunStatus},
-    "running": RunStatus.LEASED,
-}
+STATUS_ALIASES: Mapping[str, RunStatus] = MappingProxyType(
+    {**{s.value: s for s in RunStatus}, "running": RunStatus.LEASED}
+)
 
 
 def is_terminal(status: RunStatus) -> bool:
