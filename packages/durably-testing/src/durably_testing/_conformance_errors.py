@@ -34,6 +34,7 @@ from durably import (
 )
 
 from ._conformance_base import ConformanceBase, js
+from .faults import STORAGE_OPERATIONS
 
 #: A lone surrogate: a ``str`` Python allows but UTF-8 (and so every database) refuses.
 LONE_SURROGATE = "\ud800"
@@ -45,29 +46,7 @@ ENQUEUE_TEXT = ("job_name", "idempotency_key", "concurrency_key", "label_key", "
 EXECUTION_TEXT = ("step_name", "step_error", "log_message", "progress_message", "run_error")
 
 #: Every operation of the protocol, as called on a closed storage.
-OPERATIONS_AFTER_CLOSE = (
-    "migrate",
-    "close",
-    "enqueue",
-    "enqueue_many",
-    "get_run",
-    "get_runs",
-    "get_steps",
-    "get_completed_steps",
-    "get_logs",
-    "claim_next",
-    "renew_lease",
-    "release_expired_leases",
-    "persist_step",
-    "update_progress",
-    "append_logs",
-    "complete_run",
-    "fail_run",
-    "cancel_run",
-    "retry_run",
-    "delete_run",
-    "purge_runs",
-)
+OPERATIONS_AFTER_CLOSE = STORAGE_OPERATIONS
 
 
 def _named(exc: BaseException) -> str:
