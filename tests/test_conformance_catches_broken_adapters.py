@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import pytest
 
+from durably_testing import _conformance_errors
+from durably_testing.faults import STORAGE_OPERATIONS
+
 BROKEN_ADAPTERS = r'''
 import asyncio
 import sqlite3
@@ -161,31 +164,10 @@ class TestUnmappedDriverText(MemorySuite):
     store = UnmappedDriverText
 '''
 
-ENQUEUE_TEXT = ("job_name", "idempotency_key", "concurrency_key", "label_key", "label_value")
-EXECUTION_TEXT = ("step_name", "step_error", "log_message", "progress_message", "run_error")
-CLOSED = (
-    "migrate",
-    "close",
-    "enqueue",
-    "enqueue_many",
-    "get_run",
-    "get_runs",
-    "get_steps",
-    "get_completed_steps",
-    "get_logs",
-    "claim_next",
-    "renew_lease",
-    "release_expired_leases",
-    "persist_step",
-    "update_progress",
-    "append_logs",
-    "complete_run",
-    "fail_run",
-    "cancel_run",
-    "retry_run",
-    "delete_run",
-    "purge_runs",
-)
+# the suite's own lists of where text reaches storage, and of the operations
+ENQUEUE_TEXT = _conformance_errors.ENQUEUE_TEXT
+EXECUTION_TEXT = _conformance_errors.EXECUTION_TEXT
+CLOSED = STORAGE_OPERATIONS
 
 EXPECTED_FAILURES = {
     "TestRacyClaim": {
