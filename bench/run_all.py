@@ -1,11 +1,11 @@
-"""Run the W1–W5 benchmarks (and the remote libSQL request counts) one after
-another and print one combined table.
+"""Run the W1–W5 benchmarks (and the remote libSQL request counts, and the SSE
+load) one after another and print one combined table.
 
 Each script runs in its own process and prints its JSON lines (passed through
 here) and its own table; at the end comes the machine and every figure in one
 markdown table (what the README's performance section shows).
 
-    uv run python bench/run_all.py [w1 w2 w3 w4 w5 libsql]      # or: uv run nox -s bench
+    uv run python bench/run_all.py [w1 w2 w3 w4 w5 libsql sse]  # or: uv run nox -s bench
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ SCRIPTS = {
     "w4": "w4_latency.py",
     "w5": "w5_scaling.py",
     "libsql": "libsql_requests.py",  # skipped when tursodb is not installed
+    "sse": "sse_load.py",  # HTTP/SSE handler under many streams and reconnects
 }
 
 

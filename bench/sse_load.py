@@ -1,23 +1,35 @@
 """Do many open SSE streams and a reconnect storm slow triggers or the worker?
 
-    uv run python bench/sse_load.py [--runs 300] [--streams 200] [--full 10] [--storm 50]
+    uv run python bench/sse_load.py [--seconds 4] [--repeat 3] [--streams 200]
+                                    [--full 10] [--storm 50] [--memory]
 
-Starts three processes: the server (uvicorn + durably.http + the worker, memory
-backend unless DURABLY_DATABASE_URL is set), a load generator, and this one,
-which triggers runs over HTTP. Each phase triggers ``--runs`` runs of a 3-step
-job one after another and reports
+Starts three processes: the server (uvicorn + durably.http + the worker, on a
+fresh SQLite file — the embedded default — or the memory backend with
+``--memory``, or ``DURABLY_DATABASE_URL`` if set), a load generator, and this
+one, which triggers runs of a 3-step job over HTTP one after another for
+``--seconds`` per phase. Per phase:
 
+- worker throughput: runs completed per second, measured in the server from the
+  first ``run:leased`` to the last ``run:complete`` of the phase (the runs are
+  triggered one after another, so this is also the trigger rate it sustains);
 - trigger latency (POST /trigger round trip, measured here): median, p95, max;
-- worker throughput (runs completed per second, measured in the server from the
-  first ``run:leased`` to the last ``run:complete`` of the phase);
-- server event-loop lag (max extra delay of a 10 ms timer during the phase).
+- server event-loop lag: the largest extra delay of a 10 ms timer;
+- CPU, in % of one core, of the server, the load generator, this process and
+  everything else on the machine: the processes share the machine's cores, so
+  on a small machine the load generator takes CPU the server would have used.
 
 Phases: "idle" (no other clients); "typical" (``--streams`` open SSE streams, of
 which ``--full`` are dashboards on ``/runs/subscribe`` receiving every event and
 the rest filtered to another job, plus ``--streams`` clients reconnecting to a
-finished run's ``/subscribe`` every 3 s like a browser's EventSource); "worst"
+finished run's ``/subscribe`` every 3 s like a browser's EventSource — all at
+the same moments, as tabs do when the runs they show finish together); "worst"
 (``--streams`` streams all receiving every event, plus ``--storm`` clients
-reconnecting back to back as fast as they can). A measurement, not a test.
+reconnecting back to back as fast as they can). A phase lasts longer than the
+3 s reconnect period, so every "typical" phase has a reconnect burst. The phases
+run ``--repeat`` times, interleaved, and each figure is the median; finished
+runs are deleted between phases, so each starts from the same few rows. A
+measurement, not a test: prints a table, then one JSON line per figure (for
+``bench/run_all.py``).
 """
 
 from __future__ import annotations
@@ -25,22 +37,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import multiprocessing as mp
 import os
+import shutil
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from _bench import emit, header
 
 # -- the server --
 
 
-def serve(port: int) -> None:
+def serve(port: int, url: str) -> None:
     import uvicorn
     from pydantic import BaseModel
     from starlette.applications import Starlette
@@ -61,15 +75,18 @@ def serve(port: int) -> None:
             step.progress(i + 1, 3)
         return payload.n
 
-    durably = create_durably(
-        os.environ.get("DURABLY_DATABASE_URL") or "memory://",
-        jobs={"bench": bench},
-        max_concurrent_runs=2,
-    )
+    durably = create_durably(url, jobs={"bench": bench}, max_concurrent_runs=2)
     stats: dict[str, Any] = {}
 
     def reset() -> None:
-        stats.update(first_leased=None, last_complete=None, completed=0, max_lag=0.0)
+        stats.update(
+            first_leased=None,
+            last_complete=None,
+            completed=0,
+            max_lag=0.0,
+            cpu0=time.process_time(),
+            wall0=time.perf_counter(),
+        )
 
     def on_event(event: Any) -> None:
         now = time.perf_counter()
@@ -86,11 +103,21 @@ def serve(port: int) -> None:
             stats["max_lag"] = max(stats["max_lag"], time.perf_counter() - t - 0.01)
 
     async def get_stats(request: Request) -> JSONResponse:
-        return JSONResponse(stats)
+        cpu = (time.process_time() - stats["cpu0"]) / (time.perf_counter() - stats["wall0"])
+        return JSONResponse({**stats, "cpu": cpu})
 
     async def post_reset(request: Request) -> JSONResponse:
         reset()
         return JSONResponse(stats)
+
+    async def post_purge(request: Request) -> JSONResponse:
+        # every phase starts from the same few rows: the memory backend's claim
+        # scans all runs, so without this each phase would be slower than the last
+        keep = request.query_params.get("keep")
+        done = [r for r in await durably.get_runs(status="completed") if r.id != keep]
+        for run in done:
+            await durably.delete_run(run.id)
+        return JSONResponse({"deleted": len(done)})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -106,6 +133,7 @@ def serve(port: int) -> None:
         routes=[
             Route("/bench/stats", get_stats),
             Route("/bench/reset", post_reset, methods=["POST"]),
+            Route("/bench/purge", post_purge, methods=["POST"]),
             Mount("/api", create_handler(durably)),
         ],
         lifespan=lifespan,
@@ -127,6 +155,10 @@ async def _request(port: int, path: str, keep: bool) -> tuple[asyncio.StreamRead
     return reader, writer
 
 
+#: The load generator's shared counters: streams open, reconnects answered, CPU seconds.
+OPEN, RECONNECTS, CPU = 0, 1, 2
+
+
 def load(
     port: int,
     full: int,
@@ -140,7 +172,7 @@ def load(
     async def stream(path: str) -> None:
         reader, writer = await _request(port, path, keep=True)
         with counters.get_lock():
-            counters[0] += 1
+            counters[OPEN] += 1
         while not stop.is_set():
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), 0.5)
@@ -158,12 +190,18 @@ def load(
             writer.close()
             if b"run:complete" in data:
                 with counters.get_lock():
-                    counters[1] += 1
+                    counters[RECONNECTS] += 1
             if interval:  # EventSource's retry delay
                 await asyncio.sleep(max(0.0, interval - (time.perf_counter() - t)))
 
+    async def cpu_meter() -> None:
+        while not stop.is_set():
+            counters[CPU] = time.process_time()
+            await asyncio.sleep(0.05)
+
     async def main() -> None:
-        tasks = [asyncio.create_task(stream("/api/runs/subscribe")) for _ in range(full)]
+        tasks = [asyncio.create_task(cpu_meter())]
+        tasks += [asyncio.create_task(stream("/api/runs/subscribe")) for _ in range(full)]
         tasks += [
             asyncio.create_task(stream("/api/runs/subscribe?jobName=other"))
             for _ in range(filtered)
@@ -177,33 +215,94 @@ def load(
 # -- the measuring client --
 
 
-async def phase(client: httpx.AsyncClient, runs: int) -> dict[str, float]:
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (all cores; NaN without /proc)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+async def phase(client: httpx.AsyncClient, seconds: float) -> dict[str, float]:
+    """Trigger runs one after another for ``seconds``; wait for them to finish."""
     await client.post("/bench/reset")
+    busy0, own0, wall0 = machine_busy(), time.process_time(), time.perf_counter()
     latencies = []
-    for i in range(runs):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
         t = time.perf_counter()
-        r = await client.post("/api/trigger", json={"jobName": "bench", "input": {"n": i}})
+        r = await client.post(
+            "/api/trigger", json={"jobName": "bench", "input": {"n": len(latencies)}}
+        )
         latencies.append(time.perf_counter() - t)
         r.raise_for_status()
+    cpu = (await client.get("/bench/stats")).json()["cpu"]  # while triggering
+    wall = time.perf_counter() - wall0
+    busy = (machine_busy() - busy0) / wall
+    own = (time.process_time() - own0) / wall
     while True:
         stats = (await client.get("/bench/stats")).json()
-        if stats["completed"] >= runs:
+        if stats["completed"] >= len(latencies):
             break
         await asyncio.sleep(0.05)
     latencies.sort()
     elapsed = stats["last_complete"] - stats["first_leased"]
     return {
+        "runs_per_s": len(latencies) / elapsed,
         "trigger_median_ms": statistics.median(latencies) * 1000,
         "trigger_p95_ms": latencies[int(len(latencies) * 0.95) - 1] * 1000,
         "trigger_max_ms": latencies[-1] * 1000,
-        "runs_per_s": runs / elapsed,
         "loop_lag_max_ms": stats["max_lag"] * 1000,
+        "server_cpu_pct": cpu * 100,
+        "client_cpu_pct": own * 100,
+        "machine_busy_pct": busy * 100,
     }
 
 
-async def measure(port: int, args: argparse.Namespace) -> None:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-        for _ in range(200):
+async def scenario(
+    client: httpx.AsyncClient,
+    port: int,
+    finished: str,
+    load_args: tuple[Any, ...] | None,
+    seconds: float,
+) -> dict[str, float]:
+    """One phase, with the load generator running ``load_args`` (None: no load)."""
+    if load_args is None:
+        result = await phase(client, seconds)
+        await client.post("/bench/purge", params={"keep": finished})
+        return {**result, "loader_cpu_pct": 0.0, "reconnects_per_s": 0.0}
+    full, filtered = load_args[0], load_args[1]
+    counters = mp.Array("d", 3)
+    stop = mp.Event()
+    loader = mp.Process(target=load, args=(port, *load_args, finished, counters, stop))
+    loader.start()
+    while counters[OPEN] < full + filtered:  # noqa: ASYNC110 - another process counts
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the connection burst is over
+    before, cpu_before, t0 = counters[RECONNECTS], counters[CPU], time.perf_counter()
+    result = await phase(client, seconds)
+    wall = time.perf_counter() - t0
+    result.update(
+        loader_cpu_pct=(counters[CPU] - cpu_before) / wall * 100,
+        reconnects_per_s=(counters[RECONNECTS] - before) / wall,
+    )
+    stop.set()
+    loader.join(10)
+    if loader.is_alive():
+        loader.terminate()
+    await phase(client, 0.5)  # settle before the next phase
+    await client.post("/bench/purge", params={"keep": finished})
+    return result
+
+
+async def measure(port: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Each phase ``--repeat`` times, interleaved (idle, typical, worst, idle, ...), so
+    that other work on the machine hits them alike; the median of each figure."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        for _ in range(400):
             try:
                 await client.get("/bench/stats")
                 break
@@ -211,64 +310,114 @@ async def measure(port: int, args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.05)
         r = await client.post("/api/trigger", json={"jobName": "bench", "input": {"n": -1}})
         finished = r.json()["runId"]  # for the reconnect storm
-        await phase(client, 50)  # warm-up
-        results = {"idle": await phase(client, args.runs)}
-        scenarios = {
+        await phase(client, 1.0)  # warm-up
+        await client.post("/bench/purge", params={"keep": finished})
+        scenarios: dict[str, tuple[Any, ...] | None] = {
+            "idle": None,
             "typical": (args.full, args.streams - args.full, args.streams, 3.0),
             "worst": (args.streams, 0, args.storm, 0.0),
         }
-        reconnects = {}
-        for name, (full, filtered, storm, interval) in scenarios.items():
-            counters = mp.Array("l", 2)
-            stop = mp.Event()
-            loader = mp.Process(
-                target=load,
-                args=(port, full, filtered, storm, interval, finished, counters, stop),
-            )
-            loader.start()
-            while counters[0] < full + filtered:  # noqa: ASYNC110 - another process counts
-                await asyncio.sleep(0.05)
-            before, t0 = counters[1], time.perf_counter()
-            results[name] = await phase(client, args.runs)
-            reconnects[name] = (counters[1] - before) / (time.perf_counter() - t0)
-            stop.set()
-            loader.join(10)
-            if loader.is_alive():
-                loader.terminate()
-            await phase(client, 20)  # settle between scenarios
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
+        for _ in range(args.repeat):
+            for name, load_args in scenarios.items():
+                runs[name].append(await scenario(client, port, finished, load_args, args.seconds))
+    return {
+        name: {key: statistics.median(r[key] for r in results) for key in results[0]}
+        for name, results in runs.items()
+    }
 
-    print(f"{args.runs} runs of a 3-step job per phase, max_concurrent_runs=2, {sys.platform}")
-    print(f"{'':22}" + "".join(f"{name:>12}" for name in results))
-    for key in results["idle"]:
-        print(f"{key:22}" + "".join(f"{r[key]:12.2f}" for r in results.values()))
+
+LABELS = {
+    "runs_per_s": ("worker runs/s", "runs/s"),
+    "trigger_median_ms": ("trigger median", "ms"),
+    "trigger_p95_ms": ("trigger p95", "ms"),
+    "trigger_max_ms": ("trigger max", "ms"),
+    "loop_lag_max_ms": ("max loop lag", "ms"),
+    "server_cpu_pct": ("server CPU", "% of a core"),
+    "loader_cpu_pct": ("load generator CPU", "% of a core"),
+    "client_cpu_pct": ("triggering client CPU", "% of a core"),
+    "other_cpu_pct": ("other processes' CPU", "% of a core"),
+    "reconnects_per_s": ("reconnects answered", "/s"),
+}
+
+
+def report(results: dict[str, dict[str, float]], backend: str, args: argparse.Namespace) -> None:
+    print(
+        f"{backend}: runs of a 3-step job for {args.seconds:g} s per phase, median of "
+        f"{args.repeat} rounds, max_concurrent_runs=2, {os.cpu_count()} CPUs, {sys.platform}"
+    )
     print(
         f"typical: {args.streams} open streams ({args.full} getting every event), "
-        f"{args.streams} clients reconnecting every 3 s: {reconnects['typical']:.0f} reconnects/s"
+        f"{args.streams} clients reconnecting every 3 s"
     )
     print(
         f"worst:   {args.streams} streams getting every event, {args.storm} clients "
-        f"reconnecting back to back: {reconnects['worst']:.0f} reconnects/s"
+        "reconnecting back to back"
     )
-    print(json.dumps({"results": results, "reconnects_per_s": reconnects}))
+    for r in results.values():
+        ours = r["server_cpu_pct"] + r["loader_cpu_pct"] + r["client_cpu_pct"]
+        r["other_cpu_pct"] = max(0.0, r.pop("machine_busy_pct") - ours)
+    print(f"{'':30}" + "".join(f"{name:>10}" for name in results))
+    for key, (label, unit) in LABELS.items():
+        row = "".join(f"{r[key]:10.1f}" for r in results.values())
+        print(f"{label + ' (' + unit + ')':30}{row}")
+    idle = results["idle"]["runs_per_s"]
+    for name, r in results.items():
+        emit(
+            "SSE",
+            f"{backend}, {name}: worker runs/s",
+            r["runs_per_s"],
+            "runs/s",
+            of_idle=r["runs_per_s"] / idle,
+            note=f"{r['runs_per_s'] / idle:.2f}× idle"
+            + (f", {r['reconnects_per_s']:.0f} reconnects/s" if r["reconnects_per_s"] else ""),
+        )
+        emit(
+            "SSE",
+            f"{backend}, {name}: trigger median",
+            r["trigger_median_ms"],
+            "ms",
+            note=f"p95 {r['trigger_p95_ms']:.1f} ms, max {r['trigger_max_ms']:.1f} ms",
+        )
+        emit(
+            "SSE",
+            f"{backend}, {name}: max loop lag",
+            r["loop_lag_max_ms"],
+            "ms",
+            note=(
+                f"CPU in % of a core: server {r['server_cpu_pct']:.0f}, load generator "
+                f"{r['loader_cpu_pct']:.0f}, other processes {r['other_cpu_pct']:.0f}"
+            ),
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="SSE load vs trigger latency and throughput")
-    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each phase")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the three phases")
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--full", type=int, default=10)
     parser.add_argument("--storm", type=int, default=50)
+    parser.add_argument("--memory", action="store_true", help="memory backend, not SQLite")
     args = parser.parse_args()
+    header("SSE load")
+    tmp = tempfile.mkdtemp(prefix="durably-sse-")
+    url = os.environ.get("DURABLY_DATABASE_URL") or (
+        "memory://" if args.memory else f"sqlite:///{tmp}/sse.db"
+    )
+    backend = url.split(":", 1)[0]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = mp.Process(target=serve, args=(port,))
+    server = mp.Process(target=serve, args=(port, url))
     server.start()
     try:
-        asyncio.run(measure(port, args))
+        results = asyncio.run(measure(port, args))
     finally:
         server.terminate()
         server.join(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(results, backend, args)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,28 @@
 """One bus listener per handler, fanning events out to the open streams.
 
-The cost of an event is a dict lookup plus one queue put per interested stream,
-however many streams are open; the listener is registered only while at least
-one stream is.
+An event is wrapped once (``Outgoing``, whose frames are encoded at most once
+each) and handed to the streams of its run and to the list streams' fan-out;
+the cost of an event does not grow with the number of open streams. The
+listener is registered only while at least one stream is open.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from .. import Durably, Event
+from .. import Durably
+from ._fanout import RunsFanout, RunsStream
+from ._serialize import RUNS_STREAM_TYPES, Outgoing
 
-Sink = Callable[[Event], None]
+Sink = Callable[[Outgoing], None]
 
 
 class EventHub:
-    def __init__(self, durably: Durably) -> None:
+    def __init__(self, durably: Durably, throttle: float) -> None:
         self._durably = durably
         self._by_run: dict[str, set[Sink]] = {}
-        self._all: set[Sink] = set()
-        self._by_job: dict[str, set[Sink]] = {}
+        self._runs = RunsFanout(throttle)
         self._count = 0
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -30,20 +32,18 @@ class EventHub:
         return self._count
 
     def _listener(self, event: Any) -> None:
+        out = None
         run_id = getattr(event, "run_id", None)
         if run_id is not None:
             sinks = self._by_run.get(run_id)
             if sinks:
+                out = Outgoing(event)
                 for sink in tuple(sinks):
-                    sink(event)
-        if self._all:
-            for sink in tuple(self._all):
-                sink(event)
-        if self._by_job:
-            sinks = self._by_job.get(getattr(event, "job_name", None))  # type: ignore[arg-type]
-            if sinks:
-                for sink in tuple(sinks):
-                    sink(event)
+                    sink(out)
+        if self._runs.open:
+            out = out or Outgoing(event)
+            if out.type in RUNS_STREAM_TYPES:
+                self._runs.push(out)
 
     def _added(self) -> None:
         self._count += 1
@@ -76,17 +76,15 @@ class EventHub:
 
         return stop
 
-    def watch_all(self, sink: Sink, job_names: tuple[str, ...] | None = None) -> Callable[[], None]:
-        """Deliver every event (or those of ``job_names``) to ``sink``; returns the
-        function that stops it. Streams filtered by job name cost nothing for the
-        events of other jobs."""
-        groups = (
-            [self._all]
-            if not job_names
-            else [self._by_job.setdefault(name, set()) for name in set(job_names)]
-        )
-        for group in groups:
-            group.add(sink)
+    def watch_runs(
+        self,
+        stream: RunsStream,
+        job_names: Iterable[str] | None,
+        labels: dict[str, str] | None,
+    ) -> Callable[[], None]:
+        """Feed ``stream`` the list frames of matching runs (all runs if neither
+        filter is given); returns the function that stops it."""
+        leave = self._runs.add(stream, job_names, labels)
         self._added()
         done = False
 
@@ -95,10 +93,7 @@ class EventHub:
             if done:
                 return
             done = True
-            for group in groups:
-                group.discard(sink)
-            for name in [name for name, group in self._by_job.items() if not group]:
-                del self._by_job[name]
+            leave()
             self._removed()
 
         return stop

@@ -24,17 +24,10 @@ from .. import (
     ValidationError,
 )
 from ._auth import Auth, RunOperation, RunsFilter, RunsSubscribeFilter, TriggerRequest, call
+from ._fanout import RunsStream
 from ._hub import EventHub
 from ._serialize import client_run, client_step, encode, event_payload, sse_frame
-from ._sse import (
-    EventQueue,
-    SSEResponse,
-    replay,
-    run_filter,
-    run_frames,
-    runs_filter,
-    runs_frames,
-)
+from ._sse import EventQueue, SSEResponse, replay, run_filter, run_frames, runs_frames
 
 logger = logging.getLogger("durably.http")
 
@@ -103,7 +96,7 @@ class _Handler:
         self.throttle = sse_throttle
         self.poll_interval = sse_poll_interval
         self.on_request = on_request
-        self.hub = EventHub(durably)
+        self.hub = EventHub(durably, sse_throttle)
         self.routes: dict[tuple[str, str], Callable[[Request, Any], Awaitable[Response]]] = {
             ("GET", "/subscribe"): self.subscribe,
             ("GET", "/runs"): self.runs,
@@ -288,9 +281,9 @@ class _Handler:
                     RunsFilter(job_name=query.job_name, labels=query.labels),
                 )
                 query = RunsSubscribeFilter(job_name=scoped.job_name, labels=scoped.labels)
-        queue = EventQueue(self.throttle, runs_filter(query.job_name, query.labels))
-        stop = self.hub.watch_all(queue.push, query.job_name)
-        return SSEResponse(runs_frames(queue), stop)
+        stream = RunsStream()
+        stop = self.hub.watch_runs(stream, query.job_name, query.labels)
+        return SSEResponse(runs_frames(stream), stop)
 
 
 def create_handler(

@@ -32,13 +32,8 @@ from .. import (
     RunProgressEvent,
     RunStatus,
 )
-from ._serialize import (
-    RUNS_STREAM_TYPES,
-    TERMINAL_TYPES,
-    event_payload,
-    sse_frame,
-    trimmed_frame,
-)
+from ._fanout import RunsStream
+from ._serialize import TERMINAL_TYPES, Outgoing
 from ._throttle import ProgressThrottle
 
 #: What a run's stream forwards (the reference's list).
@@ -61,38 +56,31 @@ RUN_STREAM_TYPES = frozenset(
 class EventQueue:
     """Events pushed by the hub, read back through the progress throttle."""
 
-    def __init__(self, throttle: float, accept: Callable[[Event], bool]) -> None:
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+    def __init__(self, throttle: float, accept: Callable[[Outgoing], bool]) -> None:
+        self._queue: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._accept = accept
         loop = asyncio.get_running_loop()
         self.throttle = ProgressThrottle(throttle, loop.time)
         self._loop = loop
 
-    def push(self, event: Event) -> None:
-        if self._accept(event):
-            self._queue.put_nowait(event)
+    def push(self, out: Outgoing) -> None:
+        if self._accept(out):
+            self._queue.put_nowait(out)
 
-    def drain(self) -> list[Event]:
+    def drain(self) -> list[Outgoing]:
         """Events already queued, without waiting (and without throttling)."""
         out = []
         while not self._queue.empty():
             out.append(self._queue.get_nowait())
         return out
 
-    def ready(self) -> list[Event]:
-        """Whatever can be sent now, without waiting."""
-        out = self.throttle.take_due()
-        while not self._queue.empty():
-            out.extend(self.throttle.offer(self._queue.get_nowait()))
-        return out
-
-    async def next(self, idle: float | None) -> list[Event] | None:
+    async def next(self, idle: float | None) -> list[Outgoing] | None:
         """The next events to send (all that are ready, so they go out in one write);
         ``None`` after ``idle`` seconds with nothing to send."""
         idle_deadline = None if idle is None else self._loop.time() + idle
         while True:
             if not self._queue.empty():
-                out: list[Event] = []
+                out: list[Outgoing] = []
                 while not self._queue.empty():
                     out.extend(self.throttle.offer(self._queue.get_nowait()))
                 if out:
@@ -176,11 +164,11 @@ class _RunState:
         self.leased = run.status is RunStatus.LEASED
         self.progress: Progress | None = run.progress
 
-    def saw(self, event: Event) -> None:
-        if event.type == "run:leased":
+    def saw(self, out: Outgoing) -> None:
+        if out.type == "run:leased":
             self.leased = True
-        elif isinstance(event, RunProgressEvent):
-            self.progress = event.progress
+        elif isinstance(out.event, RunProgressEvent):
+            self.progress = out.event.progress
 
     def changes(self, durably: Durably, current: Run | None) -> list[Event]:
         if current is None:
@@ -203,75 +191,50 @@ async def run_frames(
     queued = queue.drain()
     if run.is_terminal:
         # a live terminal event that raced the read is better than a synthesized one
-        ends = [e for e in queued if e.type in TERMINAL_TYPES]
+        ends = [o for o in queued if o.type in TERMINAL_TYPES]
         if ends:
-            first = queued.index(ends[0])
-            events = queued[: first + 1]
-            for event in events[:-1]:
-                queue.throttle.offer(event)
-            events = queue.throttle.offer(events[-1])
+            outs = queued[: queued.index(ends[0]) + 1]
+            for out in outs[:-1]:
+                queue.throttle.offer(out)  # only the latest progress, if any, goes out
+            outs = queue.throttle.offer(outs[-1])
         else:
-            events = replay(durably, run)
-        for event in events:
-            yield sse_frame(event_payload(event))
+            outs = [Outgoing(e) for e in replay(durably, run)]
+        yield b"".join([out.full for out in outs])
         return
     state = _RunState(run)
-    pending = [*replay(durably, run), *queued]
-    for event in pending:
-        for out in queue.throttle.offer(event):
+    chunk = []
+    for pending in [*(Outgoing(e) for e in replay(durably, run)), *queued]:
+        for out in queue.throttle.offer(pending):
             state.saw(out)
-            yield sse_frame(event_payload(out))
+            chunk.append(out.full)
             if out.type in TERMINAL_TYPES:
+                yield b"".join(chunk)
                 return
+    if chunk:
+        yield b"".join(chunk)
     while True:
         live = await queue.next(poll_interval)
         if live is None:  # silence: has the run moved on elsewhere?
             live = []
             for event in state.changes(durably, await durably.get_run(run.id)):
-                live.extend(queue.throttle.offer(event))
+                live.extend(queue.throttle.offer(Outgoing(event)))
         chunk = []
-        for event in live:
-            state.saw(event)
-            chunk.append(sse_frame(event_payload(event)))
-            if event.type in TERMINAL_TYPES:
-                chunk.extend(sse_frame(event_payload(held)) for held in queue.throttle.flush())
+        for out in live:
+            state.saw(out)
+            chunk.append(out.full)
+            if out.type in TERMINAL_TYPES:
+                chunk.extend(held.full for held in queue.throttle.flush())
                 yield b"".join(chunk)
                 return
         if chunk:
             yield b"".join(chunk)
 
 
-#: ``/runs/subscribe`` gathers what arrives this long after an event into one write:
-#: a run's burst of events costs each open list stream one send, not ten.
-RUNS_LINGER = 0.02
-
-
-async def runs_frames(queue: EventQueue) -> AsyncIterator[bytes]:
-    """``/runs/subscribe``: trimmed frames of matching runs; never ends by itself."""
+async def runs_frames(stream: RunsStream) -> AsyncIterator[bytes]:
+    """``/runs/subscribe``: the fan-out's batches of trimmed frames; never ends by itself."""
     while True:
-        events = await queue.next(None) or []
-        await asyncio.sleep(RUNS_LINGER)
-        events.extend(queue.ready())
-        yield b"".join([trimmed_frame(event) for event in events])
+        yield await stream.next()
 
 
-def runs_filter(
-    job_names: tuple[str, ...] | None, labels: dict[str, str] | None
-) -> Callable[[Event], bool]:
-    names = frozenset(job_names or ())
-
-    def accept(event: Event) -> bool:
-        if event.type not in RUNS_STREAM_TYPES:
-            return False
-        if names and getattr(event, "job_name", None) not in names:
-            return False
-        if labels:
-            have = getattr(event, "labels", None) or {}
-            return all(have.get(k) == v for k, v in labels.items())
-        return True
-
-    return accept
-
-
-def run_filter(event: Event) -> bool:
-    return event.type in RUN_STREAM_TYPES
+def run_filter(out: Outgoing) -> bool:
+    return out.type in RUN_STREAM_TYPES

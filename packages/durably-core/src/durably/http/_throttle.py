@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .. import Event
-from ._serialize import TERMINAL_TYPES
+from ._serialize import TERMINAL_TYPES, Outgoing
 
 
 class ProgressThrottle:
@@ -19,31 +18,29 @@ class ProgressThrottle:
         self.interval = interval
         self._now = now
         self._last_sent: dict[str, float] = {}
-        self._held: dict[str, tuple[float, Event]] = {}
+        self._held: dict[str, tuple[float, Outgoing]] = {}
 
-    def offer(self, event: Event) -> list[Event]:
+    def offer(self, out: Outgoing) -> list[Outgoing]:
         """Take one event; return what should be sent now, in order."""
-        run_id: str | None = getattr(event, "run_id", None)
+        run_id = out.run_id
         if self.interval <= 0 or run_id is None:
-            return [event]
-        out: list[Event] = []
-        if event.type in TERMINAL_TYPES:
-            self._last_sent.pop(run_id, None)
-            held = self._held.pop(run_id, None)
-            if held is not None:
-                out.append(held[1])
-        if event.type != "run:progress":
-            out.append(event)
-            return out
+            return [out]
+        kind = out.type
+        if kind != "run:progress":
+            if kind in TERMINAL_TYPES:
+                self._last_sent.pop(run_id, None)
+                held = self._held.pop(run_id, None)
+                if held is not None:
+                    return [held[1], out]
+            return [out]
         now = self._now()
         last = self._last_sent.get(run_id)
         if last is None or now - last >= self.interval:
             self._last_sent[run_id] = now
             self._held.pop(run_id, None)
-            out.append(event)
-        else:
-            self._held[run_id] = (last + self.interval, event)
-        return out
+            return [out]
+        self._held[run_id] = (last + self.interval, out)
+        return []
 
     def next_due(self) -> float | None:
         """When the earliest held event is due (loop time), if any."""
@@ -51,20 +48,35 @@ class ProgressThrottle:
             return None
         return min(due for due, _ in self._held.values())
 
-    def take_due(self) -> list[Event]:
+    def take_due(self) -> list[Outgoing]:
         """Held events whose time has come."""
+        if not self._held:
+            return []
         now = self._now()
         ready = [(due, run_id) for run_id, (due, _) in self._held.items() if due <= now]
-        out: list[Event] = []
+        out: list[Outgoing] = []
         for _, run_id in sorted(ready):
-            _, event = self._held.pop(run_id)
+            _, held = self._held.pop(run_id)
             self._last_sent[run_id] = now
-            out.append(event)
+            out.append(held)
         return out
 
-    def flush(self) -> list[Event]:
+    def prune(self) -> None:
+        """Forget send times older than the interval: they hold nothing back any
+        more, and a long-lived throttle would otherwise keep one per run it ever
+        saw (runs finished by another process never send their terminal event here)."""
+        now = self._now()
+        stale = [run_id for run_id, t in self._last_sent.items() if now - t >= self.interval]
+        for run_id in stale:
+            if run_id not in self._held:
+                del self._last_sent[run_id]
+
+    def __len__(self) -> int:
+        return len(self._last_sent)
+
+    def flush(self) -> list[Outgoing]:
         """Everything held (the stream is closing)."""
-        out = [event for _, event in sorted(self._held.values(), key=lambda x: x[0])]
+        out = [held for _, held in sorted(self._held.values(), key=lambda x: x[0])]
         self._held.clear()
         self._last_sent.clear()
         return out
