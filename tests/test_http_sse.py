@@ -114,6 +114,7 @@ async def test_subscribe__log_and_fail_frames(server: Server) -> None:
         (frame,) = await s.frames_until_close()
     check_frame(frame, "run:fail", run_id)
     assert "kaput" in frame["error"]
+    assert frame["failedStepName"] == ""  # as the reference's replay
     assert frame["sequence"] == 0
 
 

@@ -150,7 +150,9 @@ def replay(durably: Durably, run: Run) -> list[Event]:
     if run.status is RunStatus.COMPLETED:
         return [_synthetic(durably, RunCompleteEvent, run, output=run.output, duration=0)]
     if run.status is RunStatus.FAILED:
-        return [_synthetic(durably, RunFailEvent, run, error=run.error or "Unknown error")]
+        # the reference's replay does not know the failed step: it sends ""
+        error = run.error or "Unknown error"
+        return [_synthetic(durably, RunFailEvent, run, error=error, failed_step_name="")]
     if run.status is RunStatus.CANCELLED:
         return [_synthetic(durably, RunCancelEvent, run)]
     return []
