@@ -184,7 +184,7 @@ class SqliteExecutor:
 
     # -- connections --
 
-    def _connect(self, timeout: float) -> sqlite3.Connection:
+    def _connect(self, timeout: float, *, probe: bool = False) -> sqlite3.Connection:
         if self.memory:
             target, uri = ":memory:", False
         else:
@@ -199,8 +199,10 @@ class SqliteExecutor:
             uri=uri,
         )
         try:
-            if not self.memory:
-                # is it a database? (reads the header; a non-database fails here)
+            if probe:
+                # is it a database? (reads the header; a non-database fails here). On
+                # the connection that waits for locks: until the file is in WAL mode a
+                # read can meet another connection's write lock.
                 conn.execute("PRAGMA schema_version").fetchall()
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         except BaseException:
@@ -251,9 +253,13 @@ class SqliteExecutor:
             return self._connect(0.0), None
         if self.mode != "ro":
             self._check_writable()
-        slow = self._connect(self.busy_timeout)
+        slow = self._connect(self.busy_timeout, probe=True)
         try:
-            fast = self._connect(0.0)
+            # set up while waiting for locks (a statement loads the schema, and until the
+            # file is in WAL mode that can meet another connection's write lock); from
+            # then on it never waits: a busy answer sends the operation to the thread
+            fast = self._connect(self.busy_timeout)
+            fast.execute("PRAGMA busy_timeout = 0")
             if self._wal:
                 # Checkpoints (and their fsyncs) run on the worker thread instead; this
                 # one only bounds the WAL when writes never pause long enough for a
@@ -330,8 +336,13 @@ class SqliteExecutor:
             )
             fast = self._cur
             if fast is not None:
-                # a read makes this connection see the header's new journal mode now
-                fast.execute("PRAGMA schema_version").fetchall()
+                # a read makes this connection see the header's new journal mode now;
+                # if it is busy, its next statement sees it anyway
+                try:
+                    fast.execute("PRAGMA schema_version").fetchall()
+                except sqlite3.Error as exc:
+                    if not _is_busy(exc):
+                        raise
         except sqlite3.Error as exc:
             raise self._map(exc) from exc
         self._wal_pending = False
