@@ -51,12 +51,13 @@ async def drain(name: str) -> list[str]:
         await durably.process_until_idle()
     finally:
         await durably.close()
-    print(f"{name} (pid {os.getpid()}) executed {len(executed)} runs", flush=True)
     return executed
 
 
-def worker_process(name: str) -> list[str]:
-    return asyncio.run(drain(name))
+def worker_process(name: str) -> tuple[str, list[str]]:
+    executed = asyncio.run(drain(name))
+    # reported by the parent: lines printed by several processes at once can interleave
+    return f"{name} (pid {os.getpid()}) executed {len(executed)} runs", executed
 
 
 async def enqueue() -> list[str]:
@@ -92,7 +93,9 @@ def main() -> None:
     names = [f"worker-{n}" for n in range(1, WORKERS + 1)]
     with ProcessPoolExecutor(max_workers=WORKERS, mp_context=context) as pool:
         reports = list(pool.map(worker_process, names))
-    executed = [run_id for report in reports for run_id in report]
+    for line, _ in reports:
+        print(line)
+    executed = [run_id for _, report in reports for run_id in report]
     ok = asyncio.run(check(run_ids, executed))
     print("check: every run executed exactly once" if ok else "check: FAILED")
     raise SystemExit(0 if ok else 1)
