@@ -18,12 +18,12 @@ from __future__ import annotations
 import base64
 import functools
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from durably import ValidationError
 from durably.sql import Params, Row, Statement
+from durably.sql.executor import is_read_only as _is_read_only
 
 __all__ = [
     "HranaError",
@@ -169,13 +169,8 @@ def batch_request(statements: Sequence[Statement]) -> dict[str, Any]:
     return {"type": "batch", "batch": {"steps": steps}}
 
 
-_READ_ONLY = re.compile(r"\s*(SELECT|VALUES)\b", re.IGNORECASE)
-
-
-@functools.lru_cache(maxsize=512)
-def is_read_only(sql: str) -> bool:
-    """A statement that cannot change the database (so repeating it is harmless)."""
-    return _READ_ONLY.match(sql) is not None and "RETURNING" not in sql.upper()
+#: Called on every request: the SQL texts are the storage's few constants.
+is_read_only = functools.lru_cache(maxsize=512)(_is_read_only)
 
 
 def batch_error(result: Mapping[str, Any], count: int) -> HranaError | None:

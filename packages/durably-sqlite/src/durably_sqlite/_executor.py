@@ -66,6 +66,7 @@ from durably import (
     StorageReadOnlyError,
 )
 from durably.sql import Params, Row, Statement, constraint_violation, unstorable_text
+from durably.sql.executor import is_read_only
 
 __all__ = ["SqliteExecutor"]
 
@@ -110,11 +111,6 @@ def _is_busy(exc: sqlite3.Error) -> bool:
         return True
     text = str(exc)
     return "database is locked" in text or "database table is locked" in text
-
-
-def _reads_only(sql: str) -> bool:
-    head = sql.lstrip()[:6].upper()
-    return head == "SELECT" and "RETURNING" not in sql.upper()
 
 
 def _fetch(cur: sqlite3.Cursor, sql: str, params: Params) -> list[Row]:
@@ -351,7 +347,7 @@ class SqliteExecutor:
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         cur = self._cur or await self._open()
-        if self._wal_pending and not _reads_only(sql):
+        if self._wal_pending and not is_read_only(sql):
             await self._enable_wal()
         try:
             rows = cur.execute(sql, params).fetchall()
@@ -367,7 +363,7 @@ class SqliteExecutor:
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         cur = self._cur or await self._open()
-        if self._wal_pending and not _reads_only(sql):
+        if self._wal_pending and not is_read_only(sql):
             await self._enable_wal()
         try:
             count = cur.execute(sql, params).rowcount

@@ -35,6 +35,7 @@ __all__ = [
     "SqlValue",
     "Statement",
     "constraint_violation",
+    "is_read_only",
     "unstorable_text",
 ]
 
@@ -86,6 +87,15 @@ class ConstraintViolation(StorageError):
 _CONSTRAINT = re.compile(
     r"(UNIQUE|NOT NULL|CHECK|FOREIGN KEY|PRIMARY KEY) constraint failed:?\s*(.*)"
 )
+
+
+_READ_ONLY = re.compile(r"\s*(SELECT|VALUES)\b", re.IGNORECASE)
+
+
+def is_read_only(sql: str) -> bool:
+    """A statement that cannot change the database (so repeating it is harmless, and
+    it needs no write lock)."""
+    return _READ_ONLY.match(sql) is not None and "RETURNING" not in sql.upper()
 
 
 def unstorable_text(exc: UnicodeEncodeError) -> ValidationError:
