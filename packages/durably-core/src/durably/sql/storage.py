@@ -145,7 +145,16 @@ _ADVANCE = (
 _PROGRESS = f"UPDATE durably_runs SET progress = ?, updated_at = ? WHERE id = ? AND {_FENCE}"
 _CHANGES = "SELECT changes()"
 _HOLDS = f"SELECT 1 FROM durably_runs WHERE id = ? AND {_FENCE}"
-_LEASE_STATE = "SELECT status, lease_generation, lease_expires_at FROM durably_runs WHERE id = ?"
+# After a lost answer (durably/sql/_outcome.py): did the write land (the run is in
+# the state it set, under this generation), or does this generation still hold the
+# lease (send it again)? The fence is the same _FENCE as the writes'.
+_LANDED_IN_STATUS = (
+    f"SELECT status = ? AND lease_generation = ?, {_FENCE} FROM durably_runs WHERE id = ?"
+)
+_LANDED_RENEWAL = (
+    f"SELECT {_FENCE} AND lease_expires_at = ?, {_FENCE} AND lease_expires_at > ? "
+    "FROM durably_runs WHERE id = ?"
+)
 _STEP_EXISTS = "SELECT 1 FROM durably_steps WHERE id = ?"
 _LOG_EXISTS = "SELECT 1 FROM durably_logs WHERE id = ?"
 _RUNS_BY_ID = f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE id IN "
@@ -489,18 +498,24 @@ class SqlStorage:
                 found[run.id] = run
         return found
 
+    async def _landed(self, sql: str, params: Params) -> bool | None:
+        """After a lost answer, by ``sql`` (columns: did the write land; does the
+        writer still hold the lease): ``True`` if it landed, ``None`` if the lease is
+        still held (not landed: send again), ``False`` if the lease is gone."""
+        rows = await self.executor.fetch(sql, params)
+        if not rows:
+            return False
+        if rows[0][0]:
+            return True
+        return None if rows[0][1] else False
+
     async def _lease_state(
         self, run_id: str, generation: int, done: str | None = None
     ) -> bool | None:
-        """After a lost answer: ``True`` if the run is in status ``done`` under this
-        generation (the write landed), ``None`` if this generation still holds its
-        lease (not landed: send again), ``False`` if the lease is gone."""
-        rows = await self.executor.fetch(_LEASE_STATE, (run_id,))
-        if not rows or rows[0][1] != generation:
-            return False
-        if done is not None and rows[0][0] == done:
-            return True
-        return None if rows[0][0] == RunStatus.LEASED.value else False
+        """:meth:`_landed` for a write that sets status ``done`` (``None``: one that
+        sets no status, e.g. a step row or progress, is checked by the caller)."""
+        params = (done or "", generation, generation, run_id)
+        return await self._landed(_LANDED_IN_STATUS, params)
 
     # -- reading --
 
@@ -574,12 +589,8 @@ class SqlStorage:
             return await self.executor.execute(_RENEW, params) > 0
 
         async def landed() -> bool | None:
-            rows = await self.executor.fetch(_LEASE_STATE, (run_id,))
-            if not rows or tuple(rows[0][:2]) != (RunStatus.LEASED.value, generation):
-                return False
-            if rows[0][2] == expires_s:
-                return True
-            return None if rows[0][2] is not None and rows[0][2] > now_s else False
+            params = (generation, expires_s, generation, now_s, run_id)
+            return await self._landed(_LANDED_RENEWAL, params)
 
         return await resolved(write, landed)
 
