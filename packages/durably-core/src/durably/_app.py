@@ -41,6 +41,7 @@ from ._runtime import Execution
 from ._storage import Storage
 from ._timefmt import parse_duration
 from ._validate import (
+    adapter_for,
     check_text,
     describe_pydantic_error,
     positive_int,
@@ -79,12 +80,9 @@ class Durably:
         self._labels_adapter = None
         if labels_schema is not None:
             try:
-                self._labels_adapter = self._engine.codec.adapter(labels_schema)
-            except Exception as exc:  # pydantic raises several kinds (schema generation, …)
-                raise ValidationError(
-                    f"labels={labels_schema!r} cannot be validated by pydantic "
-                    f"({type(exc).__name__}: {exc}); pass a pydantic model of str fields"
-                ) from None
+                self._labels_adapter = adapter_for(labels_schema, f"labels={labels_schema!r}")
+            except ValidationError as exc:
+                raise ValidationError(f"{exc}; pass a pydantic model of str fields") from None
         self._worker = Worker(self._engine)
         self._owns_storage = owns_storage
         self._migrated = False
@@ -581,20 +579,16 @@ def build_filter(
         statuses = tuple(dict.fromkeys(resolved))
     names: tuple[str, ...] | None = None
     if job_name is not None:
-        if isinstance(job_name, str):
-            names = (job_name,)
-        elif isinstance(job_name, list | tuple | set | frozenset):
-            names = tuple(job_name)
-        else:
-            raise ValidationError(
-                f"Invalid job_name {job_name!r}: expected a job name or a list of job names"
-            )
-        for name in names:
+        given: tuple[Any, ...] = (
+            tuple(job_name) if isinstance(job_name, list | tuple | set | frozenset) else (job_name,)
+        )
+        for name in given:
             if not isinstance(name, str):
                 raise ValidationError(
                     f"Invalid job_name {name!r}: expected a job name or a list of job names"
                 )
             check_text("job_name", name)
+        names = given
     if labels is not None:
         labels = validate_labels(dict(labels), None, None)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):

@@ -7,10 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-import pydantic
-
 from ._errors import ValidationError
-from ._validate import check_text
+from ._validate import adapter_for, check_text
 
 if TYPE_CHECKING:
     from ._step import Step
@@ -57,12 +55,11 @@ def _check_schema(job: str, role: str, tp: Any) -> None:
     """Refuse, when the job is defined, a type pydantic cannot validate: found later,
     it would fail every trigger or every completion."""
     try:
-        pydantic.TypeAdapter(tp)
-    except Exception as exc:  # pydantic raises several kinds (schema generation, …)
+        adapter_for(tp, f"Job {job!r}: its {role} type {tp!r}")
+    except ValidationError as exc:
         raise ValidationError(
-            f"Job {job!r}: its {role} type {tp!r} cannot be validated by pydantic "
-            f"({type(exc).__name__}: {exc}). Use a pydantic model, a dataclass, a "
-            "typing_extensions.TypedDict or another type pydantic.TypeAdapter accepts."
+            f"{exc}. Use a pydantic model, a dataclass, a typing_extensions.TypedDict "
+            "or another type pydantic.TypeAdapter accepts."
         ) from None
 
 

@@ -25,6 +25,17 @@ def describe_pydantic_error(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
+def adapter_for(tp: Any, refused: str) -> pydantic.TypeAdapter[Any]:
+    """``pydantic.TypeAdapter(tp)``, or a ``ValidationError`` starting with ``refused``
+    when pydantic cannot build a schema for ``tp`` (it raises several kinds)."""
+    try:
+        return pydantic.TypeAdapter(tp)
+    except Exception as exc:
+        raise ValidationError(
+            f"{refused} cannot be validated by pydantic ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def check_text(what: str, value: str) -> str:
     """``value`` if it can be stored as text (UTF-8): a lone surrogate cannot."""
     try:
