@@ -22,43 +22,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from _bench import raw_us_per_insert
+
 from durably import NewRun, NewStep, StepStatus
-from durably.sql import SCHEMA_V1
 from durably_sqlite import open_sqlite
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def raw_round(path: Path, synchronous: str, n: int, steps_table: bool) -> float:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    if steps_table:
-        for ddl in SCHEMA_V1:
-            conn.execute(ddl)
-        sql = (
-            'INSERT INTO durably_steps (id, run_id, name, "index", status, output, error, '
-            "started_at, completed_at) VALUES (?, ?, ?, ?, 'completed', ?, NULL, ?, ?)"
-        )
-    else:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, run_id TEXT, name TEXT, "
-            "output TEXT, started_at TEXT)"
-        )
-        sql = "INSERT INTO t VALUES (?, ?, ?, ?, ?)"
-    ts = "2026-01-01T00:00:00.000Z"
-    tag = time.perf_counter_ns()
-    start = time.perf_counter()
-    for i in range(n):
-        conn.execute("BEGIN")
-        if steps_table:
-            conn.execute(sql, (f"{tag}-{i}", "run", f"s{tag}-{i}", i, '{"i":1}', ts, ts))
-        else:
-            conn.execute(sql, (f"{tag}-{i}", "run", f"s{i}", '{"i":1}', ts))
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - start
-    conn.close()
-    return elapsed / n * 1e6
 
 
 async def durably_round(path: Path, synchronous: str, n: int, round_no: int) -> float:
@@ -99,8 +68,8 @@ async def main(n: int) -> None:
             steps: list[float] = []
             ours: list[float] = []
             for r in range(3):  # interleaved, so load changes hit all three alike
-                bare.append(raw_round(Path(tmp) / "raw.db", synchronous, n, False))
-                steps.append(raw_round(Path(tmp) / "raw_steps.db", synchronous, n, True))
+                bare.append(raw_us_per_insert(Path(tmp) / "raw.db", synchronous, n, "bare"))
+                steps.append(raw_us_per_insert(Path(tmp) / "raw_steps.db", synchronous, n, "steps"))
                 ours.append(await durably_round(Path(tmp) / "durably.db", synchronous, n, r))
         b, s, d = (statistics.median(x) for x in (bare, steps, ours))
         print(
