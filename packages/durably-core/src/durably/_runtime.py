@@ -157,7 +157,7 @@ class Execution:
             labels=run.labels,
             step_name=step_name,
             level=level,
-            message=str(message),
+            message=message,
             data=None if data_json is None else self.codec.decode(data_json),
         )
         if persist:

@@ -145,9 +145,10 @@ _ADVANCE = (
 _PROGRESS = f"UPDATE durably_runs SET progress = ?, updated_at = ? WHERE id = ? AND {_FENCE}"
 _CHANGES = "SELECT changes()"
 _HOLDS = f"SELECT 1 FROM durably_runs WHERE id = ? AND {_FENCE}"
-# After a lost answer (durably/sql/_outcome.py): did the write land (the run is in
-# the state it set, under this generation), or does this generation still hold the
-# lease (send it again)? The fence is the same _FENCE as the writes'.
+# After a lost answer (durably/sql/_outcome.py), one read: did the write land (the
+# row it inserted exists, or the run is in the state it set under this generation),
+# and does this generation still hold the lease (then send it again)? The fence is
+# the writes' own _FENCE.
 _LANDED_IN_STATUS = (
     f"SELECT status = ? AND lease_generation = ?, {_FENCE} FROM durably_runs WHERE id = ?"
 )
@@ -155,8 +156,14 @@ _LANDED_RENEWAL = (
     f"SELECT {_FENCE} AND lease_expires_at = ?, {_FENCE} AND lease_expires_at > ? "
     "FROM durably_runs WHERE id = ?"
 )
-_STEP_EXISTS = "SELECT 1 FROM durably_steps WHERE id = ?"
-_LOG_EXISTS = "SELECT 1 FROM durably_logs WHERE id = ?"
+_LANDED_STEP = (
+    "SELECT EXISTS (SELECT 1 FROM durably_steps WHERE id = ?), "
+    f"{_FENCE} FROM durably_runs WHERE id = ?"
+)
+_LANDED_LOG = (
+    f"SELECT EXISTS (SELECT 1 FROM durably_logs WHERE id = ?), {_FENCE} FROM durably_runs "
+    "WHERE id = ?"
+)
 _RUNS_BY_ID = f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE id IN "
 _LOG_CHUNK = 100
 _COMPLETE = (
@@ -512,8 +519,8 @@ class SqlStorage:
     async def _lease_state(
         self, run_id: str, generation: int, done: str | None = None
     ) -> bool | None:
-        """:meth:`_landed` for a write that sets status ``done`` (``None``: one that
-        sets no status, e.g. a step row or progress, is checked by the caller)."""
+        """:meth:`_landed` for a write that sets status ``done`` (``None``: a write
+        that sets none, e.g. progress, never shows as landed: sent again while held)."""
         params = (done or "", generation, generation, run_id)
         return await self._landed(_LANDED_IN_STATUS, params)
 
@@ -604,9 +611,7 @@ class SqlStorage:
         self, run_id: str, generation: int, step: NewStep, now: datetime
     ) -> bool:
         async def landed() -> bool | None:
-            if await self.executor.fetch(_STEP_EXISTS, (step.id,)):
-                return True
-            return await self._lease_state(run_id, generation)
+            return await self._landed(_LANDED_STEP, (step.id, generation, run_id))
 
         return await resolved(lambda: self._persist_step(run_id, generation, step, now), landed)
 
@@ -666,9 +671,9 @@ class SqlStorage:
         self, run_id: str, generation: int, logs: Sequence[NewLog], now: datetime
     ) -> bool:
         async def landed() -> bool | None:
-            if logs and await self.executor.fetch(_LOG_EXISTS, (logs[0].id,)):
-                return True
-            return await self._lease_state(run_id, generation)
+            if not logs:
+                return await self._lease_state(run_id, generation)
+            return await self._landed(_LANDED_LOG, (logs[0].id, generation, run_id))
 
         return await resolved(lambda: self._append_logs(run_id, generation, logs), landed)
 
