@@ -21,6 +21,7 @@ from .. import (
     JobHandle,
     NotFoundError,
     Run,
+    RunStatus,
     ValidationError,
 )
 from ._auth import Auth, RunOperation, RunsFilter, RunsSubscribeFilter, TriggerRequest, call
@@ -31,7 +32,8 @@ from ._sse import EventQueue, SSEResponse, replay, run_filter, run_frames, runs_
 
 logger = logging.getLogger("durably.http")
 
-VALID_STATUSES = ("pending", "leased", "completed", "failed", "cancelled")
+#: The statuses the protocol accepts (the reference refuses the "running" alias here).
+VALID_STATUSES = tuple(s.value for s in RunStatus)
 _STATUS_LIST = ", ".join(VALID_STATUSES)
 _LEADING_INT = re.compile(r"\s*([+-]?\d+)")
 
