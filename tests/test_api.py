@@ -1,5 +1,5 @@
 """The public surface: ``__all__``, the documented quick example, the error tree,
-``create_durably`` options and backend selection (SEMANTICS.md, ARCHITECTURE.md)."""
+``create_durably`` options and backend selection (docs/semantics.md, docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_errors__wait_timeout_is_a_timeout_error() -> None:
     assert issubclass(durably.ValidationError, ValueError)
 
 
-# -- the quick example of SEMANTICS.md, as written (with memory://) --
+# -- the quick example of docs/semantics.md, as written (with memory://) --
 
 
 class ImportIn(pydantic.BaseModel):

@@ -1,4 +1,4 @@
-"""Events: the 15 types, their payloads, ordering, listeners (SEMANTICS.md, "Events")."""
+"""Events: the 15 types, their payloads, ordering, listeners (docs/semantics.md, "Events")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""define_job forms and job registration (SEMANTICS.md, "Public API")."""
+"""define_job forms and job registration (docs/semantics.md, "Public API")."""
 
 from __future__ import annotations
 

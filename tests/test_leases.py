@@ -1,4 +1,4 @@
-"""Leases, renewal, fencing, crash recovery and concurrency keys (SEMANTICS.md,
+"""Leases, renewal, fencing, crash recovery and concurrency keys (docs/semantics.md,
 "Claiming and leases"). Deterministic: time only moves through the ManualClock."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Run queries and control: get_runs, get_steps, cancel, retry, retrigger, delete,
-purge, retention, output validation, unknown jobs (SEMANTICS.md, "Runs",
+purge, retention, output validation, unknown jobs (docs/semantics.md, "Runs",
 "Run completion", "Control")."""
 
 from __future__ import annotations

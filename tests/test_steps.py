@@ -1,5 +1,5 @@
 """Steps: checkpoints, replay, typed results, failures, progress and logs
-(SEMANTICS.md, "Steps")."""
+(docs/semantics.md, "Steps")."""
 
 from __future__ import annotations
 

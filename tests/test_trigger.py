@@ -1,5 +1,5 @@
 """Triggering runs: validation, idempotency, concurrency keys, coalescing, labels,
-batch triggers (SEMANTICS.md, "Runs")."""
+batch triggers (docs/semantics.md, "Runs")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The background worker, waiting for runs and subscribing to them (SEMANTICS.md,
+"""The background worker, waiting for runs and subscribing to them (docs/semantics.md,
 "Public API", "Control", "Bad input and faults")."""
 
 from __future__ import annotations

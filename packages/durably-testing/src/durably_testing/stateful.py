@@ -82,7 +82,7 @@ LABEL_SETS: tuple[dict[str, str], ...] = ({}, {"team": "a"}, {"team": "b", "env"
 
 
 # --------------------------------------------------------------------------
-# The model: the lifecycle rules written fresh from SEMANTICS.md / SCHEMA.md
+# The model: the lifecycle rules written fresh from docs/semantics.md / docs/schema.md
 # --------------------------------------------------------------------------
 
 PENDING, LEASED, COMPLETED, FAILED, CANCELLED = (

@@ -2,7 +2,7 @@
 
 Each operation is ONE statement or ONE atomic batch (see :mod:`durably.sql.executor`),
 so the same code runs on a local file and over remote libSQL, where a call is one
-request. The guarantees live in the statements themselves (SCHEMA.md):
+request. The guarantees live in the statements themselves (docs/schema.md):
 
 - the claim is a single ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING``;
 - every fenced write carries ``status = 'leased' AND lease_generation = ?``; an
