@@ -65,11 +65,11 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def is_terminal(self) -> bool:
-        return self.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self.status in _lifecycle.TERMINAL_STATUSES
 
     @property
     def is_active(self) -> bool:
-        return self.status in (RunStatus.PENDING, RunStatus.LEASED)
+        return self.status in _lifecycle.ACTIVE_STATUSES
 
 
 class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -152,3 +152,9 @@ class RunFilter(msgspec.Struct, frozen=True, kw_only=True):
     labels: dict[str, str] | None = None
     limit: int | None = None
     offset: int = 0
+
+
+# The status sets live with the other run-status rules in durably.lifecycle, which
+# imports this module: imported last (RunStatus is defined by then) and read at call
+# time, so either module may be imported first.
+from . import lifecycle as _lifecycle  # noqa: E402

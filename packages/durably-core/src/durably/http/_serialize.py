@@ -18,9 +18,6 @@ import pydantic
 from .. import Event, Progress, Run, StepRecord
 from .._events import EVENT_CLASSES
 
-#: Events that end a run's stream.
-TERMINAL_TYPES = frozenset({"run:complete", "run:fail", "run:cancel", "run:delete"})
-
 
 def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, pydantic.BaseModel):

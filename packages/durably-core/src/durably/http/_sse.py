@@ -32,8 +32,9 @@ from .. import (
     RunProgressEvent,
     RunStatus,
 )
+from .._events import TERMINAL_EVENT_TYPES
 from ._fanout import RunsStream
-from ._serialize import TERMINAL_TYPES, Outgoing
+from ._serialize import Outgoing
 from ._throttle import ProgressThrottle
 
 #: What a run's stream forwards (the reference's list).
@@ -193,7 +194,7 @@ async def run_frames(
     queued = queue.drain()
     if run.is_terminal:
         # a live terminal event that raced the read is better than a synthesized one
-        ends = [o for o in queued if o.type in TERMINAL_TYPES]
+        ends = [o for o in queued if o.type in TERMINAL_EVENT_TYPES]
         if ends:
             outs = queued[: queued.index(ends[0]) + 1]
             for out in outs[:-1]:
@@ -209,7 +210,7 @@ async def run_frames(
         for out in queue.throttle.offer(pending):
             state.saw(out)
             chunk.append(out.full)
-            if out.type in TERMINAL_TYPES:
+            if out.type in TERMINAL_EVENT_TYPES:
                 yield b"".join(chunk)
                 return
     if chunk:
@@ -224,7 +225,7 @@ async def run_frames(
         for out in live:
             state.saw(out)
             chunk.append(out.full)
-            if out.type in TERMINAL_TYPES:
+            if out.type in TERMINAL_EVENT_TYPES:
                 chunk.extend(held.full for held in queue.throttle.flush())
                 yield b"".join(chunk)
                 return

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._serialize import TERMINAL_TYPES, Outgoing
+from .._events import TERMINAL_EVENT_TYPES
+from ._serialize import Outgoing
 
 
 class ProgressThrottle:
@@ -27,7 +28,7 @@ class ProgressThrottle:
             return [out]
         kind = out.type
         if kind != "run:progress":
-            if kind in TERMINAL_TYPES:
+            if kind in TERMINAL_EVENT_TYPES:
                 self._last_sent.pop(run_id, None)
                 held = self._held.pop(run_id, None)
                 if held is not None:

@@ -39,6 +39,7 @@ from .._records import (
     StepStatus,
 )
 from .._timefmt import format_ts, parse_ts
+from ..lifecycle import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, TERMINAL_STATUSES
 from ._outcome import resolved
 from .executor import (
     ConstraintViolation,
@@ -61,7 +62,13 @@ RUN_COLUMNS = (
 STEP_COLUMNS = 'id, run_id, name, "index", status, output, error, started_at, completed_at'
 LOG_COLUMNS = "id, run_id, step_name, level, message, data, created_at"
 
-_TERMINAL = "('completed', 'failed', 'cancelled')"
+
+def _status_list(statuses: frozenset[RunStatus]) -> str:
+    """``('a', 'b')`` of a set of :mod:`durably.lifecycle`, in declaration order."""
+    return "(" + ", ".join(f"'{s.value}'" for s in RunStatus if s in statuses) + ")"
+
+
+_TERMINAL = _status_list(TERMINAL_STATUSES)
 _FENCE = "status = 'leased' AND lease_generation = ?"
 _HELD = f"EXISTS (SELECT 1 FROM durably_runs WHERE id = ? AND {_FENCE})"
 
@@ -183,13 +190,13 @@ _DELETE_LOGS_IF_HELD = f"DELETE FROM durably_logs WHERE run_id = ? AND {_HELD}"
 
 _CANCEL = (
     "UPDATE durably_runs SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, "
-    "completed_at = ?, updated_at = ? WHERE id = ? AND status IN ('pending', 'leased') "
-    f"RETURNING {RUN_COLUMNS}"
+    "completed_at = ?, updated_at = ? "
+    f"WHERE id = ? AND status IN {_status_list(CANCELLABLE_STATUSES)} RETURNING {RUN_COLUMNS}"
 )
 _RETRY = (
     "UPDATE durably_runs SET status = 'pending', output = NULL, error = NULL, "
     "lease_owner = NULL, lease_expires_at = NULL, completed_at = NULL, updated_at = ? "
-    f"WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING {RUN_COLUMNS}"
+    f"WHERE id = ? AND status IN {_status_list(RETRYABLE_STATUSES)} RETURNING {RUN_COLUMNS}"
 )
 _IS_TERMINAL = f"EXISTS (SELECT 1 FROM durably_runs WHERE id = ? AND status IN {_TERMINAL})"
 _DELETE_RUN: tuple[str, ...] = (
