@@ -178,3 +178,12 @@ async def test_concurrency__each_run_claimed_once(db: Path) -> None:
     finally:
         for s in storages:
             await s.close()
+
+
+def test_progress_json__http_sends_the_stored_shape() -> None:
+    # one rule for numbers: integral values as integers while exact, as JSON.stringify
+    from durably.http._serialize import encode, progress
+
+    for p in (Progress(2.0, 10.0), Progress(1.5, 3, "m"), Progress(2.0**53, 1e300)):
+        assert encode(progress(p)).decode() == progress_json(p)
+    assert progress_json(Progress(2.0**53, 1e300)) == '{"current":9007199254740992.0,"total":1e300}'

@@ -40,6 +40,24 @@ class Progress(msgspec.Struct, frozen=True):
     message: str | None = None
 
 
+def progress_data(progress: Progress) -> dict[str, Any]:
+    """``{current, total?, message?}`` as the TypeScript library stores and sends it:
+    unset keys left out, integral numbers as integers (``JSON.stringify`` writes ``2``
+    for ``2.0``) while they are exact (below 2**53)."""
+    data: dict[str, Any] = {"current": _js_number(progress.current)}
+    if progress.total is not None:
+        data["total"] = _js_number(progress.total)
+    if progress.message is not None:
+        data["message"] = progress.message
+    return data
+
+
+def _js_number(value: float) -> float | int:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
 class Run(msgspec.Struct, frozen=True, kw_only=True):
     """One run of a job, as stored."""
 

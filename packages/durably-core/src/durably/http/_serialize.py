@@ -17,6 +17,7 @@ import pydantic
 
 from .. import Event, Progress, Run, StepRecord
 from .._events import EVENT_CLASSES
+from .._records import progress_data
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -53,20 +54,9 @@ def camel(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
-def _number(x: float) -> float | int:
-    return int(x) if isinstance(x, float) and x.is_integer() else x
-
-
 def progress(p: Progress | None) -> dict[str, Any] | None:
     """``{current, total?, message?}``: unset keys are left out, as the reference stores it."""
-    if p is None:
-        return None
-    out: dict[str, Any] = {"current": _number(p.current)}
-    if p.total is not None:
-        out["total"] = _number(p.total)
-    if p.message is not None:
-        out["message"] = p.message
-    return out
+    return None if p is None else progress_data(p)
 
 
 def client_run(run: Run) -> dict[str, Any]:

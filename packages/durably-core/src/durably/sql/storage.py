@@ -37,6 +37,7 @@ from .._records import (
     RunStatus,
     StepRecord,
     StepStatus,
+    progress_data,
 )
 from .._timefmt import format_ts, parse_ts
 from ..lifecycle import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, TERMINAL_STATUSES
@@ -317,13 +318,6 @@ def _log(row: Row) -> LogRecord:
     )
 
 
-def _number(value: float) -> float | int:
-    """Integral floats as integers, as JavaScript's ``JSON.stringify`` writes them."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    return value
-
-
 def _json_text(value: Any) -> str:
     """Compact JSON of a value holding user text (labels, progress): text that is not
     valid Unicode is a ValidationError, as every executor reports it for parameters."""
@@ -336,12 +330,7 @@ def _json_text(value: Any) -> str:
 def progress_json(progress: Progress) -> str:
     """The reference's progress JSON: ``{"current":n,"total":n,"message":s}``, unset
     ``total``/``message`` keys omitted."""
-    data: dict[str, Any] = {"current": _number(progress.current)}
-    if progress.total is not None:
-        data["total"] = _number(progress.total)
-    if progress.message is not None:
-        data["message"] = progress.message
-    return _json_text(data)
+    return _json_text(progress_data(progress))
 
 
 def _in_list(count: int) -> str:
