@@ -233,3 +233,85 @@ async def reach(durably: Any, run_id: str, *statuses: str, progressed: bool = Fa
                     await asyncio.wait_for(changed.wait(), 0.02)
     finally:
         unsubscribe()
+
+
+class ASGIResult:
+    """What an ASGI app answered: status, headers, and the body it sent (for a
+    stream: whatever it sent before the client went away)."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.body = b""
+        self.complete = False
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def asgi_request(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    query: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    body: list[bytes] | None = None,
+    hang_up: bool = False,
+) -> ASGIResult:
+    """One request straight into the ASGI app, with no HTTP client or server in
+    between to refuse or tidy anything. The body is sent in the given chunks. A
+    stream is read until the response starts and then the client disconnects
+    (the stream must end when told so). ``hang_up``: the client disconnects after
+    the chunks instead of ending the body."""
+    chunks = list(body or [b""])
+    result = ASGIResult()
+    started = asyncio.Event()
+    gone = asyncio.Event()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8", "surrogateescape"),
+        "root_path": "",
+        "query_string": query,
+        "headers": headers or [],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": hang_up or bool(chunks)}
+        if not hang_up:
+            await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            result.status = message["status"]
+            result.headers = {
+                k.decode("latin-1"): v.decode("latin-1") for k, v in message["headers"]
+            }
+            started.set()
+        elif message["type"] == "http.response.body":
+            result.body += message.get("body", b"")
+            result.complete = not message.get("more_body", False)
+
+    task = asyncio.create_task(app(scope, receive, send))
+    waiter = asyncio.create_task(started.wait())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            gone.set()  # a stream ends when its client goes; a response is sent anyway
+            await task
+    finally:
+        waiter.cancel()
+        task.cancel()
+    task.result()
+    return result

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,6 +25,16 @@ from .. import (
 from ._auth import Auth, RunOperation, RunsFilter, RunsSubscribeFilter, TriggerRequest, call
 from ._fanout import RunsStream
 from ._hub import EventHub
+from ._request import (
+    DEFAULT_MAX_BODY_SIZE,
+    RequestError,
+    decode_json,
+    label_filters,
+    parse_int,
+    read_body,
+    trigger_request,
+    values,
+)
 from ._serialize import client_run, client_step, encode, event_payload, sse_frame
 from ._sse import EventQueue, SSEResponse, replay, run_filter, run_frames, runs_frames
 
@@ -35,7 +43,6 @@ logger = logging.getLogger("durably.http")
 #: The statuses the protocol accepts (the reference refuses the "running" alias here).
 VALID_STATUSES = tuple(s.value for s in RunStatus)
 _STATUS_LIST = ", ".join(VALID_STATUSES)
-_LEADING_INT = re.compile(r"\s*([+-]?\d+)")
 
 
 class _JSON(JSONResponse):
@@ -51,13 +58,6 @@ def error_response(message: str, status: int) -> Response:
     return json_response({"error": message}, status)
 
 
-class _Reject(Exception):
-    """Internal: ends a route early with this response."""
-
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
 def _status_of(exc: DurablyError) -> int | None:
     if isinstance(exc, ValidationError):
         return 400
@@ -68,22 +68,6 @@ def _status_of(exc: DurablyError) -> int | None:
     return None
 
 
-def _parse_int(raw: str | None, what: str) -> int | None:
-    """``Number.parseInt`` leniency (``"10abc"`` is 10), as the reference parses."""
-    if not raw:
-        return None
-    m = _LEADING_INT.match(raw)
-    value = int(m.group(1)) if m else -1
-    if value < 0:
-        raise _Reject(error_response(f"Invalid {what}: must be a non-negative integer", 400))
-    return value
-
-
-def _labels(request: Request) -> dict[str, str] | None:
-    labels = {k[6:]: v for k, v in request.query_params.multi_items() if k.startswith("label.")}
-    return labels or None
-
-
 class _Handler:
     def __init__(
         self,
@@ -92,8 +76,10 @@ class _Handler:
         sse_throttle: float,
         sse_poll_interval: float | None,
         on_request: Callable[[], Awaitable[None] | None] | None,
+        max_body_size: int,
     ) -> None:
         self.durably = durably
+        self.max_body_size = max_body_size
         self.auth = auth
         self.throttle = sse_throttle
         self.poll_interval = sse_poll_interval
@@ -122,8 +108,9 @@ class _Handler:
             if route is None:
                 return PlainTextResponse("Not Found", status_code=404)
             return await route(request, ctx)
-        except _Reject as exc:
-            return exc.response
+        except RequestError as exc:
+            headers = {"Connection": "close"} if exc.status == 413 else None
+            return _JSON({"error": exc.message}, status_code=exc.status, headers=headers)
         except HTTPException as exc:
             return _JSON({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         except DurablyError as exc:
@@ -147,10 +134,10 @@ class _Handler:
     async def _run_access(self, request: Request, ctx: Any, operation: RunOperation) -> Run:
         run_id = request.query_params.get("runId")
         if not run_id:
-            raise _Reject(error_response("runId query parameter is required", 400))
+            raise RequestError("runId query parameter is required")
         run = await self.durably.get_run(run_id)
         if run is None:
-            raise _Reject(error_response("Run not found", 404))
+            raise RequestError("Run not found", 404)
         if self.auth is not None and self.auth.on_run_access is not None:
             await call(self.auth.on_run_access, ctx, run, operation)
         return run
@@ -158,24 +145,10 @@ class _Handler:
     # -- routes --
 
     async def trigger(self, request: Request, ctx: Any) -> Response:
-        try:
-            body = msgspec.json.decode(await request.body())
-        except msgspec.DecodeError:
-            return error_response("Invalid JSON body", 400)
-        if not isinstance(body, dict) or not body.get("jobName"):
-            return error_response("jobName is required", 400)
-        name = body["jobName"]
-        handle = self._job(name) if isinstance(name, str) else None
+        req = trigger_request(decode_json(await read_body(request, self.max_body_size)))
+        handle = self._job(req.job_name)
         if handle is None:
-            return error_response(f"Job not found: {name}", 404)
-        req = TriggerRequest(
-            job_name=name,
-            input=body.get("input"),
-            idempotency_key=body.get("idempotencyKey"),
-            concurrency_key=body.get("concurrencyKey"),
-            labels=body.get("labels"),
-            coalesce=body.get("coalesce"),
-        )
+            return error_response(f"Job not found: {req.job_name}", 404)
         if self.auth is not None and self.auth.on_trigger is not None:
             replaced = await call(self.auth.on_trigger, ctx, req)
             if isinstance(replaced, TriggerRequest):
@@ -195,7 +168,7 @@ class _Handler:
 
     async def runs(self, request: Request, ctx: Any) -> Response:
         params = request.query_params
-        statuses = params.getlist("status")
+        statuses = values(params, "status") or ()
         for s in statuses:
             if s == "":
                 return error_response(
@@ -204,11 +177,11 @@ class _Handler:
             if s not in VALID_STATUSES:
                 return error_response(f"Invalid status: {s}. Must be one of: {_STATUS_LIST}", 400)
         query = RunsFilter(
-            job_name=tuple(params.getlist("jobName")) or None,
-            status=tuple(statuses) or None,
-            labels=_labels(request),
-            limit=_parse_int(params.get("limit"), "limit"),
-            offset=_parse_int(params.get("offset"), "offset"),
+            job_name=values(params, "jobName"),
+            status=statuses or None,
+            labels=label_filters(params),
+            limit=parse_int(params.get("limit"), "limit"),
+            offset=parse_int(params.get("offset"), "offset"),
         )
         if self.auth is not None and self.auth.scope_runs is not None:
             query = await call(self.auth.scope_runs, ctx, query)
@@ -270,8 +243,8 @@ class _Handler:
 
     async def runs_subscribe(self, request: Request, ctx: Any) -> Response:
         query = RunsSubscribeFilter(
-            job_name=tuple(request.query_params.getlist("jobName")) or None,
-            labels=_labels(request),
+            job_name=values(request.query_params, "jobName"),
+            labels=label_filters(request.query_params),
         )
         if self.auth is not None:
             if self.auth.scope_runs_subscribe is not None:
@@ -295,6 +268,7 @@ def create_handler(
     sse_throttle: float = 0.1,
     sse_poll_interval: float | None = 1.0,
     on_request: Callable[[], Awaitable[None] | None] | None = None,
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
 ) -> Starlette:
     """An ASGI app serving durably's HTTP/SSE protocol (that of the TypeScript
     ``createDurablyHandler``), for ``@coji/durably-react``'s hooks.
@@ -305,7 +279,9 @@ def create_handler(
     many seconds without events, to follow runs executed by other processes
     (``None`` = never). ``on_request``: called before each request, after
     ``authenticate``. The worker is not started here: run ``durably.init()`` /
-    ``stop()`` in the application's lifespan.
+    ``stop()`` in the application's lifespan. ``max_body_size``: the largest request
+    body, in bytes (default 1 MiB); a larger one is refused with 413 before it is
+    read whole.
     """
     if auth is not None and not isinstance(auth, Auth):
         raise ValidationError(
@@ -322,7 +298,9 @@ def create_handler(
             "sse_poll_interval must be a number of seconds > 0 (or None), "
             f"got {sse_poll_interval!r}"
         )
-    handler = _Handler(durably, auth, sse_throttle, sse_poll_interval, on_request)
+    if not isinstance(max_body_size, int) or isinstance(max_body_size, bool) or max_body_size <= 0:
+        raise ValidationError(f"max_body_size must be a number of bytes > 0, got {max_body_size!r}")
+    handler = _Handler(durably, auth, sse_throttle, sse_poll_interval, on_request, max_body_size)
     methods = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"]
     app = Starlette(routes=[Route("/{path:path}", handler.dispatch, methods=methods)])
     app.state.durably_hub = handler.hub
