@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -13,8 +14,10 @@ from typing import Any
 import httpx
 import uvicorn
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
-from durably import Step, define_job
+from durably import NotFoundError, Step, define_job
+from durably.http import Auth, RunsFilter, RunsSubscribeFilter, TriggerRequest
 
 #: Safety net for waits on conditions (never a sleep to let something happen).
 TIMEOUT = 10.0
@@ -157,8 +160,11 @@ class SSEReader:
 
 
 @contextlib.asynccontextmanager
-async def sse(client: httpx.AsyncClient, url: str) -> AsyncIterator[SSEReader]:
-    async with client.stream("GET", url, headers={"Accept": "text/event-stream"}) as response:
+async def sse(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[SSEReader]:
+    headers = {"Accept": "text/event-stream", **(headers or {})}
+    async with client.stream("GET", url, headers=headers) as response:
         assert response.status_code == 200, response.status_code
         assert response.headers["content-type"].startswith("text/event-stream")
         yield SSEReader(response)
@@ -315,3 +321,39 @@ async def asgi_request(
         task.cancel()
     task.result()
     return result
+
+
+def tenant_auth(*, scope_keys: bool = True) -> Auth:
+    """The multi-tenant recipe of docs/http-protocol.md: the tenant comes from the
+    ``x-tenant`` header; its runs carry a ``tenant`` label that it cannot choose,
+    it sees and lists only those, and its keys live in its own namespace."""
+
+    def authenticate(request: Any) -> str:
+        tenant = request.headers.get("x-tenant")
+        if not tenant:
+            raise HTTPException(401, "Unauthorized")
+        return str(tenant)
+
+    def on_trigger(tenant: str, trigger: TriggerRequest) -> TriggerRequest:
+        assert isinstance(trigger.job_name, str)  # the handler checked the types
+        assert trigger.labels is None or all(isinstance(v, str) for v in trigger.labels.values())
+        return dataclasses.replace(trigger, labels={**(trigger.labels or {}), "tenant": tenant})
+
+    def on_run_access(tenant: str, run: Any, operation: str) -> None:
+        if run.labels.get("tenant") != tenant:
+            raise NotFoundError("Run not found")
+
+    def scope_runs(tenant: str, query: RunsFilter) -> RunsFilter:
+        return dataclasses.replace(query, labels={**(query.labels or {}), "tenant": tenant})
+
+    def scope_runs_subscribe(tenant: str, query: RunsSubscribeFilter) -> RunsSubscribeFilter:
+        return dataclasses.replace(query, labels={**(query.labels or {}), "tenant": tenant})
+
+    return Auth(
+        authenticate=authenticate,
+        on_trigger=on_trigger,
+        on_run_access=on_run_access,
+        scope_runs=scope_runs,
+        scope_runs_subscribe=scope_runs_subscribe,
+        scope_keys=(lambda tenant: str(tenant)) if scope_keys else None,
+    )

@@ -18,13 +18,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from http_support import JOBS, ASGIResult, asgi_request
+from http_support import JOBS, ASGIResult, asgi_request, tenant_auth
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.exceptions import HTTPException
 
-from durably import Durably, NotFoundError, create_durably
-from durably.http import Auth, RunsFilter, TriggerRequest, create_handler
+from durably import Durably, create_durably
+from durably.http import Auth, create_handler
 
 ROUTES = [
     ("POST", "/trigger"),
@@ -50,49 +49,6 @@ class Target:
     durably: Durably
     app: Any
     run_ids: list[str] = field(default_factory=list)
-
-
-def tenant_auth() -> Auth:
-    """The multi-tenant recipe: a tenant per ``x-tenant`` header, its runs labelled."""
-
-    def authenticate(request: Any) -> str:
-        tenant = request.headers.get("x-tenant")
-        if not tenant:
-            raise HTTPException(401, "Unauthorized")
-        return str(tenant)
-
-    def on_trigger(tenant: str, trigger: TriggerRequest) -> TriggerRequest:
-        assert isinstance(trigger.job_name, str)  # the handler checked the types
-        assert trigger.labels is None or all(isinstance(v, str) for v in trigger.labels.values())
-        labels = {**(trigger.labels or {}), "tenant": tenant}
-        return TriggerRequest(
-            job_name=trigger.job_name,
-            input=trigger.input,
-            idempotency_key=trigger.idempotency_key,
-            concurrency_key=trigger.concurrency_key,
-            labels=labels,
-            coalesce=trigger.coalesce,
-        )
-
-    def on_run_access(tenant: str, run: Any, operation: str) -> None:
-        if run.labels.get("tenant") != tenant:
-            raise NotFoundError("Run not found")
-
-    def scope_runs(tenant: str, query: RunsFilter) -> RunsFilter:
-        return RunsFilter(
-            job_name=query.job_name,
-            status=query.status,
-            labels={**(query.labels or {}), "tenant": tenant},
-            limit=query.limit,
-            offset=query.offset,
-        )
-
-    return Auth(
-        authenticate=authenticate,
-        on_trigger=on_trigger,
-        on_run_access=on_run_access,
-        scope_runs=scope_runs,
-    )
 
 
 async def _seed(d: Durably) -> list[str]:

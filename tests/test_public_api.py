@@ -79,6 +79,7 @@ PUBLIC = {
         "RunsSubscribeFilter",
         "TriggerRequest",
         "create_handler",
+        "scoped_key",
     ],
     "durably.plugins": [
         "BackendRegistry",

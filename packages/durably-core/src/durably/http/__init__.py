@@ -8,7 +8,14 @@ Needs the ``http`` extra: ``pip install "durably-core[http]"``.
     app.mount("/api/durably", create_handler(durably))
 """
 
-from ._auth import Auth, RunOperation, RunsFilter, RunsSubscribeFilter, TriggerRequest
+from ._auth import (
+    Auth,
+    RunOperation,
+    RunsFilter,
+    RunsSubscribeFilter,
+    TriggerRequest,
+    scoped_key,
+)
 from ._routes import create_handler
 
 __all__ = [
@@ -18,4 +25,5 @@ __all__ = [
     "RunsSubscribeFilter",
     "TriggerRequest",
     "create_handler",
+    "scoped_key",
 ]

@@ -2,9 +2,9 @@
 
 ``authenticate(request)`` runs first for every request (unknown routes too) and
 returns a context object; the route then checks its parameters; then, depending
-on the route, ``on_trigger(ctx, trigger)``, ``on_run_access(ctx, run,
-operation)`` or ``scope_runs(ctx, filter)`` / ``scope_runs_subscribe(ctx,
-filter)``. Hooks may be sync or async. To reject a request, raise
+on the route, ``on_trigger(ctx, trigger)`` and ``scope_keys(ctx)``,
+``on_run_access(ctx, run, operation)`` or ``scope_runs(ctx, filter)`` /
+``scope_runs_subscribe(ctx, filter)``. Hooks may be sync or async. To reject a request, raise
 ``starlette.exceptions.HTTPException(status_code, detail)`` (the response is
 ``{"error": detail}`` with that status and the exception's headers) or one of
 durably's ``NotFoundError`` (404), ``ValidationError`` (400), ``ConflictError``
@@ -70,6 +70,12 @@ class Auth:
     - ``scope_runs(ctx, filter) -> filter``: narrows ``GET /runs``.
     - ``scope_runs_subscribe(ctx, filter) -> filter``: narrows ``GET /runs/subscribe``;
       without it ``scope_runs`` is used (its ``job_name`` and ``labels``).
+    - ``scope_keys(ctx) -> str | None``: the namespace of this caller's idempotency
+      and concurrency keys (e.g. the tenant id). Keys are global per job, so without
+      it a tenant reusing another's key gets the other's run back, a 409 names the
+      other's pending run, and ``coalesce="skip"`` joins the other's run. With it,
+      ``POST /trigger`` stores ``scoped_key(namespace, key)`` for each key of the
+      final request (after ``on_trigger``); ``None`` leaves this caller's keys as sent.
     """
 
     authenticate: Callable[[Request], MaybeAwaitable[Any]]
@@ -79,10 +85,24 @@ class Auth:
     scope_runs_subscribe: (
         Callable[[Any, RunsSubscribeFilter], MaybeAwaitable[RunsSubscribeFilter]] | None
     ) = None
+    scope_keys: Callable[[Any], MaybeAwaitable[str | None]] | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.authenticate):
             raise TypeError("Auth(authenticate=...) must be a callable taking the request")
+
+
+def scoped_key(namespace: str, key: str) -> str:
+    """The key ``POST /trigger`` stores for ``key`` sent by a caller whose
+    ``Auth.scope_keys`` is ``namespace``: ``"<len(namespace)>:<namespace>:<key>"``.
+    The length prefix makes it one-to-one, whatever characters either holds, so no
+    key of one namespace equals a key of another. Server code that triggers for a
+    tenant uses it to share keys with that tenant's HTTP triggers."""
+    if not isinstance(namespace, str) or not isinstance(key, str):
+        raise TypeError(
+            f"scoped_key takes two strings, got {type(namespace).__name__} and {type(key).__name__}"
+        )
+    return f"{len(namespace)}:{namespace}:{key}"
 
 
 async def call(fn: Callable[..., MaybeAwaitable[T]], *args: Any) -> T:

@@ -22,7 +22,15 @@ from .. import (
     RunStatus,
     ValidationError,
 )
-from ._auth import Auth, RunOperation, RunsFilter, RunsSubscribeFilter, TriggerRequest, call
+from ._auth import (
+    Auth,
+    RunOperation,
+    RunsFilter,
+    RunsSubscribeFilter,
+    TriggerRequest,
+    call,
+    scoped_key,
+)
 from ._fanout import RunsStream
 from ._hub import EventHub
 from ._request import (
@@ -157,14 +165,42 @@ class _Handler:
                     if handle is None:
                         return error_response(f"Job not found: {replaced.job_name}", 404)
                 req = replaced
-        result = await handle.trigger(
-            req.input,
-            idempotency_key=req.idempotency_key,
-            concurrency_key=req.concurrency_key,
-            labels=req.labels,
-            coalesce=req.coalesce,
-        )
+        keys = await self._scoped_keys(ctx, req)
+        try:
+            result = await handle.trigger(
+                req.input,
+                idempotency_key=keys[0],
+                concurrency_key=keys[1],
+                labels=req.labels,
+                coalesce=req.coalesce,
+            )
+        except ConflictError as exc:
+            if keys[1] == req.concurrency_key:
+                raise
+            # the message names the stored key; the caller knows the one it sent
+            message = str(exc).replace(repr(keys[1]), repr(req.concurrency_key))
+            raise ConflictError(message, run_id=exc.run_id, status=exc.status) from None
         return json_response({"runId": result.id, "disposition": result.disposition})
+
+    async def _scoped_keys(self, ctx: Any, req: TriggerRequest) -> tuple[Any, Any]:
+        """The request's idempotency and concurrency keys in the caller's namespace
+        (``Auth.scope_keys``), or as sent."""
+        keys = (req.idempotency_key, req.concurrency_key)
+        if self.auth is None or self.auth.scope_keys is None or keys == (None, None):
+            return keys
+        namespace = await call(self.auth.scope_keys, ctx)
+        if namespace is None:
+            return keys
+        if not isinstance(namespace, str):
+            raise TypeError(
+                f"Auth.scope_keys must return a string or None, got {type(namespace).__name__}"
+            )
+
+        def scope(key: Any) -> Any:
+            # a key of another type is left for trigger() to refuse with its own message
+            return scoped_key(namespace, key) if isinstance(key, str) else key
+
+        return scope(keys[0]), scope(keys[1])
 
     async def runs(self, request: Request, ctx: Any) -> Response:
         params = request.query_params
