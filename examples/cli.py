@@ -1,11 +1,12 @@
-"""A command-line tool with a live progress bar fed by ``run:progress`` events.
+"""A command-line tool with a live progress bar fed by the run's progress.
 
     uv run python examples/cli.py process data.csv
 
 The job reports progress with ``step.progress(current, total, message)``;
-``trigger_and_wait(on_progress=...)`` hands each of those events to a rich
-progress bar. Interrupt it and run the same command again: the file's run is
-found by its idempotency key and continues after the last finished batch.
+``trigger_and_wait(on_progress=...)`` hands each report (a ``Progress``: ``current``,
+``total``, ``message``) to a rich progress bar. Interrupt it and run the same
+command again: the file's run is found by its idempotency key and continues after
+the last finished batch.
 
 Rich draws the live bar only on a terminal; piped, it prints the final state.
 """
@@ -22,7 +23,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from durably import RunProgressEvent, Step, create_durably, define_job
+from durably import Progress as RunProgress
+from durably import Step, create_durably, define_job
 
 BATCH_SIZE = 10
 # Pretend each batch takes a while, so there is something to watch.
@@ -72,8 +74,7 @@ async def process(path: Path, version: int, console: Console) -> None:
         with Progress(*columns, console=console) as bar:
             task = bar.add_task(path.name, total=None, message="waiting for a worker")
 
-            def on_progress(event: RunProgressEvent) -> None:
-                p = event.progress
+            def on_progress(p: RunProgress) -> None:
                 bar.update(task, completed=p.current, total=p.total, message=p.message or "")
 
             result = await durably.jobs.process_file.trigger_and_wait(

@@ -47,7 +47,7 @@ class Out(pydantic.BaseModel):
 
 async def double(step: Step, payload: In) -> Out:
     value = await step.run("double", lambda: payload.n * 2)
-    step.progress(1, 1, "doubled")
+    step.progress(1, 1, f"doubled {payload.n}")
     step.log.info("doubled", value=value)
     return Out(doubled=value)
 
@@ -274,7 +274,8 @@ async def test_trigger_and_wait__on_progress_and_on_log_for_this_run(make_durabl
         {"n": 1}, on_progress=progress.append, on_log=logs.append
     )
     assert await d.wait_for_run(other.id)
-    assert [(e.run_id, e.progress) for e in progress] == [(result.id, Progress(1, 1, "doubled"))]
+    # the progress data, as the reference's onProgress(event.progress)
+    assert progress == [Progress(1, 1, "doubled 1")]  # not the other run's "doubled 100"
     assert [(e.run_id, e.message, e.data) for e in logs] == [(result.id, "doubled", {"value": 2})]
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import NotFoundError, ValidationError
-from ._events import LogWriteEvent, RunProgressEvent
+from ._events import LogWriteEvent
 from ._job import JobDefinition
-from ._records import Disposition, Run, RunStatus
+from ._records import Disposition, Progress, Run, RunStatus
 
 if TYPE_CHECKING:
     from ._app import Durably
@@ -93,7 +93,7 @@ class JobHandle(Generic[I, O]):
         input: I | Any,
         *,
         timeout: float | None = None,
-        on_progress: Callable[[RunProgressEvent], Any] | None = None,
+        on_progress: Callable[[Progress], Any] | None = None,
         on_log: Callable[[LogWriteEvent], Any] | None = None,
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
@@ -101,6 +101,12 @@ class JobHandle(Generic[I, O]):
         coalesce: str | None = None,
     ) -> RunResult[O]:
         """Trigger and wait for the run to finish; returns the typed output.
+
+        ``on_progress`` is called with each ``step.progress()`` of this run as a
+        :class:`Progress` (``current``, ``total``, ``message``), as the TypeScript
+        library's ``onProgress``; the whole ``run:progress`` event is
+        ``durably.on("run:progress", ...)``. ``on_log`` gets this run's ``log:write``
+        events.
 
         Raises ``RunFailedError``, ``RunCancelledError``, ``NotFoundError`` (deleted)
         or ``WaitTimeoutError`` (the run keeps going).
@@ -119,7 +125,9 @@ class JobHandle(Generic[I, O]):
 
         try:
             if on_progress is not None:
-                unsubscribes.append(d.on("run:progress", only_this_run(on_progress)))
+                report = on_progress  # the progress data, as the reference's onProgress
+                progress_of = only_this_run(lambda event: report(event.progress))
+                unsubscribes.append(d.on("run:progress", progress_of))
             if on_log is not None:
                 unsubscribes.append(d.on("log:write", only_this_run(on_log)))
             result = await self.trigger(
