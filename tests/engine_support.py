@@ -8,9 +8,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-#: Real-time safety bound for ``eventually``: a backend doing I/O in threads needs
-#: the loop to spin a little longer than ``settle()``; a hang fails instead of blocking.
-EVENTUALLY_LIMIT = 10.0
+#: Real-time safety bound for ``eventually``: a backend doing I/O in threads needs the
+#: loop to spin a little longer than ``settle()``; a hang fails instead of blocking.
+#: Generous, because the machine may be loaded.
+EVENTUALLY_LIMIT = 60.0
 
 
 async def eventually(

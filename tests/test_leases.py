@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,14 +18,6 @@ from durably_testing.clock import ManualClock
 
 LEASE = 30.0
 RENEW = 5.0
-
-
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect after each test, so an abandoned task's "exception was never
-    retrieved" is logged while its test runs, not at a random later point."""
-    yield
-    gc.collect()
 
 
 class ThreeSteps:

@@ -35,7 +35,8 @@ STEPS = ("a", "b", "c")
 JOBS = ("mp-0", "mp-1", "mp-2", "mp-3")
 KEYS = ("k0", "k1", "k2")
 
-pytestmark = pytest.mark.slow
+# each phase may wait up to 240 s for its workers on a loaded machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 async def _noop(step: Any, payload: Any) -> None:  # the trigger side never executes runs

@@ -11,9 +11,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -313,58 +313,80 @@ async def test_error__bad_sql_and_constraints_are_storage_errors(tmp_path: Path)
 
 
 class LockHolder:
-    """Another connection (as another process would) holding the write lock."""
+    """Another connection (as another process would) holding the write lock until
+    ``release()`` or the end of the ``with`` block (or, with ``hold``, that many
+    seconds)."""
 
-    def __init__(self, path: Path, hold: float) -> None:
+    def __init__(self, path: Path, hold: float | None = None) -> None:
         self.path, self.hold = path, hold
         self.locked = threading.Event()
+        self.released = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute("BEGIN IMMEDIATE")
         self.locked.set()
-        time.sleep(self.hold)
+        self.released.wait(self.hold)
         conn.execute("COMMIT")
         conn.close()
 
+    def release(self) -> None:
+        self.released.set()
+
     def __enter__(self) -> LockHolder:
         self.thread.start()
-        assert self.locked.wait(5)
+        assert self.locked.wait(30)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
         self.thread.join()
 
 
-async def ticker(stop: asyncio.Event, gaps: list[float]) -> None:
-    last = time.perf_counter()
-    while not stop.is_set():
-        await asyncio.sleep(0.005)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
+class Ticker:
+    """Counts turns of a task that sleeps 5 ms at a time: it advances only while
+    nothing blocks the event loop."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.005)
+            self.ticks += 1
+
+    async def ticks_while(self, pending: asyncio.Future[Any], ticks: int) -> None:
+        """Wait for ``ticks`` more turns, failing if ``pending`` finishes first."""
+        target = self.ticks + ticks
+        while self.ticks < target:
+            assert not pending.done(), "finished while the lock was held"
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 async def test_busy__write_waits_off_the_loop_and_succeeds(tmp_path: Path) -> None:
     path = tmp_path / "d.db"
-    storage = open_sqlite(f"sqlite:///{path}", busy_timeout=5)
+    storage = open_sqlite(f"sqlite:///{path}", busy_timeout=60)
     await storage.migrate()
-    stop, gaps = asyncio.Event(), []
-    tick = asyncio.create_task(ticker(stop, gaps))
+    ticker = Ticker()
     try:
-        with LockHolder(path, hold=0.6):
-            started = time.perf_counter()
-            result = await storage.enqueue(new_run(1))
-            waited = time.perf_counter() - started
+        with LockHolder(path) as holder:
+            write = asyncio.ensure_future(storage.enqueue(new_run(1)))
+            # the loop keeps turning while the write waits for the lock (a write waiting
+            # on the loop's thread would stop the ticker until it gave up)
+            await ticker.ticks_while(write, 20)
+            holder.release()
+            result = await write
         assert result.disposition == "created"
-        assert waited >= 0.3
     finally:
-        stop.set()
-        await tick
+        await ticker.stop()
         await storage.close()
-    assert len(gaps) >= 40  # the loop kept ticking every ~5 ms during the wait
-    assert max(gaps) < 0.2
 
 
 async def test_busy__reads_and_batches_fall_back_too(tmp_path: Path) -> None:
@@ -392,21 +414,22 @@ async def test_busy__gives_up_after_busy_timeout(tmp_path: Path) -> None:
     path = tmp_path / "d.db"
     storage = open_sqlite(f"sqlite:///{path}", busy_timeout=0.2)
     await storage.migrate()
-    stop, gaps = asyncio.Event(), []
-    tick = asyncio.create_task(ticker(stop, gaps))
+    ticker = Ticker()
+    loop = asyncio.get_running_loop()
     try:
-        with LockHolder(path, hold=1.0):
-            started = time.perf_counter()
+        with LockHolder(path):  # held until the end of the block
+            started, before = loop.time(), ticker.ticks
             with pytest.raises(StorageBusyError, match="busy timeout") as info:
                 await storage.enqueue(new_run(1))
-            assert 0.15 <= time.perf_counter() - started < 0.9
+            # it waited its busy timeout (never less), off the loop, and gave up while
+            # the lock was still held
+            assert loop.time() - started >= 0.2
+            assert ticker.ticks > before
             assert isinstance(info.value.__cause__, sqlite3.OperationalError)
-            assert max(gaps) < 0.2  # (leaving the block joins the holder thread)
         assert await storage.get_run(new_run(1).id) is None
         assert (await storage.enqueue(new_run(1))).disposition == "created"  # lock gone
     finally:
-        stop.set()
-        await tick
+        await ticker.stop()
         await storage.close()
 
 
@@ -436,21 +459,36 @@ async def test_wal__checkpointed_in_the_background_and_bounded(tmp_path: Path) -
     path = tmp_path / "d.db"
     ex = SqliteExecutor(path)
     wal = path.with_name("d.db-wal")
+    insert = [("INSERT INTO t (pad) VALUES (?)", ("x" * 2000,))]
     try:
         await ex.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)")
         # the loop's own automatic checkpoint is only a far safety net
         assert await ex.fetch("PRAGMA wal_autocheckpoint") == [(4000,)]
-        sizes = []
-        for i in range(1, 1601):  # with pauses, background checkpoints keep up
-            await ex.batch([("INSERT INTO t (pad) VALUES (?)", ("x" * 2000,))])
+        sizes, checkpoints = [], 0
+        for i in range(1, 1601):
+            await ex.batch(insert)
+            running = ex._checkpointing
+            if running is not None and not running.done():
+                await running  # the background checkpoint this write started
+                checkpoints += 1
             if i % 100 == 0:
-                await asyncio.sleep(0.02)
                 sizes.append(wal.stat().st_size)
-        # ~3 MB written per 400 inserts; the WAL restarts instead of growing to ~13 MB
+        # one per 400 changed rows; each lets the next write restart the WAL, so it
+        # stays at ~3 MB (400 inserts) instead of growing to ~13 MB
+        assert checkpoints == 4
         assert max(sizes) < 5_000_000
-        for _ in range(12_000):  # no pauses at all: the safety net bounds the WAL
-            await ex.batch([("INSERT INTO t (pad) VALUES (?)", ("x" * 2000,))])
-        assert wal.stat().st_size < 40_000_000  # unbounded it would be > 48 MB
+        # when background checkpoints cannot run (their thread is busy), the loop's
+        # own automatic checkpoint at 4000 pages still bounds the WAL
+        pool = ex._pool
+        assert pool is not None
+        unblock = threading.Event()
+        pool.submit(unblock.wait)
+        try:
+            for _ in range(12_000):
+                await ex.batch(insert)
+            assert wal.stat().st_size < 40_000_000  # unbounded it would be > 48 MB
+        finally:
+            unblock.set()
         assert await ex.fetch("SELECT COUNT(*) FROM t") == [(13_600,)]
     finally:
         await ex.close()
