@@ -252,20 +252,12 @@ class Durably:
         bus = self._engine.bus
         run = result.run
         if result.disposition == "created":
-            bus.emit(
-                RunTriggerEvent,
-                run_id=run.id,
-                job_name=run.job_name,
-                labels=run.labels,
-                input=run.input,
-            )
+            bus.emit_run(RunTriggerEvent, run, input=run.input)
             self._worker.notify()
         elif result.disposition == "coalesced":
-            bus.emit(
+            bus.emit_run(
                 RunCoalescedEvent,
-                run_id=run.id,
-                job_name=run.job_name,
-                labels=run.labels,
+                run,
                 skipped_input=self._engine.codec.decode(new.input_json),
                 skipped_labels=new.labels,
             )
@@ -360,7 +352,7 @@ class Durably:
         execution = engine.active.get(run_id)
         if execution is not None:
             execution.request_stop("cancelled")
-        engine.bus.emit(RunCancelEvent, run_id=run.id, job_name=run.job_name, labels=run.labels)
+        engine.bus.emit_run(RunCancelEvent, run)
         return run
 
     async def retry(self, run_id: str) -> Run:
@@ -412,9 +404,7 @@ class Durably:
                 run_id=run_id,
                 status=current.status.value,
             )
-        self._engine.bus.emit(
-            RunDeleteEvent, run_id=run.id, job_name=run.job_name, labels=run.labels
-        )
+        self._engine.bus.emit_run(RunDeleteEvent, run)
         return run
 
     async def purge_runs(

@@ -15,12 +15,15 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import msgspec
 
 from ._clock import Clock
 from ._records import LogLevel, Progress
+
+if TYPE_CHECKING:
+    from ._records import Run
 
 logger = logging.getLogger("durably")
 
@@ -207,13 +210,35 @@ class EventBus:
         return bool(self._listeners.get(event_type)) or bool(self._listeners.get(ANY))
 
     def emit(self, cls: type[Event], **fields: Any) -> None:
-        tag = cls.__struct_config__.tag
-        assert isinstance(tag, str)
-        targets = [*self._listeners.get(tag, ()), *self._listeners.get(ANY, ())]
+        targets = self._targets(cls)
         if not targets:
             next(self._sequence)
             return
         event = cls(timestamp=self._clock.now(), sequence=next(self._sequence), **fields)
+        self._deliver(event, targets)
+
+    def emit_run(self, cls: type[RunEvent], run: Run, **fields: Any) -> None:
+        """``emit`` of an event about ``run``: its id, job name and labels filled in."""
+        targets = self._targets(cls)
+        if not targets:
+            next(self._sequence)
+            return
+        event = cls(
+            timestamp=self._clock.now(),
+            sequence=next(self._sequence),
+            run_id=run.id,
+            job_name=run.job_name,
+            labels=run.labels,
+            **fields,
+        )
+        self._deliver(event, targets)
+
+    def _targets(self, cls: type[Event]) -> list[Listener]:
+        tag = cls.__struct_config__.tag
+        assert isinstance(tag, str)
+        return [*self._listeners.get(tag, ()), *self._listeners.get(ANY, ())]
+
+    def _deliver(self, event: Event, targets: list[Listener]) -> None:
         for listener in targets:
             try:
                 result = listener(event)
