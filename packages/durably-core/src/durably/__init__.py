@@ -43,7 +43,7 @@ from ._events import (
     StepStartEvent,
     WorkerErrorEvent,
 )
-from ._handle import JobHandle, Jobs, RunResult, TriggerResult
+from ._handle import JobHandle, Jobs, RunResult
 from ._job import JobDefinition, define_job
 from ._records import (
     Disposition,
@@ -62,6 +62,7 @@ from ._records import (
 )
 from ._step import Step, StepLog
 from ._storage import Storage
+from ._trigger import TriggerResult
 
 __all__ = [
     "Clock",

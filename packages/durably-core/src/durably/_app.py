@@ -9,9 +9,6 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-import pydantic
-from pydantic_core import PydanticSerializationError
-
 from ._clock import Clock, SystemClock
 from ._engine import Engine, Settings
 from ._errors import (
@@ -30,24 +27,19 @@ from ._events import (
     EventBus,
     Listener,
     RunCancelEvent,
-    RunCoalescedEvent,
     RunDeleteEvent,
-    RunTriggerEvent,
 )
-from ._handle import JobHandle, Jobs, TriggerResult, check_job_key
+from ._handle import JobHandle, Jobs, check_job_key
 from ._job import JobDefinition
-from ._records import LogRecord, NewRun, Run, RunFilter, RunStatus, StepRecord
+from ._records import LogRecord, Run, RunFilter, RunStatus, StepRecord
 from ._runtime import Execution
 from ._storage import Storage
 from ._timefmt import parse_duration
+from ._trigger import Triggers
 from ._validate import (
-    adapter_for,
     check_text,
-    describe_pydantic_error,
     positive_int,
     positive_number,
-    validate_coalesce,
-    validate_key,
     validate_labels,
 )
 from ._worker import Worker, claim
@@ -77,13 +69,10 @@ class Durably:
             bus=EventBus(clock, on_listener_error),
             settings=settings,
         )
-        self._labels_adapter = None
-        if labels_schema is not None:
-            try:
-                self._labels_adapter = adapter_for(labels_schema, f"labels={labels_schema!r}")
-            except ValidationError as exc:
-                raise ValidationError(f"{exc}; pass a pydantic model of str fields") from None
         self._worker = Worker(self._engine)
+        self._triggers = Triggers(
+            self._engine, labels_schema, ready=self._ready, wake=self._worker.notify
+        )
         self._owns_storage = owns_storage
         self._migrated = False
         self._migrate_lock = asyncio.Lock()
@@ -189,115 +178,10 @@ class Durably:
                 handles[key] = self.jobs[key]
                 continue
             registry[definition.name] = definition
-            handle: JobHandle[Any, Any] = JobHandle(self, key, definition)
+            handle: JobHandle[Any, Any] = JobHandle(self, self._triggers, key, definition)
             self.jobs._add(key, handle)
             handles[key] = handle
         return handles
-
-    # -- triggering (used by handles) --
-
-    def _new_run(
-        self,
-        definition: JobDefinition[Any, Any],
-        input: Any,
-        options: Mapping[str, Any],
-        where: str = "",
-    ) -> tuple[NewRun, bool]:
-        engine = self._engine
-        allowed = {"idempotency_key", "concurrency_key", "labels", "coalesce"}
-        unknown = set(options) - allowed
-        if unknown:
-            raise ValidationError(
-                f"{where}Unknown trigger option(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
-            )
-        try:
-            if definition.input is None:
-                input_json = engine.codec.encode(input)
-            else:
-                adapter = engine.codec.adapter(definition.input)
-                input_json = adapter.dump_json(adapter.validate_python(input)).decode()
-        except pydantic.ValidationError as exc:
-            raise ValidationError(
-                f"{where}Invalid input for job {definition.name!r}: {describe_pydantic_error(exc)}"
-            ) from None
-        except (TypeError, PydanticSerializationError) as exc:
-            raise ValidationError(
-                f"{where}Invalid input for job {definition.name!r}: not JSON-serializable ({exc})"
-            ) from None
-        except Exception as exc:  # a user validator raising something else
-            raise ValidationError(
-                f"{where}Invalid input for job {definition.name!r}: validation raised "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        try:
-            idem = validate_key("idempotency_key", options.get("idempotency_key"))
-            conc = validate_key("concurrency_key", options.get("concurrency_key"))
-            coalesce = validate_coalesce(options.get("coalesce"), conc)
-            labels = validate_labels(options.get("labels"), None, self._labels_adapter)
-        except ValidationError as exc:
-            raise ValidationError(f"{where}{exc}") from None
-        now = engine.now()
-        run = NewRun(
-            id=engine.new_id(now),
-            job_name=definition.name,
-            input_json=input_json,
-            idempotency_key=idem,
-            concurrency_key=conc,
-            labels=labels,
-            created_at=now,
-        )
-        return run, coalesce
-
-    def _announce(self, new: NewRun, result: TriggerResult) -> None:
-        bus = self._engine.bus
-        run = result.run
-        if result.disposition == "created":
-            bus.emit_run(RunTriggerEvent, run, input=run.input)
-            self._worker.notify()
-        elif result.disposition == "coalesced":
-            bus.emit_run(
-                RunCoalescedEvent,
-                run,
-                skipped_input=self._engine.codec.decode(new.input_json),
-                skipped_labels=new.labels,
-            )
-
-    async def _trigger(
-        self, definition: JobDefinition[Any, Any], input: Any, **options: Any
-    ) -> TriggerResult:
-        options = {k: v for k, v in options.items() if v is not None}
-        new, coalesce = self._new_run(definition, input, options)
-        await self._ready()
-        enq = await self._engine.storage.enqueue(new, coalesce=coalesce)
-        result = TriggerResult(enq.run, enq.disposition)
-        self._announce(new, result)
-        return result
-
-    async def _batch_trigger(
-        self, definition: JobDefinition[Any, Any], items: Sequence[Any]
-    ) -> list[TriggerResult]:
-        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
-            raise ValidationError("batch_trigger() takes a list of inputs or (input, options)")
-        prepared: list[tuple[NewRun, bool]] = []
-        for i, item in enumerate(items):
-            if isinstance(item, tuple):
-                if len(item) != 2 or not isinstance(item[1], Mapping):
-                    raise ValidationError(
-                        f"Item {i}: expected an input or (input, options_dict), got {item!r}"
-                    )
-                input, options = item
-            else:
-                input, options = item, {}
-            options = {k: v for k, v in options.items() if v is not None}
-            prepared.append(self._new_run(definition, input, options, where=f"Item {i}: "))
-        if not prepared:
-            return []
-        await self._ready()
-        results = await self._engine.storage.enqueue_many(prepared)
-        out = [TriggerResult(r.run, r.disposition) for r in results]
-        for (new, _), result in zip(prepared, out, strict=True):
-            self._announce(new, result)
-        return out
 
     # -- queries --
 
@@ -389,7 +273,7 @@ class Durably:
         options: dict[str, Any] = {"labels": old.labels}
         if old.concurrency_key is not None:
             options["concurrency_key"] = old.concurrency_key
-        result = await self._trigger(definition, old.input, **options)
+        result = await self._triggers.trigger(definition, old.input, **options)
         return result.run
 
     async def delete_run(self, run_id: str) -> Run:

@@ -9,29 +9,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ._errors import NotFoundError, ValidationError
 from ._events import LogWriteEvent
 from ._job import JobDefinition
-from ._records import Disposition, Progress, Run, RunStatus
+from ._records import Disposition, Progress, Run
+from ._trigger import TriggerResult, Triggers
 
 if TYPE_CHECKING:
     from ._app import Durably
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
-
-
-@dataclass(frozen=True)
-class TriggerResult:
-    """The run that now stands for a trigger, and how it came to be."""
-
-    run: Run
-    disposition: Disposition
-
-    @property
-    def id(self) -> str:
-        return self.run.id
-
-    @property
-    def status(self) -> RunStatus:
-        return self.run.status
 
 
 @dataclass(frozen=True)
@@ -47,8 +32,11 @@ class RunResult(Generic[O]):
 class JobHandle(Generic[I, O]):
     """A registered job bound to one ``Durably``."""
 
-    def __init__(self, durably: Durably, key: str, definition: JobDefinition[I, O]) -> None:
+    def __init__(
+        self, durably: Durably, triggers: Triggers, key: str, definition: JobDefinition[I, O]
+    ) -> None:
         self._durably = durably
+        self._triggers = triggers
         self.key = key
         self.definition = definition
 
@@ -69,7 +57,7 @@ class JobHandle(Generic[I, O]):
         coalesce: str | None = None,
     ) -> TriggerResult:
         """Enqueue a run. Invalid input raises ``ValidationError`` and writes nothing."""
-        return await self._durably._trigger(
+        return await self._triggers.trigger(
             self.definition,
             input,
             idempotency_key=idempotency_key,
@@ -86,7 +74,7 @@ class JobHandle(Generic[I, O]):
 
         An item is an input, or ``(input, {"idempotency_key": ..., "labels": ...})``.
         """
-        return await self._durably._batch_trigger(self.definition, items)
+        return await self._triggers.batch(self.definition, items)
 
     async def trigger_and_wait(
         self,
@@ -154,7 +142,7 @@ class JobHandle(Generic[I, O]):
         tp = self.definition.output
         if tp is None:
             return output  # type: ignore[no-any-return]
-        return self._durably._engine.codec.to_typed(tp, output)  # type: ignore[no-any-return]
+        return self._triggers.codec.to_typed(tp, output)  # type: ignore[no-any-return]
 
     async def get_run(self, run_id: str) -> Run | None:
         """The run, if it exists and belongs to this job."""

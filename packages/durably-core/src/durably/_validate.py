@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
+from pydantic_core import PydanticSerializationError
 
 from ._errors import ValidationError
+
+if TYPE_CHECKING:
+    from .codec import Codec
 
 LABEL_KEY = re.compile(r"^[a-zA-Z0-9\-_./]+$")
 
@@ -34,6 +38,23 @@ def adapter_for(tp: Any, refused: str) -> pydantic.TypeAdapter[Any]:
         raise ValidationError(
             f"{refused} cannot be validated by pydantic ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def encode_validated(codec: Codec, tp: Any, value: Any) -> str:
+    """``value`` validated as ``tp`` (a job's input or output type; ``None``: any JSON
+    value) and encoded. A ``ValidationError`` says why, for the caller to prefix
+    with what the value was."""
+    try:
+        if tp is None:
+            return codec.encode(value)
+        adapter = codec.adapter(tp)
+        return adapter.dump_json(adapter.validate_python(value)).decode()
+    except pydantic.ValidationError as exc:
+        raise ValidationError(describe_pydantic_error(exc)) from None
+    except (TypeError, PydanticSerializationError) as exc:
+        raise ValidationError(f"not JSON-serializable ({exc})") from None
+    except Exception as exc:  # a user validator raising something else: same outcome
+        raise ValidationError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def check_text(what: str, value: str) -> str:
