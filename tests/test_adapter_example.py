@@ -6,7 +6,7 @@ suite's fencing cases."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from durably import Step, Storage, create_durably, define_job
 from durably.plugins import BackendRegistry
-from durably_testing.conformance import Reopen, StorageConformance
+from durably_testing.conformance import StorageConformance
 from durably_testing.fault_suite import FaultInjectionSuite, OpenStorage
 from durably_testing.stateful import StorageStateMachine
 
@@ -28,34 +28,10 @@ class TestExampleAdapterFile(StorageConformance):
     def storage_url(self, tmp_path: Path) -> str:
         return f"sqlite3sync:///{tmp_path / 'example.db'}"
 
-    @pytest.fixture
-    async def storage(self, storage_url: str) -> AsyncIterator[Storage]:
-        s = BackendRegistry().open(storage_url)
-        await s.migrate()
-        yield s
-        await s.close()
-
-    @pytest.fixture
-    def reopen(self, storage_url: str) -> Reopen:
-        async def reopen(old: Storage) -> Storage:
-            await old.close()
-            fresh = BackendRegistry().open(storage_url)
-            await fresh.migrate()
-            return fresh
-
-        return reopen
-
 
 class TestExampleAdapterMemory(StorageConformance):
     url = "sqlite3sync:///:memory:"
     entry_point_name = "sqlite3sync"
-
-    @pytest.fixture
-    async def storage(self) -> AsyncIterator[Storage]:
-        s = BackendRegistry().open("sqlite3sync:///:memory:")
-        await s.migrate()
-        yield s
-        await s.close()
 
 
 class TestExampleAdapterFaults(FaultInjectionSuite):

@@ -1,33 +1,37 @@
 """The conformance suite every :class:`durably.Storage` adapter runs.
 
 Subclass :class:`StorageConformance` in a module pytest collects, name the
-subclass ``Test…``, and provide one async fixture ``storage`` that yields an
-opened, migrated storage (pytest-asyncio in auto mode)::
+subclass ``Test…``, and say where your backend's database is, as a URL the
+installed plugin opens (pytest-asyncio in auto mode)::
 
     import pytest
     from durably_testing.conformance import StorageConformance
-    from my_backend import MyStorage
 
     class TestMyStorage(StorageConformance):
-        url = "mine://"                 # optional: check discovery by URL
+        supports_reopen = True          # data survives close() and a new open
         entry_point_name = "mine"       # optional: the entry point in group "durably"
 
         @pytest.fixture
-        async def storage(self):
-            s = MyStorage(...)
-            await s.migrate()
-            yield s
-            await s.close()
+        def storage_url(self, tmp_path):
+            return f"mine:///{tmp_path / 'test.db'}"
+
+A fixed URL can be the class attribute ``url`` instead (``url = "mine:///:memory:"``).
+From that one URL the suite builds its fixtures: ``storage`` opens the URL through
+``durably.plugins.BackendRegistry``, migrates it and closes it after the test (a
+fresh database per test: use a new file, or an in-process database); ``reopen``
+closes a storage and opens the same URL again. An adapter that cannot be opened by
+URL overrides the ``storage`` fixture instead (an async fixture yielding an opened,
+migrated storage), and ``reopen`` when it supports reopening.
 
 Optional capabilities are switched on with class attributes:
 
-- ``supports_reopen = True`` plus a ``reopen`` fixture returning an async callable
-  ``reopen(old) -> new``: it closes ``old`` and returns a new, migrated storage over
-  the same data (file-backed stores). The test closes the new one; the ``storage``
-  fixture's teardown still closes the old one, so ``close()`` must tolerate a second call.
-- ``url`` (or a ``storage_url`` fixture, e.g. built from ``tmp_path``) plus
-  ``entry_point_name``: the backend is found through
-  ``durably.plugins.BackendRegistry().backend_for(url)`` and opens a working storage.
+- ``supports_reopen = True``: the close-and-reopen durability test runs (file-backed
+  stores). ``reopen(old) -> new`` closes ``old`` and returns a new, migrated storage
+  over the same data; the test closes the new one and the ``storage`` fixture's
+  teardown closes the old one again, so ``close()`` must tolerate a second call.
+- ``url`` or a ``storage_url`` fixture, with ``entry_point_name``: the backend is
+  found through ``BackendRegistry().backend_for(url)``, opens a working storage and
+  rejects an unknown option.
 
 Besides one case per rule of each operation, the suite runs operations at the
 same time (``asyncio.gather`` on one storage: claims, enqueues of one key, one
@@ -45,7 +49,7 @@ explicit arguments at millisecond precision (what the database stores); ids are
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
@@ -128,14 +132,40 @@ class StorageConformance(ConcurrencyCases, ErrorMappingCases, ConformanceBase):
     # -- fixtures an adapter may override --
 
     @pytest.fixture
-    def reopen(self) -> Reopen | None:
-        """Override with a callable when ``supports_reopen`` is true."""
-        return None
+    def storage_url(self) -> str | None:
+        """The URL of the database under test; defaults to the ``url`` class attribute."""
+        return self.url
 
     @pytest.fixture
-    def storage_url(self) -> str | None:
-        """The URL for the discovery tests; defaults to the ``url`` class attribute."""
-        return self.url
+    async def storage(self, storage_url: str | None) -> AsyncIterator[Storage]:
+        """A migrated storage opened from ``storage_url``, closed after the test."""
+        opened = self._open_url(storage_url)
+        await opened.migrate()
+        yield opened
+        await opened.close()
+
+    @pytest.fixture
+    def reopen(self, storage_url: str | None) -> Reopen | None:
+        """``reopen(old)``: close ``old``, open ``storage_url`` again (when
+        ``supports_reopen``)."""
+        if not self.supports_reopen:
+            return None
+
+        async def reopen(old: Storage) -> Storage:
+            await old.close()
+            fresh = self._open_url(storage_url)
+            await fresh.migrate()
+            return fresh
+
+        return reopen
+
+    def _open_url(self, storage_url: str | None) -> Storage:
+        if storage_url is None:
+            pytest.fail(
+                f"{type(self).__name__}: set url = '...' or a storage_url fixture (a URL "
+                "the installed plugin opens), or override the storage fixture"
+            )
+        return BackendRegistry().open(storage_url)
 
     # -- helpers of the cases below --
 
