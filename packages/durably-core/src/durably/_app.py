@@ -82,14 +82,17 @@ class Durably:
 
     @property
     def storage(self) -> Storage:
+        """The storage this instance runs on."""
         return self._engine.storage
 
     @property
     def clock(self) -> Clock:
+        """The clock every time read and timed wait goes through."""
         return self._engine.clock
 
     @property
     def settings(self) -> Settings:
+        """The options given to ``create_durably`` (intervals, slots, retention, …)."""
         return self._engine.settings
 
     @property
@@ -118,6 +121,7 @@ class Durably:
 
     @property
     def running(self) -> bool:
+        """Is the background worker running?"""
         return self._worker.running
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -186,6 +190,7 @@ class Durably:
     # -- queries --
 
     async def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, or ``None``."""
         await self._ready()
         return await self._engine.storage.get_run(run_id)
 
@@ -211,10 +216,14 @@ class Durably:
         return await self._engine.storage.get_runs(query)
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
+        """The run's step records in execution order (empty once a completed run's
+        steps were deleted, see ``preserve_steps``)."""
         await self._ready()
         return await self._engine.storage.get_steps(run_id)
 
     async def get_logs(self, run_id: str) -> list[LogRecord]:
+        """The run's stored ``step.log`` entries, oldest first (none with
+        ``persist_logs=False``)."""
         await self._ready()
         return await self._engine.storage.get_logs(run_id)
 

@@ -29,70 +29,97 @@ logger = logging.getLogger("durably")
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event: ``type`` (e.g. ``"run:complete"``), ``timestamp`` (from the
+    clock) and ``sequence`` (per ``Durably``, increasing)."""
+
     timestamp: datetime
     sequence: int
 
     @property
     def type(self) -> str:
+        """The event type, e.g. ``"run:complete"``."""
         tag = self.__struct_config__.tag
         assert isinstance(tag, str)
         return tag
 
 
 class RunEvent(Event, frozen=True, kw_only=True):
+    """An event about a run: its ``run_id``, ``job_name`` and ``labels``."""
+
     run_id: str
     job_name: str
     labels: dict[str, str]
 
 
 class RunTriggerEvent(RunEvent, frozen=True, kw_only=True, tag="run:trigger"):
+    """``run:trigger``: a run was created (not for an idempotent or coalesced trigger);
+    ``input`` is the validated input."""
+
     input: Any
 
 
 class RunCoalescedEvent(RunEvent, frozen=True, kw_only=True, tag="run:coalesced"):
+    """``run:coalesced``: a trigger with ``coalesce="skip"`` was answered with this pending
+    run; its own input and labels were dropped."""
+
     skipped_input: Any
     skipped_labels: dict[str, str]
 
 
 class RunLeasedEvent(RunEvent, frozen=True, kw_only=True, tag="run:leased"):
+    """``run:leased``: this process claimed the run and starts executing it."""
+
     input: Any
     lease_owner: str
     lease_expires_at: datetime
 
 
 class RunLeaseRenewedEvent(RunEvent, frozen=True, kw_only=True, tag="run:lease-renewed"):
+    """``run:lease-renewed``: the lease was extended to ``lease_expires_at``."""
+
     lease_owner: str
     lease_expires_at: datetime
 
 
 class RunCompleteEvent(RunEvent, frozen=True, kw_only=True, tag="run:complete"):
+    """``run:complete``: the run completed; ``output`` as stored (JSON), ``duration`` in ms."""
+
     output: Any
     duration: float  # milliseconds
 
 
 class RunFailEvent(RunEvent, frozen=True, kw_only=True, tag="run:fail"):
+    """``run:fail``: the run failed with ``error``, in the step ``failed_step_name`` if a
+    step's exception ended it."""
+
     error: str
     failed_step_name: str | None = None
 
 
 class RunCancelEvent(RunEvent, frozen=True, kw_only=True, tag="run:cancel"):
-    pass
+    """``run:cancel``: the run was cancelled (``Durably.cancel``)."""
 
 
 class RunDeleteEvent(RunEvent, frozen=True, kw_only=True, tag="run:delete"):
-    pass
+    """``run:delete``: the run was deleted (``Durably.delete_run``)."""
 
 
 class RunProgressEvent(RunEvent, frozen=True, kw_only=True, tag="run:progress"):
+    """``run:progress``: the job called ``step.progress()``."""
+
     progress: Progress
 
 
 class StepStartEvent(RunEvent, frozen=True, kw_only=True, tag="step:start"):
+    """``step:start``: a step's function is about to run (not for a replayed step)."""
+
     step_name: str
     step_index: int
 
 
 class StepCompleteEvent(RunEvent, frozen=True, kw_only=True, tag="step:complete"):
+    """``step:complete``: a step was checkpointed; ``output`` as stored, ``duration`` in ms."""
+
     step_name: str
     step_index: int
     output: Any
@@ -100,17 +127,23 @@ class StepCompleteEvent(RunEvent, frozen=True, kw_only=True, tag="step:complete"
 
 
 class StepFailEvent(RunEvent, frozen=True, kw_only=True, tag="step:fail"):
+    """``step:fail``: a step raised ``error`` (or returned what cannot be stored)."""
+
     step_name: str
     step_index: int
     error: str
 
 
 class StepCancelEvent(RunEvent, frozen=True, kw_only=True, tag="step:cancel"):
+    """``step:cancel``: a step was interrupted by a cancel, a lost lease or shutdown."""
+
     step_name: str
     step_index: int
 
 
 class LogWriteEvent(RunEvent, frozen=True, kw_only=True, tag="log:write"):
+    """``log:write``: the job called ``step.log``; ``step_name`` is ``None`` outside a step."""
+
     step_name: str | None
     level: LogLevel
     message: str
@@ -118,6 +151,10 @@ class LogWriteEvent(RunEvent, frozen=True, kw_only=True, tag="log:write"):
 
 
 class WorkerErrorEvent(Event, frozen=True, kw_only=True, tag="worker:error"):
+    """``worker:error``: something failed in the background (``context``: ``claim``,
+    ``maintenance``, ``run-execution``, ``lease-renewal``, ``lease-lost``, ``progress``,
+    ``step-failure``); the worker goes on."""
+
     error: str
     context: str
     run_id: str | None = None
@@ -140,6 +177,7 @@ EventType = Literal[
     "log:write",
     "worker:error",
 ]
+"""The 15 event type names ``Durably.on`` accepts (besides ``"*"``)."""
 
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]

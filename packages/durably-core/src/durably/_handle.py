@@ -42,6 +42,7 @@ class JobHandle(Generic[I, O]):
 
     @property
     def name(self) -> str:
+        """The job's name (``define_job("name")``), as stored in its runs."""
         return self.definition.name
 
     def __repr__(self) -> str:
@@ -157,6 +158,7 @@ class JobHandle(Generic[I, O]):
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Run]:
+        """This job's runs, newest first (``Durably.get_runs`` with this job's name)."""
         return await self._durably.get_runs(
             status=status, job_name=self.name, labels=labels, limit=limit, offset=offset
         )

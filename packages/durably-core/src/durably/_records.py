@@ -15,6 +15,8 @@ import msgspec
 
 
 class RunStatus(StrEnum):
+    """A run's status: ``pending → leased → completed | failed``, or ``cancelled``."""
+
     PENDING = "pending"
     LEASED = "leased"
     COMPLETED = "completed"
@@ -23,13 +25,19 @@ class RunStatus(StrEnum):
 
 
 class StepStatus(StrEnum):
+    """A step record's status (only ``completed`` steps are replayed)."""
+
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
 LogLevel = Literal["info", "warn", "error"]
+"""The level of a ``step.log`` entry."""
+
 Disposition = Literal["created", "idempotent", "coalesced"]
+"""How a trigger was answered: a new run, the run of the same idempotency key, or
+the pending run of the same concurrency key (``coalesce="skip"``)."""
 
 
 class Progress(msgspec.Struct, frozen=True):
@@ -83,10 +91,12 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def is_terminal(self) -> bool:
+        """Completed, failed or cancelled: nothing more happens to it."""
         return self.status in _lifecycle.TERMINAL_STATUSES
 
     @property
     def is_active(self) -> bool:
+        """Pending or leased."""
         return self.status in _lifecycle.ACTIVE_STATUSES
 
 

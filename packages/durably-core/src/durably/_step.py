@@ -54,15 +54,19 @@ class StepLog:
         self._execution = execution
 
     def info(self, message: str, **data: Any) -> None:
+        """Log at level ``info``; ``data`` is stored as JSON."""
         self._execution.log("info", message, data)
 
     def warn(self, message: str, **data: Any) -> None:
+        """Log at level ``warn``."""
         self._execution.log("warn", message, data)
 
     def error(self, message: str, **data: Any) -> None:
+        """Log at level ``error``."""
         self._execution.log("error", message, data)
 
     def write(self, level: LogLevel, message: str, **data: Any) -> None:
+        """Log at ``level`` (``"info"``, ``"warn"`` or ``"error"``)."""
         self._execution.log(level, message, data)
 
 
@@ -76,10 +80,12 @@ class Step:
 
     @property
     def run_id(self) -> str:
+        """The id of the run being executed."""
         return self._x.run.id
 
     @property
     def job_name(self) -> str:
+        """The name of its job."""
         return self._x.run.job_name
 
     @property

@@ -63,7 +63,9 @@ class Storage(Protocol):
 
     # -- reading --
 
-    async def get_run(self, run_id: str) -> Run | None: ...
+    async def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, or ``None``."""
+        ...
 
     async def get_runs(self, query: RunFilter) -> list[Run]:
         """Matching runs, newest first (``created_at`` desc, then ``id`` desc)."""
@@ -99,7 +101,10 @@ class Storage(Protocol):
 
     async def renew_lease(
         self, run_id: str, generation: int, now: datetime, lease_expires_at: datetime
-    ) -> bool: ...
+    ) -> bool:
+        """Move the lease's expiry to ``lease_expires_at``, only while the run is leased
+        with ``generation`` and its lease has not expired at ``now``."""
+        ...
 
     async def release_expired_leases(self, now: datetime) -> int:
         """Put leased runs whose lease expired back to pending (unless another run of
@@ -117,11 +122,15 @@ class Storage(Protocol):
 
     async def update_progress(
         self, run_id: str, generation: int, progress: Progress, now: datetime
-    ) -> bool: ...
+    ) -> bool:
+        """Replace the run's progress."""
+        ...
 
     async def append_logs(
         self, run_id: str, generation: int, logs: Sequence[NewLog], now: datetime
-    ) -> bool: ...
+    ) -> bool:
+        """Insert log entries, all or none."""
+        ...
 
     async def complete_run(
         self,
@@ -135,7 +144,9 @@ class Storage(Protocol):
         """Mark completed (lease cleared). ``delete_steps`` also removes its steps and logs."""
         ...
 
-    async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool: ...
+    async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
+        """Mark failed with ``error`` (lease cleared, ``completed_at`` set); its steps stay."""
+        ...
 
     # -- control (not fenced: any process may do these) --
 

@@ -51,35 +51,51 @@ from ._records import Progress, Run, RunStatus
 TERMINAL_STATUSES: frozenset[RunStatus] = frozenset(
     {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}
 )
-ACTIVE_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.PENDING, RunStatus.LEASED})
-CANCELLABLE_STATUSES = ACTIVE_STATUSES
-RETRYABLE_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
-RETRIGGERABLE_STATUSES = TERMINAL_STATUSES
-DELETABLE_STATUSES = TERMINAL_STATUSES
+"""Statuses after which nothing more happens to a run."""
 
-#: Filter spellings accepted for a status; ``running`` is the documentation's older word.
+ACTIVE_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.PENDING, RunStatus.LEASED})
+"""Statuses of a run that still has work ahead."""
+
+CANCELLABLE_STATUSES = ACTIVE_STATUSES
+"""What ``cancel`` accepts."""
+
+RETRYABLE_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
+"""What ``retry`` accepts (the run resumes after its last completed step)."""
+
+RETRIGGERABLE_STATUSES = TERMINAL_STATUSES
+"""What ``retrigger`` accepts (a new run with the same input)."""
+
+DELETABLE_STATUSES = TERMINAL_STATUSES
+"""What ``delete_run`` and ``purge_runs`` accept."""
+
 STATUS_ALIASES: Mapping[str, RunStatus] = MappingProxyType(
     {**{s.value: s for s in RunStatus}, "running": RunStatus.LEASED}
 )
+"""Filter spellings accepted for a status; ``running`` is the documentation's older word."""
 
 
 def is_terminal(status: RunStatus) -> bool:
+    """Completed, failed or cancelled."""
     return status in TERMINAL_STATUSES
 
 
 def can_cancel(status: RunStatus) -> bool:
+    """May a run in this status be cancelled?"""
     return status in CANCELLABLE_STATUSES
 
 
 def can_retry(status: RunStatus) -> bool:
+    """May a run in this status be retried (back to pending, steps kept)?"""
     return status in RETRYABLE_STATUSES
 
 
 def can_retrigger(status: RunStatus) -> bool:
+    """May a run in this status be triggered again as a new run?"""
     return status in RETRIGGERABLE_STATUSES
 
 
 def can_delete(status: RunStatus) -> bool:
+    """May a run in this status be deleted?"""
     return status in DELETABLE_STATUSES
 
 
@@ -145,6 +161,8 @@ def pending_conflicts(run: Run, others: Iterable[Run]) -> bool:
 
 
 def claimed(run: Run, owner: str, now: datetime, expires_at: datetime) -> Run:
+    """Leased by ``owner`` until ``expires_at``, with the next generation; ``started_at``
+    is set on the first claim only."""
     return msgspec.structs.replace(
         run,
         status=RunStatus.LEASED,
@@ -157,10 +175,13 @@ def claimed(run: Run, owner: str, now: datetime, expires_at: datetime) -> Run:
 
 
 def renewed(run: Run, now: datetime, expires_at: datetime) -> Run:
+    """The lease extended to ``expires_at``."""
     return msgspec.structs.replace(run, lease_expires_at=expires_at, updated_at=now)
 
 
 def step_completed(run: Run, index: int, now: datetime) -> Run:
+    """A completed step at ``index`` counted: ``current_step_index`` moves to at least
+    ``index + 1``, ``completed_step_count`` up by one."""
     return msgspec.structs.replace(
         run,
         current_step_index=max(run.current_step_index, index + 1),
@@ -170,10 +191,12 @@ def step_completed(run: Run, index: int, now: datetime) -> Run:
 
 
 def with_progress(run: Run, progress: Progress, now: datetime) -> Run:
+    """The run's progress replaced."""
     return msgspec.structs.replace(run, progress=progress, updated_at=now)
 
 
 def completed(run: Run, output: object, now: datetime) -> Run:
+    """Completed with ``output``; the lease cleared, ``completed_at`` set."""
     return msgspec.structs.replace(
         run,
         status=RunStatus.COMPLETED,
@@ -187,6 +210,7 @@ def completed(run: Run, output: object, now: datetime) -> Run:
 
 
 def failed(run: Run, error: str, now: datetime) -> Run:
+    """Failed with ``error``; the lease cleared, ``completed_at`` set."""
     return msgspec.structs.replace(
         run,
         status=RunStatus.FAILED,
@@ -199,6 +223,7 @@ def failed(run: Run, error: str, now: datetime) -> Run:
 
 
 def cancelled(run: Run, now: datetime) -> Run:
+    """Cancelled; the lease cleared, ``completed_at`` set."""
     return msgspec.structs.replace(
         run,
         status=RunStatus.CANCELLED,

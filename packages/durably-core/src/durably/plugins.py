@@ -44,12 +44,17 @@ __all__ = [
 ]
 
 PROJECT = "durably"
+"""The pluggy project name: hook functions are named ``durably_*``."""
+
 ENTRY_POINT_GROUP = "durably"
+"""The entry-point group a backend package registers its plugin module in."""
 
 hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
+"""Marks durably's hook specifications."""
 
-#: Schemes of the backends we publish, so an unknown-scheme error can say what to install.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+"""Marks a plugin's hook implementations: ``@hookimpl def durably_storage_backends()``."""
+
 KNOWN_PACKAGES: Mapping[str, str] = MappingProxyType(
     {
         "sqlite": "durably-sqlite",
@@ -60,6 +65,7 @@ KNOWN_PACKAGES: Mapping[str, str] = MappingProxyType(
         "memory": "durably-testing",
     }
 )
+"""Schemes of the backends we publish, so an unknown-scheme error can say what to install."""
 
 
 @dataclass(frozen=True)
@@ -164,9 +170,12 @@ class BackendRegistry:
 
     @property
     def schemes(self) -> list[str]:
+        """The URL schemes the installed backends open, sorted."""
         return sorted(self._by_scheme)
 
     def backend_for(self, url: str) -> StorageBackend:
+        """The backend for the URL's scheme; ``UnknownBackendError`` (listing the
+        installed schemes and the package to install) when none handles it."""
         scheme = url_scheme(url)
         backend = self._by_scheme.get(scheme)
         if backend is None:
@@ -181,4 +190,5 @@ class BackendRegistry:
         return backend
 
     def open(self, url: str, **options: Any) -> Storage:
+        """Open a storage for the URL with its backend (``options`` go to it)."""
         return self.backend_for(url).open(url, **options)

@@ -20,7 +20,8 @@ def check_sqlite_version(version: tuple[int, int, int] = sqlite3.sqlite_version_
         raise StorageError(
             f"durably-sqlite needs SQLite 3.35.0 or newer (for RETURNING and multiple "
             f"ON CONFLICT clauses); this Python is linked against SQLite {found}. Use a "
-            "newer Python build, or the durably-libsql backend ('file:' URLs)."
+            "Python build linked against a newer SQLite, or a remote libSQL server "
+            "(durably-libsql; its 'file:' URLs use this same SQLite)."
         )
 
 

@@ -76,8 +76,8 @@ from ._conformance_errors import ErrorMappingCases
 
 __all__ = ["Reopen", "StorageConformance"]
 
-#: ``reopen(old)`` closes ``old`` and returns a fresh, migrated storage over the same data.
 Reopen = Callable[[Storage], Awaitable[Storage]]
+"""``reopen(old)`` closes ``old`` and returns a fresh, migrated storage over the same data."""
 
 FENCED_WRITES = ("persist_step", "update_progress", "append_logs", "complete_run", "fail_run")
 LOST_LEASE_SCENARIOS = ("reclaimed", "cancelled", "released", "finished", "wrong_generation")
@@ -172,6 +172,8 @@ class StorageConformance(ConcurrencyCases, ErrorMappingCases, ConformanceBase):
     async def fenced_write(
         self, kind: str, storage: Storage, run_id: str, generation: int, now: datetime
     ) -> bool:
+        """Make the fenced write ``kind`` (one of ``FENCED_WRITES``) with ``generation``;
+        whether the storage accepted it."""
         if kind == "persist_step":
             step = self.new_step("late", 5, output={"late": True})
             return await storage.persist_step(run_id, generation, step, now)

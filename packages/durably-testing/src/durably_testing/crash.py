@@ -120,8 +120,9 @@ __all__ = [
     "step_value",
 ]
 
-#: The job the workers run.
 JOB_NAME = "durably-crash-harness"
+"""The job the workers run."""
+
 #: Environment variable that carries backend options (JSON) to the workers, so
 #: secrets such as an auth token stay off the command line.
 OPTIONS_ENV = "DURABLY_CRASH_BACKEND_OPTIONS"
@@ -180,6 +181,8 @@ class CrashReport:
 
     @property
     def ok(self) -> bool:
+        """No checkpointed step ran again, none changed, no run was lost, every output
+        was right, and nothing else went wrong."""
         return not self.problems and not (
             self.checkpointed_steps_reexecuted
             or self.checkpoints_changed
@@ -188,6 +191,7 @@ class CrashReport:
         )
 
     def format(self) -> str:
+        """The report as the command line prints it."""
         lines = [
             f"durably crash harness: {self.url} (seed {self.seed})",
             f"  trials:                         {self.trials}",
@@ -697,6 +701,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m durably_testing.crash``: run the harness (or, with ``--worker``, one
+    of its worker processes); the exit status is 0 when the report is ok."""
     args = _parser().parse_args(argv)
     options: dict[str, Any] = json.loads(os.environ.get(OPTIONS_ENV) or "{}")
     for item in args.option:

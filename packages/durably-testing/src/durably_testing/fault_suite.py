@@ -84,15 +84,18 @@ __all__ = [
     "uninterrupted_calls",
 ]
 
-#: ``open_storage()``: a storage over the test's database, not yet migrated.
 OpenStorage = Callable[[], Storage]
+"""``open_storage()``: a storage over the test's database, not yet migrated."""
 
 LEASE = 30.0
-#: The job's steps, in order.
-STEPS = ("fetch", "double", "total")
 INPUT = {"n": 4}
-#: The output of an uninterrupted run.
+
+STEPS = ("fetch", "double", "total")
+"""The job's steps, in order."""
+
 EXPECTED_OUTPUT = {"items": [2, 4, 6, 8], "total": 20}
+"""The output of an uninterrupted run."""
+
 IDEMPOTENCY_KEY = "fault-injection-1"
 
 
@@ -233,7 +236,8 @@ class FaultInjectionSuite:
     Subclasses provide the ``open_storage`` fixture."""
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
-        # parametrized at collection, not at import: learning the calls runs a job
+        """pytest hook: one case per storage call and fault kind (worked out at
+        collection, not at import: learning the calls runs a job)."""
         name = metafunc.function.__name__
         if name == "test_crash_at_every_call__restart_finishes_without_redoing_checkpoints":
             metafunc.parametrize(("index", "operation"), _call_cases(past_the_end=True))
@@ -253,12 +257,14 @@ class FaultInjectionSuite:
 
     @pytest.fixture
     async def fault_database(self, open_storage: OpenStorage) -> AsyncIterator[_Database]:
+        """The test's database, opened through ``open_storage``; closed afterwards."""
         database = _Database(open_storage)
         yield database
         await database.close_all()
 
     @pytest.fixture
     def fault_clock(self) -> ManualClock:
+        """The manual clock of the test's ``Durably`` instances."""
         return ManualClock()
 
     async def test_uninterrupted_run__makes_the_calls_the_suite_learned(

@@ -68,7 +68,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: The operations of the :class:`durably.Storage` protocol, as counted in ``calls``.
 STORAGE_OPERATIONS: tuple[str, ...] = (
     "migrate",
     "close",
@@ -92,6 +91,7 @@ STORAGE_OPERATIONS: tuple[str, ...] = (
     "delete_run",
     "purge_runs",
 )
+"""The operations of the :class:`durably.Storage` protocol, as counted in ``calls``."""
 
 
 class FaultKind(StrEnum):
@@ -109,6 +109,7 @@ class FaultKind(StrEnum):
 
     @property
     def is_crash(self) -> bool:
+        """Whether the simulated process dies (``crash-before``, ``crash-after``)."""
         return self in (FaultKind.CRASH_BEFORE, FaultKind.CRASH_AFTER)
 
 
@@ -121,10 +122,11 @@ def _fault_kind(kind: FaultKind | str) -> FaultKind:
         raise ValidationError(f"Unknown fault kind {kind!r}; use one of: {kinds}") from None
 
 
-#: The kinds that kill the simulated process.
 CRASH_KINDS: tuple[FaultKind, ...] = (FaultKind.CRASH_BEFORE, FaultKind.CRASH_AFTER)
-#: The kinds the process survives: the caller sees a ``StorageError``.
+"""The kinds that kill the simulated process."""
+
 TRANSIENT_KINDS: tuple[FaultKind, ...] = (FaultKind.ERROR, FaultKind.AMBIGUOUS)
+"""The kinds the process survives: the caller sees a ``StorageError``."""
 
 
 class SimulatedCrash(BaseException):
@@ -272,6 +274,7 @@ class FaultyStorage:
 
     @property
     def crashed(self) -> bool:
+        """Has a crash fault fired? Every call after it raises ``SimulatedCrash``."""
         return self.crash is not None
 
     async def _invoke(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -101,6 +101,8 @@ class ModelConflict(Exception):
 
 @dataclass
 class ModelStep:
+    """A step row as the model keeps it."""
+
     name: str
     index: int
     status: str
@@ -111,6 +113,8 @@ class ModelStep:
 
 @dataclass
 class ModelRun:
+    """A run as the model keeps it: the record's fields, its steps and logs."""
+
     id: str
     job_name: str
     input: Any
@@ -227,6 +231,8 @@ class LifecycleModel:
     def claim(
         self, owner: str, now: datetime, expires: datetime, job_names: Sequence[str] | None
     ) -> str | None:
+        """The id of the run ``claim_next`` must lease (and lease it), or ``None``."""
+
         def claimable(r: ModelRun) -> bool:
             if job_names is not None and r.job_name not in job_names:
                 return False
@@ -262,6 +268,7 @@ class LifecycleModel:
         return run.id
 
     def renew(self, run_id: str, generation: int, now: datetime, expires: datetime) -> bool:
+        """``renew_lease``: extended only while ``generation`` holds an unexpired lease."""
         run = self._holder(run_id, generation)
         if run is None or not self._live(run, now):
             return False
@@ -269,6 +276,7 @@ class LifecycleModel:
         return True
 
     def release_expired(self, now: datetime) -> int:
+        """``release_expired_leases``: how many expired leases went back to pending."""
         expired = sorted(
             (
                 r
@@ -290,6 +298,7 @@ class LifecycleModel:
         return count
 
     def persist_step(self, run_id: str, generation: int, step: ModelStep) -> bool:
+        """``persist_step`` (fenced); a second completed step of one name is a conflict."""
         run = self._holder(run_id, generation)
         if run is None:
             return False
@@ -304,6 +313,7 @@ class LifecycleModel:
     def update_progress(
         self, run_id: str, generation: int, progress: tuple[float, float | None, str | None]
     ) -> bool:
+        """``update_progress`` (fenced)."""
         run = self._holder(run_id, generation)
         if run is None:
             return False
@@ -313,6 +323,7 @@ class LifecycleModel:
     def append_logs(
         self, run_id: str, generation: int, logs: Sequence[tuple[str | None, str, str]]
     ) -> bool:
+        """``append_logs`` (fenced)."""
         run = self._holder(run_id, generation)
         if run is None:
             return False
@@ -328,6 +339,7 @@ class LifecycleModel:
     def complete(
         self, run_id: str, generation: int, output: Any, now: datetime, delete_steps: bool
     ) -> bool:
+        """``complete_run`` (fenced)."""
         run = self._holder(run_id, generation)
         if run is None:
             return False
@@ -340,6 +352,7 @@ class LifecycleModel:
         return True
 
     def fail(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
+        """``fail_run`` (fenced)."""
         run = self._holder(run_id, generation)
         if run is None:
             return False
@@ -348,6 +361,7 @@ class LifecycleModel:
         return True
 
     def cancel(self, run_id: str, now: datetime) -> str | None:
+        """``cancel_run``: the id of the cancelled run, or ``None`` when nothing changed."""
         run = self.runs.get(run_id)
         if run is None or run.status not in (PENDING, LEASED):
             return None
@@ -355,6 +369,8 @@ class LifecycleModel:
         return run.id
 
     def retry(self, run_id: str) -> str | None:
+        """``retry_run``: the id of the run put back to pending, or ``None``; raises
+        :class:`ModelConflict` when its concurrency key already has a pending run."""
         run = self.runs.get(run_id)
         if run is None or run.status not in (FAILED, CANCELLED):
             return None
@@ -369,6 +385,7 @@ class LifecycleModel:
         return run.id
 
     def delete(self, run_id: str) -> str | None:
+        """``delete_run``: the id of the deleted (terminal) run, or ``None``."""
         run = self.runs.get(run_id)
         if run is None or run.status not in FINISHED:
             return None
@@ -376,6 +393,7 @@ class LifecycleModel:
         return run_id
 
     def purge(self, cutoff: datetime, limit: int) -> int:
+        """``purge_runs``: how many terminal runs completed before ``cutoff`` were deleted."""
         doomed = sorted(
             (
                 r
@@ -389,6 +407,8 @@ class LifecycleModel:
         return len(doomed)
 
     def query(self, query: RunFilter) -> list[str]:
+        """``get_runs``: the ids of the matching runs, newest first."""
+
         def match(r: ModelRun) -> bool:
             if query.statuses is not None and r.status not in {s.value for s in query.statuses}:
                 return False
@@ -494,6 +514,7 @@ class StorageStateMachine(RuleBasedStateMachine):
         raise NotImplementedError("subclass StorageStateMachine and implement open_storages()")
 
     async def close_storages(self) -> None:
+        """Close every storage :meth:`open_storages` returned (at teardown)."""
         for storage in self.storages.values():
             await storage.close()
 
@@ -534,11 +555,13 @@ class StorageStateMachine(RuleBasedStateMachine):
 
     @property
     def tmp_path(self) -> Path:
+        """A temporary directory for this example's database files, removed at teardown."""
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="durably-stateful-")
         return Path(self._tmp.name)
 
     def teardown(self) -> None:
+        """hypothesis hook: close the storages and the machine's event loop."""
         try:
             self._run(self.close_storages())
         finally:

@@ -26,6 +26,7 @@ T = TypeVar("T")
 MaybeAwaitable: TypeAlias = T | Awaitable[T]
 
 RunOperation = Literal["read", "subscribe", "steps", "retrigger", "cancel", "delete"]
+"""What a run-level route does with the run, as passed to ``Auth.on_run_access``."""
 
 
 @dataclass(frozen=True, kw_only=True)

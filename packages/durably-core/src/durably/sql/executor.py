@@ -40,9 +40,16 @@ __all__ = [
 ]
 
 SqlValue = str | int | float | bytes | None
+"""A value bound to a ``?`` parameter."""
+
 Params = Sequence[SqlValue]
+"""The positional parameters of one statement."""
+
 Statement = tuple[str, Params]
+"""One statement of a batch: ``(sql, params)``."""
+
 Row = tuple[Any, ...]
+"""One result row, columns in the order of the ``SELECT`` / ``RETURNING`` list."""
 
 
 @runtime_checkable

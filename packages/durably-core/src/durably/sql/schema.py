@@ -43,7 +43,6 @@ __all__ = [
     "migrate",
 ]
 
-#: Schema version 1, in the reference's order (tables, then their indexes).
 SCHEMA_V1: tuple[str, ...] = (
     (
         'create table if not exists "durably_runs" ("id" text primary key, "job_name" text not'
@@ -122,6 +121,8 @@ SCHEMA_V1: tuple[str, ...] = (
         " concurrency_key IS NOT NULL\n      "
     ),
 )
+"""Schema version 1: the reference's statements, in its order (tables, then their
+indexes)."""
 
 #: The highest reference (``durably_schema_versions``) version this release creates.
 REFERENCE_SCHEMA_VERSION = 1
@@ -141,11 +142,11 @@ class Migration:
     statements: tuple[str, ...]
 
 
-#: Python-only migrations, oldest first (versions 1, 2, …). None yet.
 PY_MIGRATIONS: tuple[Migration, ...] = ()
+"""Python-only migrations, oldest first (versions 1, 2, …). None yet."""
 
-#: The Python-side schema version of this release.
 PY_SCHEMA_VERSION = max((m.version for m in PY_MIGRATIONS), default=0)
+"""The Python-side schema version of this release."""
 
 _TABLES_SQL = (
     "SELECT name FROM sqlite_master WHERE type = 'table' "
