@@ -12,7 +12,7 @@ import nox
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "typecheck", "tests"]
 
-SOURCES = ["packages", "tests", "examples", "bench", "noxfile.py"]
+SOURCES = ["packages", "tests", "examples", "bench", "docs", "noxfile.py"]
 ROOT = Path(__file__).resolve().parent
 
 
