@@ -37,10 +37,12 @@ class TriggerResult:
 
     @property
     def id(self) -> str:
+        """The run's id."""
         return self.run.id
 
     @property
     def status(self) -> RunStatus:
+        """The run's status when the trigger returned."""
         return self.run.status
 
 
