@@ -23,18 +23,23 @@ def python_blocks(page: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
 
 
-def test_site__builds_strictly(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner, not a warning
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT,
+def python(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """This interpreter with ``args``, its output captured (generous bound: a hang)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
+
+
+def test_site__builds_strictly(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner, not a warning
+    result = python("-m", "mkdocs", "build", "--strict", "--site-dir", str(site), cwd=ROOT, env=env)
     problems = [
         line for line in result.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))
     ]
@@ -51,15 +56,7 @@ def test_site__builds_strictly(tmp_path: Path) -> None:
 def test_quickstart__runs_as_written(tmp_path: Path) -> None:
     (program,) = python_blocks("quickstart.md")
     env = {k: v for k, v in os.environ.items() if k != "DURABLY_DATABASE_URL"}
-    result = subprocess.run(
-        [sys.executable, "-c", program],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = python("-c", program, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     run_id, count = result.stdout.split()
     assert (len(run_id), count) == (26, "250")
