@@ -30,6 +30,16 @@ run ``--repeat`` times, interleaved, and each figure is the median; finished
 runs are deleted between phases, so each starts from the same few rows. A
 measurement, not a test: prints a table, then one JSON line per figure (for
 ``bench/run_all.py``).
+
+Then the stalled-clients measurement (``--stalled 10 --stalled-steps 10000``;
+``--stalled 0`` skips it, ``--only-stalled`` runs nothing else): the server's
+memory while a run of ``--stalled-steps`` steps (a checkpoint and a progress
+each) is watched by ``--stalled`` clients that never read — half on
+``/runs/subscribe``, half on the run's ``/subscribe``, each with a 4 KiB
+receive buffer. Its RSS (and peak RSS) before the run, after it, and after the
+clients hang up, against a control server running the same run with no
+clients; and how many of the stalled streams the server still had open when
+the run ended (a bounded server has cut them off).
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -68,6 +78,16 @@ def serve(port: int, url: str) -> None:
     class In(BaseModel):
         n: int
 
+    go = asyncio.Event()  # the stalled-clients run waits for its clients
+
+    @define_job("long", input=In)
+    async def long(step: Step, payload: In) -> int:
+        await go.wait()
+        for i in range(payload.n):
+            await step.run(f"s{i}", lambda i=i: i)
+            step.progress(i + 1, payload.n)
+        return payload.n
+
     @define_job("bench", input=In)
     async def bench(step: Step, payload: In) -> int:
         for i in range(3):
@@ -75,7 +95,8 @@ def serve(port: int, url: str) -> None:
             step.progress(i + 1, 3)
         return payload.n
 
-    durably = create_durably(url, jobs={"bench": bench}, max_concurrent_runs=2)
+    durably = create_durably(url, jobs={"bench": bench, "long": long}, max_concurrent_runs=2)
+    handler = create_handler(durably)
     stats: dict[str, Any] = {}
 
     def reset() -> None:
@@ -104,7 +125,12 @@ def serve(port: int, url: str) -> None:
 
     async def get_stats(request: Request) -> JSONResponse:
         cpu = (time.process_time() - stats["cpu0"]) / (time.perf_counter() - stats["wall0"])
-        return JSONResponse({**stats, "cpu": cpu})
+        streams = handler.state.durably_hub.streams
+        return JSONResponse({**stats, "cpu": cpu, "streams": streams, **memory()})
+
+    async def post_go(request: Request) -> JSONResponse:
+        go.set()
+        return JSONResponse({})
 
     async def post_reset(request: Request) -> JSONResponse:
         reset()
@@ -134,11 +160,26 @@ def serve(port: int, url: str) -> None:
             Route("/bench/stats", get_stats),
             Route("/bench/reset", post_reset, methods=["POST"]),
             Route("/bench/purge", post_purge, methods=["POST"]),
-            Mount("/api", create_handler(durably)),
+            Route("/bench/go", post_go, methods=["POST"]),
+            Mount("/api", handler),
         ],
         lifespan=lifespan,
     )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=2048)
+
+
+def memory() -> dict[str, float]:
+    """This process's resident set and its peak, in MB (NaN without /proc)."""
+    out = {"rss_mb": float("nan"), "peak_rss_mb": float("nan")}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key = "rss_mb" if line.startswith("VmRSS") else "peak_rss_mb"
+                    out[key] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
 
 
 # -- the load generator (raw sockets: cheap on the client side) --
@@ -327,6 +368,120 @@ async def measure(port: int, args: argparse.Namespace) -> dict[str, dict[str, fl
     }
 
 
+# -- stalled clients --
+
+
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    """Poll the server's state (it is in another process: nothing to await)."""
+    while not await check():  # noqa: ASYNC110 - the state is in another process
+        await asyncio.sleep(0.05)
+
+
+def stalled_socket(port: int, path: str) -> socket.socket:
+    """A client that sends its request and never reads (a 4 KiB receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    sock.sendall(request.encode())
+    return sock
+
+
+async def stalled_round(port: int, clients: int, steps: int) -> dict[str, float]:
+    """One run of ``steps`` steps watched by ``clients`` clients that never read."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+
+        async def stats() -> dict[str, Any]:
+            return dict((await client.get("/bench/stats")).json())
+
+        async def streams_are(ok: Callable[[int], bool]) -> bool:
+            return ok((await stats())["streams"])
+
+        for _ in range(400):
+            try:
+                await stats()
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+        before = await stats()
+        r = await client.post("/api/trigger", json={"jobName": "long", "input": {"n": steps}})
+        run_id = r.json()["runId"]
+        paths = ["/api/runs/subscribe", f"/api/subscribe?runId={run_id}"]
+        socks = [stalled_socket(port, paths[i % 2]) for i in range(clients)]
+
+        async def completed() -> bool:
+            r = await client.get("/api/run", params={"runId": run_id})
+            return bool(r.json()["status"] == "completed")
+
+        await until(lambda: streams_are(lambda n: n >= clients))
+        t0 = time.perf_counter()
+        await client.post("/bench/go")
+        await until(completed)
+        elapsed = time.perf_counter() - t0
+        after = await stats()
+        for sock in socks:
+            sock.close()
+        await until(lambda: streams_are(lambda n: n == 0))
+        await asyncio.sleep(0.5)  # the server has let go of the closed connections
+        closed = await stats()
+    return {
+        "rss_before_mb": before["rss_mb"],
+        "rss_after_mb": after["rss_mb"],
+        "rss_closed_mb": closed["rss_mb"],
+        "peak_rss_mb": closed["peak_rss_mb"],
+        "open_at_end": after["streams"],
+        "steps_per_s": steps / elapsed,
+    }
+
+
+def stalled(args: argparse.Namespace, url_for: Any) -> None:
+    """The control (no clients) and the stalled clients, each on a fresh server."""
+    results = {}
+    for name, clients in [("no clients", 0), (f"{args.stalled} stalled clients", args.stalled)]:
+        tmp = tempfile.mkdtemp(prefix="durably-sse-stalled-")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = mp.Process(target=serve, args=(port, url_for(tmp)))
+        server.start()
+        try:
+            results[name] = asyncio.run(stalled_round(port, clients, args.stalled_steps))
+        finally:
+            server.terminate()
+            server.join(10)
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"stalled clients: one run of {args.stalled_steps} steps (a checkpoint and a progress "
+        f"each), watched by clients that never read (half /runs/subscribe, half /subscribe)"
+    )
+    print(
+        f"{'':24}{'RSS before':>12}{'after run':>12}{'hung up':>12}{'peak':>10}"
+        f"{'open at end':>13}{'steps/s':>9}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:24}{r['rss_before_mb']:10.0f}MB{r['rss_after_mb']:10.0f}MB"
+            f"{r['rss_closed_mb']:10.0f}MB{r['peak_rss_mb']:8.0f}MB"
+            f"{r['open_at_end']:13.0f}{r['steps_per_s']:9.0f}"
+        )
+    control, load = results["no clients"], results[f"{args.stalled} stalled clients"]
+    growth = load["peak_rss_mb"] - load["rss_before_mb"]
+    control_growth = control["peak_rss_mb"] - control["rss_before_mb"]
+    emit(
+        "SSE",
+        f"{args.stalled} stalled clients, {args.stalled_steps} steps: peak RSS growth",
+        growth,
+        "MB",
+        control=control_growth,
+        note=(
+            f"RSS {load['rss_before_mb']:.0f} → {load['rss_after_mb']:.0f} MB "
+            f"(peak {load['peak_rss_mb']:.0f}, {load['rss_closed_mb']:.0f} after hang-up); "
+            f"no clients: +{control_growth:.0f} MB; "
+            f"{load['open_at_end']:.0f} of {args.stalled} streams still open at the end"
+        ),
+    )
+
+
 LABELS = {
     "runs_per_s": ("worker runs/s", "runs/s"),
     "trigger_median_ms": ("trigger median", "ms"),
@@ -399,12 +554,26 @@ def main() -> None:
     parser.add_argument("--full", type=int, default=10)
     parser.add_argument("--storm", type=int, default=50)
     parser.add_argument("--memory", action="store_true", help="memory backend, not SQLite")
+    parser.add_argument("--stalled", type=int, default=10, help="clients that never read")
+    parser.add_argument("--stalled-steps", type=int, default=10_000)
+    parser.add_argument("--only-stalled", action="store_true", help="only that measurement")
     args = parser.parse_args()
     header("SSE load")
+
+    def url_for(tmp: str) -> str:
+        return os.environ.get("DURABLY_DATABASE_URL") or (
+            "memory://" if args.memory else f"sqlite:///{tmp}/sse.db"
+        )
+
+    if not args.only_stalled:
+        throughput(args, url_for)
+    if args.stalled:
+        stalled(args, url_for)
+
+
+def throughput(args: argparse.Namespace, url_for: Any) -> None:
     tmp = tempfile.mkdtemp(prefix="durably-sse-")
-    url = os.environ.get("DURABLY_DATABASE_URL") or (
-        "memory://" if args.memory else f"sqlite:///{tmp}/sse.db"
-    )
+    url = url_for(tmp)
     backend = url.split(":", 1)[0]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

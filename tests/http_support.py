@@ -89,18 +89,23 @@ async def boom(step: Step, payload: BoomIn) -> None:
 JOBS = {"add": add, "gated": gated, "boom": boom}
 
 
-def free_socket() -> socket.socket:
+def free_socket(sndbuf: int | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:  # the accepted connections inherit it (Linux)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", 0))
     return sock
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, servers: list[uvicorn.Server] | None = None) -> AsyncIterator[str]:
+async def serve(
+    app: Any, servers: list[uvicorn.Server] | None = None, *, sndbuf: int | None = None
+) -> AsyncIterator[str]:
     """Run ``app`` with uvicorn on a free 127.0.0.1 port; yields the base URL
-    (the ``uvicorn.Server`` is appended to ``servers`` if given)."""
-    sock = free_socket()
+    (the ``uvicorn.Server`` is appended to ``servers`` if given; ``sndbuf`` sets
+    the send buffer of the server's sockets)."""
+    sock = free_socket(sndbuf)
     config = uvicorn.Config(
         app, log_level="warning", lifespan="auto", timeout_graceful_shutdown=2, ws="none"
     )
@@ -357,3 +362,47 @@ def tenant_auth(*, scope_keys: bool = True) -> Auth:
         scope_runs_subscribe=scope_runs_subscribe,
         scope_keys=(lambda tenant: str(tenant)) if scope_keys else None,
     )
+
+
+async def stalled_client(base: str, path: str) -> socket.socket:
+    """A client that sends ``GET path`` and then does not read (its receive buffer
+    is 4 KiB, so the server's writes back up soon)."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, int(port)))
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+    await loop.sock_sendall(sock, request.encode())
+    return sock
+
+
+async def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    async with asyncio.timeout(TIMEOUT):
+        while chunk := await loop.sock_recv(sock, 65536):
+            data += chunk
+    return data
+
+
+class ChattyIn(BaseModel):
+    key: str
+    size: int = 1000
+
+
+@define_job("chatty", input=ChattyIn)
+async def chatty(step: Step, payload: ChattyIn) -> dict[str, int]:
+    """Logs ``size``-byte messages as fast as it can until gate ``<key>:end`` opens."""
+    count = 0
+    while not GATES[f"{payload.key}:end"].is_set():
+        count += 1
+        step.log.info("x" * payload.size, count=count)
+        await asyncio.sleep(0)
+    step.progress(count, count)
+    return {"logs": count}
+
+
+JOBS["chatty"] = chatty

@@ -19,6 +19,7 @@ from durably import (
     StepStartEvent,
 )
 from durably.http import _serialize
+from durably.http._backlog import Backlog
 from durably.http._fanout import RUNS_FLUSH_INTERVAL, RUNS_LINGER, RunsFanout, RunsStream
 from durably.http._serialize import Outgoing, event_payload, sse_frame, trimmed_payload
 
@@ -80,7 +81,9 @@ def test_outgoing__frames_are_the_protocol_frames_encoded_once(
 
 async def test_fanout__filters_by_job_labels_both_and_none() -> None:
     fanout = RunsFanout(throttle=0)
-    streams = {name: RunsStream() for name in ("all", "job", "label", "two_labels", "both")}
+    streams = {
+        name: RunsStream(Backlog(1 << 20)) for name in ("all", "job", "label", "two_labels", "both")
+    }
     fanout.add(streams["all"], None, None)
     fanout.add(streams["job"], ("b", "c"), None)
     fanout.add(streams["label"], None, {"org": "x"})
@@ -107,7 +110,7 @@ async def test_fanout__filters_by_job_labels_both_and_none() -> None:
 
 async def test_fanout__streams_with_one_filter_share_one_chunk_per_flush() -> None:
     fanout = RunsFanout(throttle=0)
-    streams = [RunsStream() for _ in range(50)]
+    streams = [RunsStream(Backlog(1 << 20)) for _ in range(50)]
     for s in streams:
         fanout.add(s, ("a",), None)
     loop = asyncio.get_running_loop()
@@ -123,7 +126,7 @@ async def test_fanout__streams_with_one_filter_share_one_chunk_per_flush() -> No
 
 async def test_fanout__flushes_are_spaced() -> None:
     fanout = RunsFanout(throttle=0)
-    stream = RunsStream()
+    stream = RunsStream(Backlog(1 << 20))
     fanout.add(stream, None, None)
     loop = asyncio.get_running_loop()
     fanout.push(trigger("r1"))
@@ -136,7 +139,7 @@ async def test_fanout__flushes_are_spaced() -> None:
 
 async def test_fanout__one_throttle_first_at_once_latest_wins_flushed_before_terminal() -> None:
     fanout = RunsFanout(throttle=1.0)
-    a, b = RunsStream(), RunsStream()
+    a, b = RunsStream(Backlog(1 << 20)), RunsStream(Backlog(1 << 20))
     fanout.add(a, None, None)
     fanout.add(b, ("a",), {"org": "x"})
     fanout.push(progress("r1", 1))
@@ -158,7 +161,7 @@ async def test_fanout__one_throttle_first_at_once_latest_wins_flushed_before_ter
 
 async def test_fanout__last_stream_leaving_resets_everything() -> None:
     fanout = RunsFanout(throttle=10)
-    one, two = RunsStream(), RunsStream()
+    one, two = RunsStream(Backlog(1 << 20)), RunsStream(Backlog(1 << 20))
     stop_one = fanout.add(one, ("a",), {"org": "x"})
     stop_two = fanout.add(two, ("a",), {"org": "x"})
     fanout.push(run_event(RunProgressEvent, "r1", labels={"org": "x"}, progress=Progress(1)))
@@ -168,7 +171,7 @@ async def test_fanout__last_stream_leaving_resets_everything() -> None:
     assert fanout.open
     stop_two()
     assert not fanout.open
-    again = RunsStream()
+    again = RunsStream(Backlog(1 << 20))
     fanout.add(again, None, None)
     fanout.push(progress("r1", 3))  # a fresh throttle: sent at once
     assert b'"current":3' in await take(again)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 
+from ._backlog import Backlog
 from ._serialize import Outgoing
 from ._throttle import ProgressThrottle
 
@@ -37,15 +38,20 @@ Labels = tuple[tuple[str, str], ...]
 
 
 class RunsStream:
-    """One list stream's inbox: chunks of frames, ready to write."""
+    """One list stream's inbox: chunks of frames, ready to write; what queues up
+    while the stream waits for its client is bounded by ``backlog``."""
 
-    __slots__ = ("_chunks", "_ready")
+    __slots__ = ("_chunks", "_ready", "backlog")
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: Backlog) -> None:
         self._chunks: list[bytes] = []
         self._ready = asyncio.Event()
+        self.backlog = backlog
 
     def feed(self, chunk: bytes) -> None:
+        if self.backlog.counting and not self.backlog.add(len(chunk)):
+            self._chunks.clear()  # cut: nothing more is sent
+            return
         self._chunks.append(chunk)
         self._ready.set()
 
@@ -54,6 +60,7 @@ class RunsStream:
         await self._ready.wait()
         self._ready.clear()
         chunks, self._chunks = self._chunks, []
+        self.backlog.taken()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

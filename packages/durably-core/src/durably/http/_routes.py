@@ -31,6 +31,7 @@ from ._auth import (
     call,
     scoped_key,
 )
+from ._backlog import DEFAULT_MAX_BACKLOG, Backlog
 from ._fanout import RunsStream
 from ._hub import EventHub
 from ._request import (
@@ -85,9 +86,11 @@ class _Handler:
         sse_poll_interval: float | None,
         on_request: Callable[[], Awaitable[None] | None] | None,
         max_body_size: int,
+        sse_max_backlog: int,
     ) -> None:
         self.durably = durably
         self.max_body_size = max_body_size
+        self.max_backlog = sse_max_backlog
         self.auth = auth
         self.throttle = sse_throttle
         self.poll_interval = sse_poll_interval
@@ -265,7 +268,8 @@ class _Handler:
                 headers={"Cache-Control": "no-cache"},
             )
         # listen, then read again, so nothing between the read and the stream is lost
-        queue = EventQueue(self.throttle, run_filter)
+        backlog = Backlog(self.max_backlog)
+        queue = EventQueue(self.throttle, run_filter, backlog)
         stop = self.hub.watch_run(run.id, queue.push)
         try:
             current = await self.durably.get_run(run.id)
@@ -275,7 +279,8 @@ class _Handler:
         if current is None:
             stop()
             return error_response("Run not found", 404)
-        return SSEResponse(run_frames(self.durably, queue, current, self.poll_interval), stop)
+        frames = run_frames(self.durably, queue, current, self.poll_interval)
+        return SSEResponse(frames, stop, backlog)
 
     async def runs_subscribe(self, request: Request, ctx: Any) -> Response:
         query = RunsSubscribeFilter(
@@ -292,9 +297,9 @@ class _Handler:
                     RunsFilter(job_name=query.job_name, labels=query.labels),
                 )
                 query = RunsSubscribeFilter(job_name=scoped.job_name, labels=scoped.labels)
-        stream = RunsStream()
+        stream = RunsStream(Backlog(self.max_backlog))
         stop = self.hub.watch_runs(stream, query.job_name, query.labels)
-        return SSEResponse(runs_frames(stream), stop)
+        return SSEResponse(runs_frames(stream), stop, stream.backlog)
 
 
 def create_handler(
@@ -305,6 +310,7 @@ def create_handler(
     sse_poll_interval: float | None = 1.0,
     on_request: Callable[[], Awaitable[None] | None] | None = None,
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    sse_max_backlog: int = DEFAULT_MAX_BACKLOG,
 ) -> Starlette:
     """An ASGI app serving durably's HTTP/SSE protocol (that of the TypeScript
     ``createDurablyHandler``), for ``@coji/durably-react``'s hooks.
@@ -317,7 +323,9 @@ def create_handler(
     ``authenticate``. The worker is not started here: run ``durably.init()`` /
     ``stop()`` in the application's lifespan. ``max_body_size``: the largest request
     body, in bytes (default 1 MiB); a larger one is refused with 413 before it is
-    read whole.
+    read whole. ``sse_max_backlog``: the most bytes a stream queues while waiting for
+    a client that does not read (default 1 MiB); past it the client is disconnected
+    (it reconnects and gets the replay) instead of the server holding ever more for it.
     """
     if auth is not None and not isinstance(auth, Auth):
         raise ValidationError(
@@ -334,9 +342,12 @@ def create_handler(
             "sse_poll_interval must be a number of seconds > 0 (or None), "
             f"got {sse_poll_interval!r}"
         )
-    if not isinstance(max_body_size, int) or isinstance(max_body_size, bool) or max_body_size <= 0:
-        raise ValidationError(f"max_body_size must be a number of bytes > 0, got {max_body_size!r}")
-    handler = _Handler(durably, auth, sse_throttle, sse_poll_interval, on_request, max_body_size)
+    for name, value in [("max_body_size", max_body_size), ("sse_max_backlog", sse_max_backlog)]:
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValidationError(f"{name} must be a number of bytes > 0, got {value!r}")
+    handler = _Handler(
+        durably, auth, sse_throttle, sse_poll_interval, on_request, max_body_size, sse_max_backlog
+    )
     methods = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"]
     app = Starlette(routes=[Route("/{path:path}", handler.dispatch, methods=methods)])
     app.state.durably_hub = handler.hub

@@ -13,11 +13,13 @@ synthesized events (``sequence`` 0, as the reference's replay does).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .. import (
     Durably,
@@ -33,9 +35,12 @@ from .. import (
     RunStatus,
 )
 from .._events import TERMINAL_EVENT_TYPES
+from ._backlog import Backlog
 from ._fanout import RunsStream
 from ._serialize import Outgoing
 from ._throttle import ProgressThrottle
+
+logger = logging.getLogger("durably.http")
 
 #: What a run's stream forwards (the reference's list).
 RUN_STREAM_TYPES = frozenset(
@@ -55,29 +60,44 @@ RUN_STREAM_TYPES = frozenset(
 
 
 class EventQueue:
-    """Events pushed by the hub, read back through the progress throttle."""
+    """Events pushed by the hub, read back through the progress throttle; what
+    queues up while the stream waits for its client is bounded by ``backlog``."""
 
-    def __init__(self, throttle: float, accept: Callable[[Outgoing], bool]) -> None:
+    def __init__(
+        self, throttle: float, accept: Callable[[Outgoing], bool], backlog: Backlog
+    ) -> None:
         self._queue: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._accept = accept
+        self.backlog = backlog
         loop = asyncio.get_running_loop()
         self.throttle = ProgressThrottle(throttle, loop.time)
         self._loop = loop
 
     def push(self, out: Outgoing) -> None:
-        if self._accept(out):
-            self._queue.put_nowait(out)
+        if not self._accept(out):
+            return
+        if self.backlog.counting and not self.backlog.add(len(out.full)):
+            while not self._queue.empty():  # cut: nothing more is sent
+                self._queue.get_nowait()
+            return
+        self._queue.put_nowait(out)
 
     def drain(self) -> list[Outgoing]:
         """Events already queued, without waiting (and without throttling)."""
         out = []
         while not self._queue.empty():
             out.append(self._queue.get_nowait())
+        self.backlog.taken()
         return out
 
     async def next(self, idle: float | None) -> list[Outgoing] | None:
         """The next events to send (all that are ready, so they go out in one write);
         ``None`` after ``idle`` seconds with nothing to send."""
+        out = await self._next(idle)
+        self.backlog.taken()  # the queue is empty now
+        return out
+
+    async def _next(self, idle: float | None) -> list[Outgoing] | None:
         idle_deadline = None if idle is None else self._loop.time() + idle
         while True:
             if not self._queue.empty():
@@ -108,17 +128,42 @@ class EventQueue:
 
 class SSEResponse(EventSourceResponse):
     """An ``EventSourceResponse`` that runs ``on_close`` however the stream ends
-    (finished, client gone, server shutting down, or never started)."""
+    (finished, client gone, server shutting down, cut, or never started), and is
+    cut when its ``backlog`` overflows: the response ends unfinished, which makes
+    the ASGI server close the connection."""
 
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+    def __init__(
+        self, content: AsyncIterator[bytes], on_close: Callable[[], None], backlog: Backlog
+    ) -> None:
         super().__init__(content, sep="\n", headers={"Cache-Control": "no-cache"})
         self._on_close = on_close
+        self._backlog = backlog
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        backlog = self._backlog
+
+        async def watched_send(message: Message) -> None:
+            # the server returns at once unless it waits for the client to read
+            backlog.sending += 1
+            try:
+                await send(message)
+            finally:
+                backlog.sending -= 1
+
         try:
-            await super().__call__(scope, receive, send)
+            with anyio.CancelScope() as scope_:
+                backlog.on_cut = scope_.cancel
+                await super().__call__(scope, receive, watched_send)
         finally:
+            backlog.on_cut = None
             self._on_close()
+        if backlog.cut:
+            logger.warning(
+                "durably.http: %s: the client fell more than %d bytes behind; its stream "
+                "is cut (it reconnects and gets the replay)",
+                scope.get("path", "?"),
+                backlog.limit,
+            )
 
 
 def _synthetic(durably: Durably, cls: type[Event], run: Run, **fields: Any) -> Event:
