@@ -22,6 +22,18 @@ from durably.http import Auth, RunsFilter, RunsSubscribeFilter, TriggerRequest
 #: Safety net for waits on conditions (never a sleep to let something happen).
 TIMEOUT = 10.0
 
+#: The handler's routes about one run (``?runId=``).
+RUN_ROUTES = [
+    ("GET", "/run"),
+    ("GET", "/steps"),
+    ("POST", "/retrigger"),
+    ("POST", "/cancel"),
+    ("DELETE", "/run"),
+    ("GET", "/subscribe"),
+]
+#: Every route of the handler.
+ROUTES = [("POST", "/trigger"), ("GET", "/runs"), ("GET", "/runs/subscribe"), *RUN_ROUTES]
+
 
 class Gates:
     """asyncio.Events a job waits on, created on demand by name."""

@@ -18,24 +18,13 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from http_support import JOBS, ASGIResult, asgi_request, tenant_auth
+from http_support import JOBS, ROUTES, ASGIResult, asgi_request, tenant_auth
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from durably import Durably, create_durably
 from durably.http import Auth, create_handler
 
-ROUTES = [
-    ("POST", "/trigger"),
-    ("GET", "/runs"),
-    ("GET", "/run"),
-    ("GET", "/steps"),
-    ("POST", "/retrigger"),
-    ("POST", "/cancel"),
-    ("DELETE", "/run"),
-    ("GET", "/subscribe"),
-    ("GET", "/runs/subscribe"),
-]
 METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD", "TRACE", "BREW"]
 PARAMS = ["runId", "jobName", "status", "limit", "offset", "label.tenant", "label.org"]
 

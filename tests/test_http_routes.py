@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from http_support import JOBS
+from http_support import JOBS, RUN_ROUTES
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Mount
@@ -267,17 +267,7 @@ async def test_run__one_client_run(client: httpx.AsyncClient, durably: Durably) 
     assert body["input"] == {"a": 1, "b": 2}
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("GET", "/run"),
-        ("GET", "/steps"),
-        ("POST", "/retrigger"),
-        ("POST", "/cancel"),
-        ("DELETE", "/run"),
-        ("GET", "/subscribe"),
-    ],
-)
+@pytest.mark.parametrize(("method", "path"), RUN_ROUTES)
 async def test_run_routes__missing_or_unknown_run_id(
     client: httpx.AsyncClient, method: str, path: str
 ) -> None:
