@@ -255,14 +255,18 @@ class EventBus:
         event = cls(timestamp=self._clock.now(), sequence=next(self._sequence), **fields)
         self._deliver(event, targets)
 
-    def emit_run(self, cls: type[RunEvent], run: Run, **fields: Any) -> None:
-        """``emit`` of an event about ``run``: its id, job name and labels filled in."""
+    def emit_run(
+        self, cls: type[RunEvent], run: Run, *, at: datetime | None = None, **fields: Any
+    ) -> None:
+        """``emit`` of an event about ``run``: its id, job name and labels filled in.
+        Its timestamp is ``at`` when the caller read the clock for that instant already
+        (a step's start: the same reading as the row's ``started_at``)."""
         targets = self._targets(cls)
         if not targets:
             next(self._sequence)
             return
         event = cls(
-            timestamp=self._clock.now(),
+            timestamp=self._clock.now() if at is None else at,
             sequence=next(self._sequence),
             run_id=run.id,
             job_name=run.job_name,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import pydantic
@@ -29,6 +29,12 @@ from ._validate import check_progress, check_text, describe_pydantic_error
 
 StopReason = Literal["cancelled", "lease-lost", "shutdown"]
 
+#: A step function is called only while at least this fraction of ``lease_duration``
+#: is left on the lease (by the engine's clock); closer to the deadline the lease is
+#: renewed first. The margin is what a stall may take between the check and the
+#: function's first action without another worker having claimed the run.
+LEASE_MARGIN = 0.25
+
 
 class Execution:
     """One execution of a claimed run by this process. Every write is fenced by
@@ -41,7 +47,11 @@ class Execution:
         self.bus = engine.bus
         self.run = run
         self.generation = run.lease_generation
+        self._margin = timedelta(seconds=engine.settings.lease_duration * LEASE_MARGIN)
         self.lease_expires_at: datetime = run.lease_expires_at or engine.now()
+        #: A step may start without renewing before this instant (the deadline less
+        #: the margin); kept beside ``lease_expires_at`` so the check is one comparison.
+        self.fresh_until: datetime = self.lease_expires_at - self._margin
         self.completed: dict[str, StepRecord] = {}
         self.cancel_flag = threading.Event()
         self.current_step: str | None = None
@@ -55,6 +65,7 @@ class Execution:
         self._pending_progress: Progress | None = None
         self._pending_logs: list[NewLog] = []
         self._flush_task: asyncio.Task[bool] | None = None
+        self._renewal: asyncio.Future[bool] | None = None
 
     # -- helpers used by Step --
 
@@ -108,6 +119,8 @@ class Execution:
         if not self._on_loop():
             self._loop.call_soon_threadsafe(self.set_progress, current, total, message)
             return
+        if self.stop_if_expired():
+            return
         progress = Progress(current=current, total=total, message=message)
         self._pending_progress = progress
         run = self.run
@@ -131,6 +144,8 @@ class Execution:
     def _log_on_loop(
         self, level: LogLevel, message: str, data: dict[str, Any], step_name: str | None
     ) -> None:
+        if self.stop_if_expired():
+            return
         data_json: str | None = None
         if data:
             try:
@@ -359,20 +374,99 @@ class Execution:
         with contextlib.suppress(LeaseLostError):
             await self.flush()
 
+    # -- the lease --
+
+    def expired(self) -> bool:
+        """Has the lease's deadline passed by the engine's clock? From then on another
+        worker may own the run, so this one must do nothing more for it. (Called from
+        a sync step's worker thread too: it only reads the clock and one attribute.)"""
+        return self.now() >= self.lease_expires_at
+
+    def stop_if_expired(self) -> bool:
+        """True (and the execution stopped as lease-lost) when the lease has expired:
+        progress and logs of a stalled worker are neither emitted nor written."""
+        if not self.expired():
+            return False
+        self.lost_context = "lease-renewal"
+        self.request_stop("lease-lost")
+        return True
+
+    async def secure_lease(self, step_name: str) -> datetime:
+        """A step is about to start with less than the margin left on the lease (the
+        loop was stalled, or renewals are slow): renew it now (fenced) and return the
+        time after, or raise ``LeaseLostError`` so that the function is never called."""
+        if await self.renew():
+            now = self.now()
+            if now < self.lease_expires_at:
+                return now
+        self.lost_context = "lease-renewal"
+        raise self.lease_lost(f"step {step_name!r} was not started")
+
+    async def renew(self) -> bool:
+        """Renew the lease (fenced). False when it is lost: expired by this worker's
+        clock (the database would refuse it too, and another worker may hold it),
+        cancelled or claimed elsewhere. Raises ``StorageError`` when the database
+        cannot be asked.
+
+        One renewal at a time: after a stall the renewal timer and a step about to
+        start ask at once. Two renewals in flight could be applied in the other
+        order and move the stored deadline back below the one this worker believes,
+        so a second caller waits for the first one's answer. The first runs it in
+        its own task (the timer re-arms right after its event, with no turn of the
+        loop in between)."""
+        while (pending := self._renewal) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except _RenewalAbandoned:  # its caller was cancelled: renew here instead
+                continue
+        answer: asyncio.Future[bool] = self._loop.create_future()
+        self._renewal = answer
+        try:
+            ok = await self._renew_once()
+        except Exception as exc:
+            answer.set_exception(exc)
+            raise
+        except BaseException:
+            answer.set_exception(_RenewalAbandoned())
+            raise
+        else:
+            answer.set_result(ok)
+            return ok
+        finally:
+            self._renewal = None
+            answer.exception()  # retrieved: a waiter, if any, got it too
+
+    async def _renew_once(self) -> bool:
+        engine = self.engine
+        now = engine.now()
+        if now >= self.lease_expires_at:
+            return False
+        expires = engine.lease_expiry(now)
+        if not await self.storage.renew_lease(self.run.id, self.generation, now, expires):
+            return False
+        if expires > self.lease_expires_at:
+            self.lease_expires_at = expires
+            self.fresh_until = expires - self._margin
+        run = self.run
+        if self.bus.wants("run:lease-renewed"):
+            self.bus.emit(
+                RunLeaseRenewedEvent,
+                run_id=run.id,
+                job_name=run.job_name,
+                labels=run.labels,
+                lease_owner=run.lease_owner or engine.owner,
+                lease_expires_at=expires,
+            )
+        return True
+
     async def _renew_loop(self) -> None:
         engine = self.engine
         interval = engine.settings.lease_renew_interval
         while True:
             remaining = (self.lease_expires_at - engine.now()).total_seconds()
             await engine.clock.sleep(max(0.0, min(interval, remaining)))
-            now = engine.now()
-            if now >= self.lease_expires_at:
-                self.lost_context = "lease-renewal"
-                self.request_stop("lease-lost")
-                return
             try:
-                expires = engine.lease_expiry(now)
-                ok = await self.storage.renew_lease(self.run.id, self.generation, now, expires)
+                ok = await self.renew()
             except StorageError as exc:
                 self.report_error(exc, "lease-renewal")
                 continue
@@ -380,14 +474,7 @@ class Execution:
                 self.lost_context = "lease-renewal"
                 self.request_stop("lease-lost")
                 return
-            self.lease_expires_at = expires
-            run = self.run
-            if self.bus.wants("run:lease-renewed"):
-                self.bus.emit(
-                    RunLeaseRenewedEvent,
-                    run_id=run.id,
-                    job_name=run.job_name,
-                    labels=run.labels,
-                    lease_owner=run.lease_owner or engine.owner,
-                    lease_expires_at=expires,
-                )
+
+
+class _RenewalAbandoned(Exception):
+    """The caller running a renewal others waited for was cancelled before the answer."""

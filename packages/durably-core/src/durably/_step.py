@@ -47,6 +47,20 @@ def error_message(exc: BaseException) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+class _NotStarted(Exception):
+    """A sync step's thread started after the lease had expired: fn was not called."""
+
+
+def _call_while_leased(
+    x: Execution, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Call a sync step function in its worker thread, unless the lease expired while
+    the call waited for the thread (a loaded machine, a stalled process)."""
+    if x.expired():
+        raise _NotStarted
+    return fn(*args, **kwargs)
+
+
 class StepLog:
     """``step.log.info/warn/error(message, **data)``: a ``log:write`` event, stored."""
 
@@ -87,6 +101,13 @@ class Step:
     def job_name(self) -> str:
         """The name of its job."""
         return self._x.run.job_name
+
+    @property
+    def lease_generation(self) -> int:
+        """The generation of the lease this execution holds: it grows with every claim,
+        so a system a step changes can refuse writes carrying an older one (a fencing
+        token against a worker that stalled past its lease)."""
+        return self._x.generation
 
     @property
     def cancelled(self) -> bool:
@@ -153,25 +174,25 @@ class Step:
         bus = x.bus
         run = x.run
         started = x.now()
+        if started >= x.fresh_until:
+            # Little or no lease left (the loop was stalled, or renewals are slow):
+            # another worker may own the run already. Renew first, or never call fn.
+            started = await x.secure_lease(name)
+        # From here to fn's call nothing awaits: a stall in between is what the
+        # margin covers (a sync fn is checked once more in its thread).
         t0 = time.perf_counter()
         x.current_step = name
         if bus.wants("step:start"):
-            bus.emit(
-                StepStartEvent,
-                run_id=run.id,
-                job_name=run.job_name,
-                labels=run.labels,
-                step_name=name,
-                step_index=index,
-            )
+            # stamped with the clock reading the lease was checked with
+            bus.emit_run(StepStartEvent, run, at=started, step_name=name, step_index=index)
         try:
             if is_coroutine:
                 result = await fn(*args, **kwargs)
             else:
-                result = await asyncio.to_thread(fn, *args, **kwargs)
+                result = await asyncio.to_thread(_call_while_leased, x, fn, args, kwargs)
                 if inspect.isawaitable(result):
                     result = await result
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _NotStarted) as exc:
             x.current_step = None
             bus.emit(
                 StepCancelEvent,
@@ -181,6 +202,9 @@ class Step:
                 step_name=name,
                 step_index=index,
             )
+            if isinstance(exc, _NotStarted):
+                x.lost_context = "lease-renewal"
+                raise x.lease_lost(f"step {name!r} was not started") from None
             raise
         except Exception as exc:
             x.current_step = None
@@ -251,9 +275,17 @@ class Step:
                 completed_at=x.now(),
             )
             try:
-                await x.storage.persist_step(run.id, x.generation, record, record.completed_at)  # type: ignore[arg-type]
+                saved = await x.storage.persist_step(
+                    run.id,
+                    x.generation,
+                    record,
+                    record.completed_at,  # type: ignore[arg-type]
+                )
             except StorageError as store_exc:
                 x.report_error(store_exc, "step-failure")
+            else:
+                if not saved:  # fenced out: another worker owns the run; say nothing more
+                    raise x.lease_lost(f"the failure of step {name!r} was not saved")
         x.bus.emit(
             StepFailEvent,
             run_id=run.id,
