@@ -182,6 +182,7 @@ _CLEAR = [
     "DELETE FROM durably_steps",
     "DELETE FROM durably_logs",
     "DELETE FROM durably_run_labels",
+    "DELETE FROM durably_waits",
     "DELETE FROM durably_runs",
 ]
 

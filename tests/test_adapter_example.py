@@ -104,6 +104,13 @@ EXPECTED_FAILURES = {
     ),
     "test_renew_lease__refused_with_wrong_generation",
     "test_renew_lease__refused_after_reclaim",
+    # the fenced wait operations of the lease holder
+    *(
+        f"test_{operation}__refused_without_the_lease{suffix}[{scenario}]"
+        for operation, suffix in (("prepare_wait", ""), ("suspend_run", "_or_the_wait"))
+        for scenario in ("reclaimed", "wrong_generation")
+    ),
+    "test_wait_result__refused_without_the_lease",
 }
 
 

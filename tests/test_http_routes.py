@@ -33,7 +33,7 @@ CLIENT_RUN_KEYS = {
     "isTerminal",
     "isActive",
 }
-STATUS_LIST = "pending, leased, completed, failed, cancelled"
+STATUS_LIST = "pending, leased, waiting, completed, failed, cancelled"
 
 
 @pytest.fixture

@@ -70,6 +70,7 @@ PUBLIC = {
         "ModelConflict",
         "ModelRun",
         "ModelStep",
+        "ModelWait",
         "StorageStateMachine",
     ],
     "durably.http": [
@@ -97,6 +98,7 @@ PUBLIC = {
             "CANCELLABLE_STATUSES",
             "DELETABLE_STATUSES",
             "RETRIGGERABLE_STATUSES",
+            "REOPENABLE_WAIT_STATUSES",
             "RETRYABLE_STATUSES",
             "STATUS_ALIASES",
             "TERMINAL_STATUSES",
@@ -119,8 +121,17 @@ PUBLIC = {
             "released",
             "renewed",
             "retried",
+            "signal_decision",
+            "signalled",
             "step_completed",
+            "suspended",
+            "timed_out",
+            "wait_due",
+            "wait_ended",
+            "wait_reopened",
+            "wake_time",
             "with_progress",
+            "woken",
         ]
     ),
     "durably.sql": [

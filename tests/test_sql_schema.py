@@ -1,5 +1,6 @@
-"""Schema version 1 equals what the TypeScript reference creates, and migrate() is
-idempotent and safe from several connections and processes at once.
+"""Schema version 1 equals what the TypeScript reference creates; the Python-side
+migrations only add to it; migrate() is idempotent and safe from several
+connections and processes at once.
 
 The expected schema and rows come from ``fixtures/reference_0.15.0_schema_v1.json``,
 written by ``@coji/durably`` 0.15.0 itself (``fixtures/make_reference_db.mjs``).
@@ -20,8 +21,16 @@ from typing import Any
 
 import pytest
 
-from durably import NewRun, Progress, RunFilter, RunStatus, SchemaVersionError, StepStatus
-from durably.sql import Migration, SqlStorage, migrate
+from durably import (
+    NewRun,
+    NewWait,
+    Progress,
+    RunFilter,
+    RunStatus,
+    SchemaVersionError,
+    StepStatus,
+)
+from durably.sql import PY_MIGRATIONS, Migration, SqlStorage, migrate
 from durably_sqlite import SqliteExecutor, open_sqlite
 
 FIXTURE = json.loads(
@@ -59,11 +68,60 @@ async def migrated(path: Path) -> SqlStorage:
     return storage
 
 
+async def reference_only(path: Path) -> None:
+    """Schema version 1 alone (no Python-side migration)."""
+    ex = SqliteExecutor(path)
+    try:
+        await migrate(ex, "2026-01-01T00:00:00.000Z", ())
+    finally:
+        await ex.close()
+
+
+#: Added by the Python-side migrations: the columns (with ``pragma table_info``'s
+#: cid, name, type, notnull, default, pk) and the objects.
+RUNS_COLUMNS_ADDED = [
+    (19, "waiting_on_wait_id", "TEXT", 0, None, 0),
+    (20, "wake_at", "TEXT", 0, None, 0),
+]
+OBJECTS_ADDED = [
+    ("table", "durably_waits"),
+    ("index", "sqlite_autoindex_durably_waits_1"),
+    ("index", "idx_durably_waits_run_name"),
+    ("index", "idx_durably_runs_status_wake"),
+]
+
+
+def full_schema() -> list[tuple[Any, ...]]:
+    """sqlite_master after every migration: the reference's objects (the runs table
+    with the added columns at its end), then the Python ones."""
+    rows = []
+    for row in FIXTURE["sqlite_master"]:
+        row = tuple(row)
+        if row[1] == "durably_runs":
+            sql = row[3][:-1] + ", waiting_on_wait_id TEXT, wake_at TEXT)"
+            row = (*row[:3], sql)
+        rows.append(row)
+    return [*rows, PY_TABLE]
+
+
+def names(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [(r[0], r[1]) for r in rows]
+
+
 async def test_schema__objects_equal_the_reference_ddl(tmp_path: Path) -> None:
     db = tmp_path / "d.db"
-    await (await migrated(db)).close()
+    await reference_only(db)
     expected = [tuple(row) for row in FIXTURE["sqlite_master"]]
     assert master(db) == [*expected, PY_TABLE]
+
+
+async def test_schema__python_migrations_only_add(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    await (await migrated(db)).close()
+    got = master(db)
+    reference = full_schema()
+    assert got[: len(reference)] == reference
+    assert names(got[len(reference) :]) == OBJECTS_ADDED
 
 
 async def test_schema__columns_types_notnull_defaults(tmp_path: Path) -> None:
@@ -71,7 +129,30 @@ async def test_schema__columns_types_notnull_defaults(tmp_path: Path) -> None:
     await (await migrated(db)).close()
     for table in TABLES:
         got = query(db, f"PRAGMA table_info({table})")
-        assert got == [tuple(c) for c in FIXTURE["table_info"][table]], table
+        expected = [tuple(c) for c in FIXTURE["table_info"][table]]
+        if table == "durably_runs":
+            expected += RUNS_COLUMNS_ADDED
+        assert got == expected, table
+    waits = [c[1] for c in query(db, "PRAGMA table_info(durably_waits)")]
+    # the reference's names (its main branch, schema version 2), then Python's "kind"
+    assert waits == [
+        "id",
+        "run_id",
+        "name",
+        "metadata",
+        "status",
+        "payload",
+        "signal_id",
+        "created_at",
+        "deadline_at",
+        "deadline_ms",
+        "outcome",
+        "suspended_at",
+        "resolved_at",
+        "first_resumed_at",
+        "timing_known",
+        "kind",
+    ]
 
 
 async def test_schema__indexes_unique_and_partial(tmp_path: Path) -> None:
@@ -79,7 +160,7 @@ async def test_schema__indexes_unique_and_partial(tmp_path: Path) -> None:
     await (await migrated(db)).close()
     indexes = {
         name: (unique, partial)
-        for table in TABLES
+        for table in [*TABLES, "durably_waits"]
         for _, name, unique, _, partial in query(db, f"PRAGMA index_list({table})")
     }
     assert indexes["idx_durably_runs_job_idempotency"] == (1, 0)
@@ -87,6 +168,8 @@ async def test_schema__indexes_unique_and_partial(tmp_path: Path) -> None:
     assert indexes["idx_durably_steps_completed_unique"] == (1, 1)
     assert indexes["idx_durably_run_labels_pk"] == (1, 0)
     assert indexes["idx_durably_runs_status_created"] == (0, 0)
+    assert indexes["idx_durably_waits_run_name"] == (1, 0)
+    assert indexes["idx_durably_runs_status_wake"] == (0, 0)
     cols = [r[2] for r in query(db, "PRAGMA index_info(idx_durably_steps_run_index)")]
     assert cols == ["run_id", "index"]
 
@@ -97,7 +180,9 @@ async def test_schema__version_1_recorded_like_the_reference(tmp_path: Path) -> 
     [(version, applied_at)] = query(db, "SELECT version, applied_at FROM durably_schema_versions")
     assert version == 1
     assert TS_FORMAT.match(applied_at)
-    assert query(db, "SELECT * FROM durably_py_schema_versions") == []
+    # the Python-side versions are recorded in their own table only
+    py_versions = query(db, "SELECT version FROM durably_py_schema_versions")
+    assert py_versions == [(m.version,) for m in PY_MIGRATIONS]
     [(ref_version, ref_applied)] = FIXTURE["rows"]["durably_schema_versions"]
     assert ref_version == 1
     assert TS_FORMAT.match(ref_applied)
@@ -122,7 +207,9 @@ async def test_migrate__concurrent_connections(tmp_path: Path) -> None:
     await asyncio.gather(*(s.migrate() for s in storages))
     for s in storages:
         await s.close()
-    assert master(db) == [*(tuple(r) for r in FIXTURE["sqlite_master"]), PY_TABLE]
+    got = master(db)
+    assert got[: len(full_schema())] == full_schema()
+    assert names(got[len(full_schema()) :]) == OBJECTS_ADDED
     assert query(db, "SELECT version FROM durably_schema_versions") == [(1,)]
 
 
@@ -160,7 +247,9 @@ def test_migrate__concurrent_processes(tmp_path: Path) -> None:
     # collect every process before asserting, so a failure leaks none of them
     errors = [proc.communicate(timeout=60)[1] for proc in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
-    assert master(db) == [*(tuple(r) for r in FIXTURE["sqlite_master"]), PY_TABLE]
+    got = master(db)
+    assert got[: len(full_schema())] == full_schema()
+    assert names(got[len(full_schema()) :]) == OBJECTS_ADDED
     assert query(db, "SELECT version FROM durably_schema_versions") == [(1,)]
 
 
@@ -207,6 +296,48 @@ async def test_py_migrations__newer_database_refused(tmp_path: Path) -> None:
         assert await ex.fetch("SELECT type, name, sql FROM sqlite_master") == before
     finally:
         await ex.close()
+
+
+async def test_py_migrations__database_where_the_reference_made_waits_first(
+    tmp_path: Path,
+) -> None:
+    """A later release of the reference (its main branch's schema version 2) adds
+    durably_waits and durably_runs.waiting_on_wait_id itself: migrating such a database
+    here adds only what it lacks, and waits work on it."""
+    db = tmp_path / "d.db"
+    await reference_only(db)
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE durably_runs ADD COLUMN waiting_on_wait_id TEXT")
+    conn.execute(
+        "CREATE TABLE durably_waits (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, name TEXT NOT "
+        "NULL, metadata TEXT, status TEXT NOT NULL, payload TEXT, signal_id TEXT, created_at "
+        "TEXT NOT NULL, deadline_at TEXT, deadline_ms INTEGER, outcome TEXT, suspended_at TEXT, "
+        "resolved_at TEXT, first_resumed_at TEXT, timing_known INTEGER NOT NULL DEFAULT 0)"
+    )
+    conn.execute("INSERT INTO durably_schema_versions VALUES (2, '2026-01-01T00:00:00.000Z')")
+    conn.commit()
+    conn.close()
+    storage = await migrated(db)
+    try:
+        runs = [c[1] for c in query(db, "PRAGMA table_info(durably_runs)")]
+        assert runs[-2:] == ["waiting_on_wait_id", "wake_at"]
+        waits = [c[1] for c in query(db, "PRAGMA table_info(durably_waits)")]
+        assert waits[-1] == "kind"
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        new = NewRun(id="01J00000000000000000000001", job_name="j", input_json="{}", created_at=now)
+        await storage.enqueue(new)
+        run = await storage.claim_next("w", now, now.replace(minute=1))
+        assert run is not None
+        wait = await storage.prepare_wait(
+            run.id, 1, NewWait(id="01J00000000000000000000002", name="w", created_at=now), now
+        )
+        assert wait is not None
+        assert wait.kind == "signal"
+        waiting = await storage.suspend_run(run.id, 1, wait.id, now)
+        assert waiting is not None
+        assert waiting.status is RunStatus.WAITING
+    finally:
+        await storage.close()
 
 
 # -- interoperability with a database the reference wrote --

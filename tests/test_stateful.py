@@ -21,7 +21,7 @@ from durably_testing.stateful import StorageStateMachine
 #: explore further, raise max_examples and drop derandomize in a local profile.
 SETTINGS = settings(
     max_examples=50,
-    stateful_step_count=30,
+    stateful_step_count=40,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],

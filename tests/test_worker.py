@@ -13,20 +13,13 @@ import pytest
 from engine_support import eventually, recorder, status_is
 
 from durably import (
-    EnqueueResult,
-    LogRecord,
-    NewLog,
-    NewRun,
-    NewStep,
     NotFoundError,
     Progress,
     Run,
     RunCancelledError,
     RunFailedError,
-    RunFilter,
     RunStatus,
     Step,
-    StepRecord,
     Storage,
     StorageError,
     ValidationError,
@@ -35,6 +28,7 @@ from durably import (
     define_job,
 )
 from durably_testing.clock import ManualClock, settle
+from durably_testing.faults import FaultyStorage
 
 
 class In(pydantic.BaseModel):
@@ -427,7 +421,7 @@ async def test_subscribe__notices_run_finished_elsewhere(
     assert await asyncio.wait_for(task, 5) == []
 
 
-class FlakyStorage:
+class FlakyStorage(FaultyStorage):
     """Delegates to a real storage; ``claim_next`` / ``renew_lease`` raise
     ``StorageError`` the given number of times."""
 
@@ -438,39 +432,12 @@ class FlakyStorage:
         renewals: int = 0,
         error: type[Exception] = StorageError,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.error = error
         self.failures = claims
         self.renew_failures = renewals
         self.claim_calls = 0
         self.renew_calls = 0
-
-    async def migrate(self) -> None:
-        await self.inner.migrate()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def enqueue(self, run: NewRun, *, coalesce: bool = False) -> EnqueueResult:
-        return await self.inner.enqueue(run, coalesce=coalesce)
-
-    async def enqueue_many(self, runs: Sequence[tuple[NewRun, bool]]) -> list[EnqueueResult]:
-        return await self.inner.enqueue_many(runs)
-
-    async def get_run(self, run_id: str) -> Run | None:
-        return await self.inner.get_run(run_id)
-
-    async def get_runs(self, query: RunFilter) -> list[Run]:
-        return await self.inner.get_runs(query)
-
-    async def get_steps(self, run_id: str) -> list[StepRecord]:
-        return await self.inner.get_steps(run_id)
-
-    async def get_completed_steps(self, run_id: str) -> list[StepRecord]:
-        return await self.inner.get_completed_steps(run_id)
-
-    async def get_logs(self, run_id: str) -> list[LogRecord]:
-        return await self.inner.get_logs(run_id)
 
     async def claim_next(
         self,
@@ -493,46 +460,6 @@ class FlakyStorage:
             self.renew_failures -= 1
             raise StorageError("renewal hiccup")
         return await self.inner.renew_lease(run_id, generation, now, lease_expires_at)
-
-    async def release_expired_leases(self, now: datetime) -> int:
-        return await self.inner.release_expired_leases(now)
-
-    async def persist_step(
-        self, run_id: str, generation: int, step: NewStep, now: datetime
-    ) -> bool:
-        return await self.inner.persist_step(run_id, generation, step, now)
-
-    async def update_progress(
-        self, run_id: str, generation: int, progress: Progress, now: datetime
-    ) -> bool:
-        return await self.inner.update_progress(run_id, generation, progress, now)
-
-    async def append_logs(
-        self, run_id: str, generation: int, logs: Sequence[NewLog], now: datetime
-    ) -> bool:
-        return await self.inner.append_logs(run_id, generation, logs, now)
-
-    async def complete_run(
-        self, run_id: str, generation: int, output_json: str, now: datetime, *, delete_steps: bool
-    ) -> bool:
-        return await self.inner.complete_run(
-            run_id, generation, output_json, now, delete_steps=delete_steps
-        )
-
-    async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
-        return await self.inner.fail_run(run_id, generation, error, now)
-
-    async def cancel_run(self, run_id: str, now: datetime) -> Run | None:
-        return await self.inner.cancel_run(run_id, now)
-
-    async def retry_run(self, run_id: str, now: datetime) -> Run | None:
-        return await self.inner.retry_run(run_id, now)
-
-    async def delete_run(self, run_id: str) -> Run | None:
-        return await self.inner.delete_run(run_id)
-
-    async def purge_runs(self, completed_before: datetime, limit: int) -> int:
-        return await self.inner.purge_runs(completed_before, limit)
 
 
 # OSError: an adapter that lets a raw exception escape must not stop the worker either

@@ -19,6 +19,8 @@ class RunStatus(StrEnum):
 
     PENDING = "pending"
     LEASED = "leased"
+    #: Suspended on a durable wait: no lease, no slot; claimable again at ``wake_at``.
+    WAITING = "waiting"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -32,12 +34,38 @@ class StepStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class WaitStatus(StrEnum):
+    """``pending`` until a result is recorded (``resolved``), or the run ends first
+    (``closed`` when it completes or fails, ``cancelled`` when it is cancelled)."""
+
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    CANCELLED = "cancelled"
+    CLOSED = "closed"
+
+
 LogLevel = Literal["info", "warn", "error"]
 """The level of a ``step.log`` entry."""
 
 Disposition = Literal["created", "idempotent", "coalesced"]
 """How a trigger was answered: a new run, the run of the same idempotency key, or
 the pending run of the same concurrency key (``coalesce="skip"``)."""
+
+WaitKind = Literal["signal", "timer"]
+"""A wait for a signal (``step.prepare_wait``), or a durable timer (``step.sleep``)
+that only its deadline ends."""
+
+WaitOutcome = Literal["signal", "timeout"]
+"""What resolved a wait: a signal, or its deadline."""
+
+SignalDisposition = Literal[
+    "accepted", "duplicate", "conflict", "expired", "closed", "timer", "not-found"
+]
+"""What ``signal_wait`` did: ``accepted`` (this signal is the wait's result),
+``duplicate`` (the same signal id and payload were accepted before), or why it was
+refused: ``conflict`` (another signal was accepted), ``expired`` (the deadline
+passed: the wait timed out), ``closed`` (the run finished or was cancelled),
+``timer`` (a ``step.sleep`` timer takes no signal), ``not-found`` (no such wait)."""
 
 
 class Progress(msgspec.Struct, frozen=True):
@@ -88,6 +116,11 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     completed_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
+    #: While ``waiting``: the wait the run is suspended on (**(py)** cleared on resume).
+    waiting_on_wait_id: str | None = None
+    #: While ``waiting``: when the run becomes claimable again — the awaited wait's
+    #: deadline, or the time its result arrived; ``None``: not before a signal.
+    wake_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -98,6 +131,11 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     def is_active(self) -> bool:
         """Pending or leased."""
         return self.status in _lifecycle.ACTIVE_STATUSES
+
+    @property
+    def is_waiting(self) -> bool:
+        """Suspended on a durable wait: no lease, no worker slot."""
+        return self.status is RunStatus.WAITING
 
 
 class StepRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,6 +198,57 @@ class NewLog(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     data_json: str | None = None
     created_at: datetime
+
+
+class Wait(msgspec.Struct, frozen=True, kw_only=True):
+    """A durable wait of a run, addressed by ``(run_id, name)``.
+
+    ``deadline_at`` is fixed at the first preparation. Once ``resolved`` the result
+    (``outcome`` with ``payload``) never changes."""
+
+    id: str
+    run_id: str
+    name: str
+    kind: WaitKind = "signal"
+    status: WaitStatus = WaitStatus.PENDING
+    outcome: WaitOutcome | None = None
+    payload: Any = None
+    signal_id: str | None = None
+    metadata: Any = None
+    deadline_at: datetime | None = None
+    created_at: datetime
+    #: When the run first suspended on it (``None``: never suspended).
+    suspended_at: datetime | None = None
+    resolved_at: datetime | None = None
+    #: When the run was first claimed again after it suspended on this wait.
+    first_resumed_at: datetime | None = None
+
+
+class NewWait(msgspec.Struct, frozen=True, kw_only=True):
+    """A wait to prepare (fenced). ``metadata_json`` is encoded JSON or None."""
+
+    id: str
+    name: str
+    kind: WaitKind = "signal"
+    deadline_at: datetime | None = None
+    metadata_json: str | None = None
+    created_at: datetime
+
+
+class NewSignal(msgspec.Struct, frozen=True, kw_only=True):
+    """A signal to deliver. ``payload_json`` is canonical JSON (keys sorted), so
+    equal payloads have equal text."""
+
+    signal_id: str | None = None
+    payload_json: str
+
+
+class SignalOutcome(msgspec.Struct, frozen=True):
+    """What ``signal_wait`` did (see :data:`SignalDisposition`) and the wait as it now
+    is (``None`` when there is no such wait)."""
+
+    disposition: SignalDisposition
+    wait: Wait | None
 
 
 class EnqueueResult(msgspec.Struct, frozen=True):

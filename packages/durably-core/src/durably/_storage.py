@@ -7,9 +7,11 @@ conformance suite in ``durably_testing.conformance`` checks them):
   transaction open across awaits.
 - Time is never read inside storage: every ``now`` is an argument.
 - Fenced operations (``renew_lease``, ``persist_step``, ``update_progress``,
-  ``append_logs``, ``complete_run``, ``fail_run``) apply only while the run is
-  ``leased`` with the given ``lease_generation`` and return ``False`` (writing
-  nothing) otherwise; ``renew_lease`` also requires the lease to be unexpired.
+  ``append_logs``, ``complete_run``, ``fail_run``, ``prepare_wait``,
+  ``wait_result``, ``suspend_run``) apply only while the run is ``leased`` with the
+  given ``lease_generation`` and return ``False``/``None`` (writing nothing)
+  otherwise; ``renew_lease`` also requires the lease to be unexpired.
+- The rules of statuses and waits are those of :mod:`durably.lifecycle`.
 - Driver errors are raised as :class:`durably.StorageError` subclasses with the
   driver's exception chained; no driver exception type escapes.
 """
@@ -25,11 +27,15 @@ from ._records import (
     LogRecord,
     NewLog,
     NewRun,
+    NewSignal,
     NewStep,
+    NewWait,
     Progress,
     Run,
     RunFilter,
+    SignalOutcome,
     StepRecord,
+    Wait,
 )
 
 
@@ -92,8 +98,10 @@ class Storage(Protocol):
         lease_expires_at: datetime,
         job_names: Sequence[str] | None = None,
     ) -> Run | None:
-        """Atomically lease the oldest claimable run (see ``durably.lifecycle.is_claimable``)
-        whose concurrency key has no other live lease; bump its generation.
+        """Atomically lease the oldest claimable run (see ``durably.lifecycle.is_claimable``:
+        pending, leased with an expired lease, or waiting with ``wake_at <= now``)
+        whose concurrency key has no other live lease; bump its generation (and clear
+        ``waiting_on_wait_id`` and ``wake_at``).
 
         ``job_names`` restricts the claim to those jobs (``None``: any job).
         """
@@ -141,32 +149,87 @@ class Storage(Protocol):
         *,
         delete_steps: bool,
     ) -> bool:
-        """Mark completed (lease cleared). ``delete_steps`` also removes its steps and logs."""
+        """Mark completed (lease cleared; pending waits ``closed``). ``delete_steps`` also
+        removes its steps and logs (never its waits: they go with the run)."""
         ...
 
     async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
-        """Mark failed with ``error`` (lease cleared, ``completed_at`` set); its steps stay."""
+        """Mark failed with ``error`` (lease cleared, ``completed_at`` set; pending waits
+        ``closed``); its steps stay."""
+        ...
+
+    # -- durable waits --
+
+    async def prepare_wait(
+        self, run_id: str, generation: int, wait: NewWait, now: datetime
+    ) -> Wait | None:
+        """Fenced: the run's wait named ``wait.name`` — inserted from ``wait`` when the
+        run has none, else the existing one unchanged (its deadline and kind are those
+        of the first preparation). ``None`` without the lease."""
+        ...
+
+    async def wait_result(
+        self, run_id: str, generation: int, wait_id: str, now: datetime, resumed_at: datetime
+    ) -> Wait | None:
+        """Fenced read of one of the run's waits, before the job consumes it: a pending
+        wait at or past its deadline is timed out first (``lifecycle.timed_out``); a
+        resolved wait the run had suspended on gets ``first_resumed_at = resumed_at``
+        unless set. ``None`` without the lease; ``NotFoundError`` for a wait the run
+        does not have."""
+        ...
+
+    async def suspend_run(
+        self, run_id: str, generation: int, wait_id: str, now: datetime
+    ) -> Run | None:
+        """Fenced: leased → waiting on the run's wait ``wait_id`` (``lifecycle.suspended``:
+        lease released, ``wake_at`` from ``lifecycle.wake_time``); the wait's
+        ``suspended_at`` is set unless it was. The updated run, or ``None`` without the
+        lease (or when the run has no such wait): nothing written."""
+        ...
+
+    async def signal_wait(
+        self, run_id: str, name: str, signal: NewSignal, now: datetime
+    ) -> SignalOutcome:
+        """Deliver a signal to the run's wait ``name``, atomically, as
+        ``lifecycle.signal_decision`` says: ``accepted`` records it as the result (and
+        wakes the run if it is suspended on this wait: ``lifecycle.woken``);
+        ``expired`` on a pending wait records the timeout. Refusals write nothing
+        else. Not an error to call with any arguments: the disposition says what
+        happened (``not-found`` when the run has no such wait, or does not exist)."""
+        ...
+
+    async def get_waits(self, run_id: str) -> list[Wait]:
+        """The run's waits, oldest first (``created_at``, then ``id``)."""
+        ...
+
+    async def get_wait(self, run_id: str, name: str) -> Wait | None: ...
+
+    async def next_wake_at(self, now: datetime) -> datetime | None:
+        """The earliest ``wake_at`` after ``now`` of a waiting run (when the next one
+        becomes claimable by its deadline), or ``None``."""
         ...
 
     # -- control (not fenced: any process may do these) --
 
     async def cancel_run(self, run_id: str, now: datetime) -> Run | None:
-        """Pending or leased → cancelled (lease cleared). The updated run, or ``None``
-        when the run does not exist or is in another status (nothing written)."""
+        """Pending, leased or waiting → cancelled (lease cleared; pending waits
+        ``cancelled``). The updated run, or ``None`` when the run does not exist or is
+        in another status (nothing written)."""
         ...
 
     async def retry_run(self, run_id: str, now: datetime) -> Run | None:
-        """Failed or cancelled → pending, keeping id, input and completed steps.
+        """Failed or cancelled → pending, keeping id, input, completed steps and
+        resolved waits (waits that ended with the run are pending again).
         ``None`` when absent or in another status. May raise ``ConflictError`` when
         another run of the same job and concurrency key is already pending."""
         ...
 
     async def delete_run(self, run_id: str) -> Run | None:
-        """Delete a terminal run with its steps, logs and labels; the deleted run,
+        """Delete a terminal run with its steps, logs, labels and waits; the deleted run,
         or ``None`` when absent or not terminal (nothing deleted)."""
         ...
 
     async def purge_runs(self, completed_before: datetime, limit: int) -> int:
         """Delete up to ``limit`` terminal runs with ``completed_at`` before the cutoff,
-        oldest first, with their steps, logs and labels. Returns how many."""
+        oldest first, with their steps, logs, labels and waits. Returns how many."""
         ...

@@ -1,4 +1,5 @@
-"""The run lifecycle as pure rules: statuses, transitions, claimability, fencing.
+"""The run lifecycle as pure rules: statuses, transitions, claimability, fencing,
+and the rules of durable waits (preparation, suspension, signals, deadlines).
 
 No I/O and no clock reads: "now" is always an argument. The memory backend
 applies these functions directly; the SQL backend expresses the same rules as
@@ -13,6 +14,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "CANCELLABLE_STATUSES",
     "DELETABLE_STATUSES",
+    "REOPENABLE_WAIT_STATUSES",
     "RETRIGGERABLE_STATUSES",
     "RETRYABLE_STATUSES",
     "STATUS_ALIASES",
@@ -36,8 +38,17 @@ __all__ = [
     "released",
     "renewed",
     "retried",
+    "signal_decision",
+    "signalled",
     "step_completed",
+    "suspended",
+    "timed_out",
+    "wait_due",
+    "wait_ended",
+    "wait_reopened",
+    "wake_time",
     "with_progress",
+    "woken",
 ]
 
 from collections.abc import Iterable, Mapping
@@ -46,7 +57,14 @@ from types import MappingProxyType
 
 import msgspec
 
-from ._records import Progress, Run, RunStatus
+from ._records import (
+    Progress,
+    Run,
+    RunStatus,
+    SignalDisposition,
+    Wait,
+    WaitStatus,
+)
 
 TERMINAL_STATUSES: frozenset[RunStatus] = frozenset(
     {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}
@@ -54,9 +72,12 @@ TERMINAL_STATUSES: frozenset[RunStatus] = frozenset(
 """Statuses after which nothing more happens to a run."""
 
 ACTIVE_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.PENDING, RunStatus.LEASED})
-"""Statuses of a run that still has work ahead."""
+"""Statuses of a run that still has work ahead and is pending or executing
+(``waiting`` is neither: it holds no lease and no slot)."""
 
-CANCELLABLE_STATUSES = ACTIVE_STATUSES
+CANCELLABLE_STATUSES: frozenset[RunStatus] = frozenset(
+    {RunStatus.PENDING, RunStatus.LEASED, RunStatus.WAITING}
+)
 """What ``cancel`` accepts."""
 
 RETRYABLE_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
@@ -67,6 +88,11 @@ RETRIGGERABLE_STATUSES = TERMINAL_STATUSES
 
 DELETABLE_STATUSES = TERMINAL_STATUSES
 """What ``delete_run`` and ``purge_runs`` accept."""
+
+REOPENABLE_WAIT_STATUSES: frozenset[WaitStatus] = frozenset(
+    {WaitStatus.CANCELLED, WaitStatus.CLOSED}
+)
+"""The waits a retried run gets back, pending again (a resolved wait keeps its result)."""
 
 STATUS_ALIASES: Mapping[str, RunStatus] = MappingProxyType(
     {**{s.value: s for s in RunStatus}, "running": RunStatus.LEASED}
@@ -109,14 +135,13 @@ def has_live_lease(run: Run, now: datetime) -> bool:
 
 
 def is_claimable(run: Run, now: datetime) -> bool:
-    """Pending, or leased with a lease that expired at or before ``now``."""
+    """Pending; leased with a lease that expired at or before ``now``; or waiting with
+    a wake-up time at or before ``now`` (its wait has a result, or its deadline passed)."""
     if run.status == RunStatus.PENDING:
         return True
-    return (
-        run.status == RunStatus.LEASED
-        and run.lease_expires_at is not None
-        and run.lease_expires_at <= now
-    )
+    if run.status == RunStatus.LEASED:
+        return run.lease_expires_at is not None and run.lease_expires_at <= now
+    return run.status == RunStatus.WAITING and run.wake_at is not None and run.wake_at <= now
 
 
 def concurrency_blocked(run: Run, others: Iterable[Run], now: datetime) -> bool:
@@ -171,6 +196,8 @@ def claimed(run: Run, owner: str, now: datetime, expires_at: datetime) -> Run:
         lease_generation=run.lease_generation + 1,
         started_at=run.started_at or now,
         updated_at=now,
+        waiting_on_wait_id=None,
+        wake_at=None,
     )
 
 
@@ -231,6 +258,8 @@ def cancelled(run: Run, now: datetime) -> Run:
         lease_expires_at=None,
         completed_at=now,
         updated_at=now,
+        waiting_on_wait_id=None,
+        wake_at=None,
     )
 
 
@@ -253,3 +282,104 @@ def released(run: Run, now: datetime) -> Run:
     return msgspec.structs.replace(
         run, status=RunStatus.PENDING, lease_owner=None, lease_expires_at=None, updated_at=now
     )
+
+
+# -- durable waits --
+
+
+def wake_time(wait: Wait, now: datetime) -> datetime | None:
+    """When a run suspended on ``wait`` becomes claimable: ``now`` if the wait has a
+    result already (or can no longer get one), else its deadline (``None``: only a
+    signal wakes it)."""
+    return wait.deadline_at if wait.status is WaitStatus.PENDING else now
+
+
+def suspended(run: Run, wait: Wait, now: datetime) -> Run:
+    """The lease holder suspends on ``wait``: the lease (and the worker's slot) is
+    released; the run is claimable again at :func:`wake_time`."""
+    return msgspec.structs.replace(
+        run,
+        status=RunStatus.WAITING,
+        lease_owner=None,
+        lease_expires_at=None,
+        waiting_on_wait_id=wait.id,
+        wake_at=wake_time(wait, now),
+        updated_at=now,
+    )
+
+
+def woken(run: Run, wait: Wait, now: datetime) -> Run | None:
+    """A result for ``wait`` arrived at ``now``: the run suspended on it becomes
+    claimable at once. ``None`` when nothing changes (the run is not suspended on
+    this wait, or is claimable already)."""
+    if (
+        run.status is not RunStatus.WAITING
+        or run.waiting_on_wait_id != wait.id
+        or (run.wake_at is not None and run.wake_at <= now)
+    ):
+        return None
+    return msgspec.structs.replace(run, wake_at=now, updated_at=now)
+
+
+def wait_due(wait: Wait, now: datetime) -> bool:
+    """Pending with a deadline at or before ``now``: it can only time out."""
+    return (
+        wait.status is WaitStatus.PENDING
+        and wait.deadline_at is not None
+        and wait.deadline_at <= now
+    )
+
+
+def timed_out(wait: Wait) -> Wait:
+    """The deadline decided the result; it is dated at the deadline, whenever noticed."""
+    return msgspec.structs.replace(
+        wait, status=WaitStatus.RESOLVED, outcome="timeout", resolved_at=wait.deadline_at
+    )
+
+
+def signalled(wait: Wait, signal_id: str | None, payload: object, now: datetime) -> Wait:
+    return msgspec.structs.replace(
+        wait,
+        status=WaitStatus.RESOLVED,
+        outcome="signal",
+        payload=payload,
+        signal_id=signal_id,
+        resolved_at=now,
+    )
+
+
+def wait_ended(wait: Wait, status: WaitStatus, now: datetime) -> Wait:
+    """A pending wait whose run finished (``closed``) or was cancelled (``cancelled``)."""
+    return msgspec.structs.replace(wait, status=status, resolved_at=now)
+
+
+def wait_reopened(wait: Wait) -> Wait:
+    """A retried run's wait that ended with the run, pending again (same deadline)."""
+    return msgspec.structs.replace(wait, status=WaitStatus.PENDING, resolved_at=None)
+
+
+def signal_decision(
+    wait: Wait,
+    run_status: RunStatus,
+    signal_id: str | None,
+    same_payload: bool,
+    now: datetime,
+) -> SignalDisposition:
+    """What a signal ``(signal_id, payload)`` does to ``wait`` at ``now``.
+
+    In order: a timer takes no signal; a signal already accepted with the same id and
+    payload is a duplicate (whatever happened since: the deadline, a cancel), another
+    one a conflict; a timed-out wait is expired; a wait whose run ended is closed; a
+    pending wait at or past its deadline is expired (the caller records the timeout);
+    else the signal is accepted (the caller records it)."""
+    if wait.kind == "timer":
+        return "timer"
+    if wait.status is WaitStatus.RESOLVED:
+        if wait.outcome == "signal":
+            return "duplicate" if wait.signal_id == signal_id and same_payload else "conflict"
+        return "expired"
+    if wait.status is not WaitStatus.PENDING or is_terminal(run_status):
+        return "closed"
+    if wait_due(wait, now):
+        return "expired"
+    return "accepted"

@@ -16,13 +16,17 @@ from durably import (
     LogRecord,
     NewLog,
     NewRun,
+    NewSignal,
     NewStep,
+    NewWait,
     Run,
     RunFilter,
     RunStatus,
     StepRecord,
     StepStatus,
     Storage,
+    Wait,
+    WaitKind,
 )
 
 #: The suite's fixed origin of time: aware UTC, millisecond precision.
@@ -113,6 +117,40 @@ class ConformanceBase:
             data_json=None if data is None else js(data),
             created_at=created_at or self.at(2),
         )
+
+    def new_wait(
+        self,
+        name: str,
+        *,
+        kind: WaitKind = "signal",
+        deadline: float | None = None,
+        metadata: Any = None,
+        created_at: datetime | None = None,
+    ) -> NewWait:
+        """A wait to prepare; ``deadline`` in seconds from ``T0``."""
+        return NewWait(
+            id=self.new_id(),
+            name=name,
+            kind=kind,
+            deadline_at=None if deadline is None else self.at(deadline),
+            metadata_json=None if metadata is None else js(metadata),
+            created_at=created_at or self.at(1),
+        )
+
+    def new_signal(self, payload: Any, signal_id: str | None = None) -> NewSignal:
+        """A signal; its payload as canonical JSON (keys sorted), as the core encodes it."""
+        text = msgspec.json.encode(payload, order="sorted").decode()
+        return NewSignal(signal_id=signal_id, payload_json=text)
+
+    async def prepared(
+        self, storage: Storage, run: Run, name: str = "approval", **kwargs: Any
+    ) -> Wait:
+        """Prepare a wait of the leased ``run`` (it must hold generation ``run``'s)."""
+        wait = await storage.prepare_wait(
+            run.id, run.lease_generation, self.new_wait(name, **kwargs), self.at(1)
+        )
+        assert wait is not None, "prepare_wait by the lease holder returned None"
+        return wait
 
     async def create(self, storage: Storage, **kwargs: Any) -> Run:
         """Enqueue a new run (``new_run(**kwargs)``) and check that it was created."""

@@ -158,8 +158,9 @@ class ErrorMappingCases(ConformanceBase):
         self, storage: Storage, operation: str
     ) -> None:
         run = await self.lease(storage)
+        wait = await self.prepared(storage, run, "w")
         await storage.close()
-        call = self._call_after_close(operation, storage, run)
+        call = self._call_after_close(operation, storage, run, wait.id)
         try:
             result = await call()
         except StorageError as exc:
@@ -180,7 +181,7 @@ class ErrorMappingCases(ConformanceBase):
             assert [r.id for r in result] == [run.id]
 
     def _call_after_close(
-        self, operation: str, storage: Storage, run: Run
+        self, operation: str, storage: Storage, run: Run, wait_id: str
     ) -> Callable[[], Awaitable[Any]]:
         now, later = self.at(1), self.at(31)
         calls: dict[str, Callable[[], Awaitable[Any]]] = {
@@ -205,5 +206,12 @@ class ErrorMappingCases(ConformanceBase):
             "retry_run": lambda: storage.retry_run(run.id, now),
             "delete_run": lambda: storage.delete_run(run.id),
             "purge_runs": lambda: storage.purge_runs(later, 10),
+            "prepare_wait": lambda: storage.prepare_wait(run.id, 1, self.new_wait("w2"), now),
+            "wait_result": lambda: storage.wait_result(run.id, 1, wait_id, now, now),
+            "suspend_run": lambda: storage.suspend_run(run.id, 1, wait_id, now),
+            "signal_wait": lambda: storage.signal_wait(run.id, "w", self.new_signal(1), now),
+            "get_waits": lambda: storage.get_waits(run.id),
+            "get_wait": lambda: storage.get_wait(run.id, "w"),
+            "next_wake_at": lambda: storage.next_wake_at(now),
         }
         return calls[operation]

@@ -73,6 +73,7 @@ from durably.plugins import BackendRegistry
 from ._conformance_base import ConformanceBase, js
 from ._conformance_concurrency import ConcurrencyCases
 from ._conformance_errors import ErrorMappingCases
+from ._conformance_waits import WaitCases
 
 __all__ = ["Reopen", "StorageConformance"]
 
@@ -93,12 +94,13 @@ NESTED: dict[str, Any] = {
 }
 
 
-class StorageConformance(ConcurrencyCases, ErrorMappingCases, ConformanceBase):
+class StorageConformance(WaitCases, ConcurrencyCases, ErrorMappingCases, ConformanceBase):
     """Base class of the adapter conformance suite (see the module docstring).
 
-    The cases of single operations are here; those of operations run at the same
-    time (atomicity) come from ``ConcurrencyCases``, and those of errors that must
-    be durably's own (no driver exception escapes) from ``ErrorMappingCases``."""
+    The cases of single operations are here; those of durable waits come from
+    ``WaitCases``, those of operations run at the same time (atomicity) from
+    ``ConcurrencyCases``, and those of errors that must be durably's own (no driver
+    exception escapes) from ``ErrorMappingCases``."""
 
     #: The adapter keeps its data across ``close()`` and a new open (file-backed stores).
     supports_reopen: ClassVar[bool] = False

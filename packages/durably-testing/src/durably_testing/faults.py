@@ -43,14 +43,18 @@ from durably import (
     LogRecord,
     NewLog,
     NewRun,
+    NewSignal,
     NewStep,
+    NewWait,
     Progress,
     Run,
     RunFilter,
+    SignalOutcome,
     StepRecord,
     Storage,
     StorageError,
     ValidationError,
+    Wait,
 )
 
 __all__ = [
@@ -90,6 +94,13 @@ STORAGE_OPERATIONS: tuple[str, ...] = (
     "retry_run",
     "delete_run",
     "purge_runs",
+    "prepare_wait",
+    "wait_result",
+    "suspend_run",
+    "signal_wait",
+    "get_waits",
+    "get_wait",
+    "next_wake_at",
 )
 """The operations of the :class:`durably.Storage` protocol, as counted in ``calls``."""
 
@@ -412,3 +423,41 @@ class FaultyStorage:
         return await self._invoke(
             "purge_runs", lambda: self.inner.purge_runs(completed_before, limit)
         )
+
+    async def prepare_wait(
+        self, run_id: str, generation: int, wait: NewWait, now: datetime
+    ) -> Wait | None:
+        return await self._invoke(
+            "prepare_wait", lambda: self.inner.prepare_wait(run_id, generation, wait, now)
+        )
+
+    async def wait_result(
+        self, run_id: str, generation: int, wait_id: str, now: datetime, resumed_at: datetime
+    ) -> Wait | None:
+        return await self._invoke(
+            "wait_result",
+            lambda: self.inner.wait_result(run_id, generation, wait_id, now, resumed_at),
+        )
+
+    async def suspend_run(
+        self, run_id: str, generation: int, wait_id: str, now: datetime
+    ) -> Run | None:
+        return await self._invoke(
+            "suspend_run", lambda: self.inner.suspend_run(run_id, generation, wait_id, now)
+        )
+
+    async def signal_wait(
+        self, run_id: str, name: str, signal: NewSignal, now: datetime
+    ) -> SignalOutcome:
+        return await self._invoke(
+            "signal_wait", lambda: self.inner.signal_wait(run_id, name, signal, now)
+        )
+
+    async def get_waits(self, run_id: str) -> list[Wait]:
+        return await self._invoke("get_waits", lambda: self.inner.get_waits(run_id))
+
+    async def get_wait(self, run_id: str, name: str) -> Wait | None:
+        return await self._invoke("get_wait", lambda: self.inner.get_wait(run_id, name))
+
+    async def next_wake_at(self, now: datetime) -> datetime | None:
+        return await self._invoke("next_wake_at", lambda: self.inner.next_wake_at(now))

@@ -25,15 +25,21 @@ from durably import (
     LogRecord,
     NewLog,
     NewRun,
+    NewSignal,
     NewStep,
+    NewWait,
+    NotFoundError,
     Progress,
     Run,
     RunFilter,
     RunStatus,
+    SignalOutcome,
     StepRecord,
     StepStatus,
     StorageError,
     ValidationError,
+    Wait,
+    WaitStatus,
 )
 from durably import lifecycle as life
 from durably._timefmt import format_ts, parse_ts
@@ -68,6 +74,12 @@ def _fresh_step(step: StepRecord) -> StepRecord:
 
 def _fresh_log(log: LogRecord) -> LogRecord:
     return msgspec.structs.replace(log, data=copy.deepcopy(log.data))
+
+
+def _fresh_wait(wait: Wait) -> Wait:
+    return msgspec.structs.replace(
+        wait, payload=copy.deepcopy(wait.payload), metadata=copy.deepcopy(wait.metadata)
+    )
 
 
 def _storable(text: str | None, what: str) -> None:
@@ -190,6 +202,10 @@ class MemoryStorage:
         self._runs: dict[str, Run] = {}
         self._steps: dict[str, list[StepRecord]] = {}
         self._logs: dict[str, list[LogRecord]] = {}
+        self._waits: dict[str, dict[str, Wait]] = {}
+        #: The JSON text of each accepted payload, by wait id: a duplicate signal is
+        #: recognised by its text, as a SQL backend compares the stored column.
+        self._payload_texts: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryStorage:
@@ -397,6 +413,7 @@ class MemoryStorage:
             return False
         output = _decode(output_json, f"Output of run {run_id}")
         self._runs[run_id] = life.completed(run, output, now)
+        self._end_waits(run_id, WaitStatus.CLOSED, now)
         if delete_steps:
             self._forget_children(run_id)
         return True
@@ -408,6 +425,7 @@ class MemoryStorage:
         if run is None:
             return False
         self._runs[run_id] = life.failed(run, error, now)
+        self._end_waits(run_id, WaitStatus.CLOSED, now)
         return True
 
     # -- control --
@@ -418,6 +436,7 @@ class MemoryStorage:
             return None
         updated = life.cancelled(run, _ts(now))
         self._runs[run_id] = updated
+        self._end_waits(run_id, WaitStatus.CANCELLED, _ts(now))
         return _fresh(updated)
 
     async def retry_run(self, run_id: str, now: datetime) -> Run | None:
@@ -435,6 +454,7 @@ class MemoryStorage:
                 status=run.status.value,
             )
         self._runs[run_id] = updated
+        self._reopen_waits(run_id)
         return _fresh(updated)
 
     async def delete_run(self, run_id: str) -> Run | None:
@@ -443,6 +463,7 @@ class MemoryStorage:
             return None
         del self._runs[run_id]
         self._forget_children(run_id)
+        self._forget_waits(run_id)
         return _fresh(run)
 
     async def purge_runs(self, completed_before: datetime, limit: int) -> int:
@@ -460,8 +481,141 @@ class MemoryStorage:
         for run in doomed:
             del self._runs[run.id]
             self._forget_children(run.id)
+            self._forget_waits(run.id)
         return len(doomed)
 
     def _forget_children(self, run_id: str) -> None:
         self._steps.pop(run_id, None)
         self._logs.pop(run_id, None)
+
+    # -- durable waits --
+
+    def _wait_by_id(self, run_id: str, wait_id: str) -> Wait | None:
+        return next((w for w in self._waits.get(run_id, {}).values() if w.id == wait_id), None)
+
+    def _put_wait(self, wait: Wait) -> None:
+        self._waits.setdefault(wait.run_id, {})[wait.name] = wait
+
+    # -- the lease holder's operations --
+
+    async def prepare_wait(
+        self, run_id: str, generation: int, wait: NewWait, now: datetime
+    ) -> Wait | None:
+        for value, what in (
+            (wait.id, "The wait id"),
+            (wait.name, "The wait name"),
+            (wait.metadata_json, f"The metadata of wait {wait.name!r}"),
+        ):
+            _storable(value, what)
+        if self._held(run_id, generation) is None:
+            return None
+        existing = self._waits.get(run_id, {}).get(wait.name)
+        if existing is not None:
+            return _fresh_wait(existing)
+        record = Wait(
+            id=wait.id,
+            run_id=run_id,
+            name=wait.name,
+            kind=wait.kind,
+            metadata=None
+            if wait.metadata_json is None
+            else _decode(wait.metadata_json, f"Metadata of wait {wait.name!r}"),
+            deadline_at=None if wait.deadline_at is None else _ts(wait.deadline_at),
+            created_at=_ts(wait.created_at),
+        )
+        self._put_wait(record)
+        return _fresh_wait(record)
+
+    async def wait_result(
+        self, run_id: str, generation: int, wait_id: str, now: datetime, resumed_at: datetime
+    ) -> Wait | None:
+        now = _ts(now)
+        if self._held(run_id, generation) is None:
+            return None
+        wait = self._wait_by_id(run_id, wait_id)
+        if wait is None:
+            raise NotFoundError(f"Run {run_id} has no wait with id {wait_id}", run_id=run_id)
+        if life.wait_due(wait, now):
+            wait = life.timed_out(wait)
+        if (
+            wait.status is WaitStatus.RESOLVED
+            and wait.suspended_at is not None
+            and wait.first_resumed_at is None
+        ):
+            wait = msgspec.structs.replace(wait, first_resumed_at=_ts(resumed_at))
+        self._put_wait(wait)
+        return _fresh_wait(wait)
+
+    async def suspend_run(
+        self, run_id: str, generation: int, wait_id: str, now: datetime
+    ) -> Run | None:
+        now = _ts(now)
+        run = self._held(run_id, generation)
+        wait = None if run is None else self._wait_by_id(run_id, wait_id)
+        if run is None or wait is None:
+            return None
+        if wait.suspended_at is None:
+            self._put_wait(msgspec.structs.replace(wait, suspended_at=now))
+        updated = life.suspended(run, wait, now)
+        self._runs[run_id] = updated
+        return updated
+
+    # -- anyone's --
+
+    async def signal_wait(
+        self, run_id: str, name: str, signal: NewSignal, now: datetime
+    ) -> SignalOutcome:
+        now = _ts(now)
+        _storable(signal.signal_id, "The signal id")
+        _storable(signal.payload_json, f"The payload of the signal to wait {name!r}")
+        payload = _decode(signal.payload_json, f"The payload of the signal to wait {name!r}")
+        run = self._runs.get(run_id)
+        wait = self._waits.get(run_id, {}).get(name)
+        if run is None or wait is None:
+            return SignalOutcome("not-found", None)
+        same = self._payload_texts.get(wait.id) == signal.payload_json
+        decision = life.signal_decision(wait, run.status, signal.signal_id, same, now)
+        if decision == "expired" and wait.status is WaitStatus.PENDING:
+            wait = life.timed_out(wait)
+            self._put_wait(wait)
+        elif decision == "accepted":
+            wait = life.signalled(wait, signal.signal_id, payload, now)
+            self._put_wait(wait)
+            self._payload_texts[wait.id] = signal.payload_json
+            woken = life.woken(run, wait, now)
+            if woken is not None:
+                self._runs[run_id] = woken
+        return SignalOutcome(decision, _fresh_wait(wait))
+
+    async def get_waits(self, run_id: str) -> list[Wait]:
+        waits = sorted(self._waits.get(run_id, {}).values(), key=lambda w: (w.created_at, w.id))
+        return [_fresh_wait(w) for w in waits]
+
+    async def get_wait(self, run_id: str, name: str) -> Wait | None:
+        wait = self._waits.get(run_id, {}).get(name)
+        return None if wait is None else _fresh_wait(wait)
+
+    async def next_wake_at(self, now: datetime) -> datetime | None:
+        now = _ts(now)
+        times = [
+            r.wake_at
+            for r in self._runs.values()
+            if r.status is RunStatus.WAITING and r.wake_at is not None and r.wake_at > now
+        ]
+        return min(times, default=None)
+
+    # -- what the run's own transitions do to its waits --
+
+    def _end_waits(self, run_id: str, status: WaitStatus, now: datetime) -> None:
+        for wait in list(self._waits.get(run_id, {}).values()):
+            if wait.status is WaitStatus.PENDING:
+                self._put_wait(life.wait_ended(wait, status, now))
+
+    def _reopen_waits(self, run_id: str) -> None:
+        for wait in list(self._waits.get(run_id, {}).values()):
+            if wait.status in life.REOPENABLE_WAIT_STATUSES:
+                self._put_wait(life.wait_reopened(wait))
+
+    def _forget_waits(self, run_id: str) -> None:
+        for wait in self._waits.pop(run_id, {}).values():
+            self._payload_texts.pop(wait.id, None)

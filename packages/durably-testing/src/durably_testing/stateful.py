@@ -4,7 +4,9 @@
 of the :class:`durably.Storage` operations — enqueue (idempotency and concurrency
 keys, coalesce, batches), claim, renew, release of expired leases, fenced step /
 progress / log / completion / failure writes with current and stale generations,
-cancel, retry, delete, purge, queries — with time moved only by the machine.
+cancel, retry, delete, purge, queries, and durable waits (prepare, suspend,
+signals with their ids and payloads, reads of results; deadlines, signals and
+cancellation racing) — with time moved only by the machine.
 After every operation it checks:
 
 - every storage gives the same observable result (records compared whole);
@@ -14,7 +16,9 @@ After every operation it checks:
 - the invariants: at most one live lease per run (no generation is handed out
   twice), a lease generation never decreases, a completed step's output never
   changes, one run per idempotency key, at most one live-leased run per
-  concurrency key, at most one pending run per (job, concurrency key).
+  concurrency key, at most one pending run per (job, concurrency key); a waiting run
+  holds no lease and is suspended on one of its own waits; a wait's result, once
+  recorded, never changes; a finished run has no pending wait.
 
 An adapter author subclasses it and opens storages::
 
@@ -42,6 +46,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -57,18 +62,31 @@ from durably import (
     LogRecord,
     NewLog,
     NewRun,
+    NewSignal,
     NewStep,
+    NewWait,
+    NotFoundError,
     Progress,
     Run,
     RunFilter,
     RunStatus,
+    SignalOutcome,
     StepRecord,
     StepStatus,
     Storage,
     ValidationError,
+    Wait,
+    WaitKind,
 )
 
-__all__ = ["LifecycleModel", "ModelConflict", "ModelRun", "ModelStep", "StorageStateMachine"]
+__all__ = [
+    "LifecycleModel",
+    "ModelConflict",
+    "ModelRun",
+    "ModelStep",
+    "ModelWait",
+    "StorageStateMachine",
+]
 
 T = TypeVar("T")
 
@@ -78,6 +96,8 @@ T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 JOBS = ("job-a", "job-b")
 OWNERS = ("worker-1", "worker-2")
 STEP_NAMES = ("s1", "s2", "s3")
+#: Wait names: two that take signals, and one timer (``step.sleep``).
+WAIT_NAMES = ("w1", "w2", "t1")
 LABEL_SETS: tuple[dict[str, str], ...] = ({}, {"team": "a"}, {"team": "b", "env": "x"})
 
 
@@ -85,14 +105,17 @@ LABEL_SETS: tuple[dict[str, str], ...] = ({}, {"team": "a"}, {"team": "b", "env"
 # The model: the lifecycle rules written fresh from docs/semantics.md / docs/schema.md
 # --------------------------------------------------------------------------
 
-PENDING, LEASED, COMPLETED, FAILED, CANCELLED = (
+PENDING, LEASED, WAITING, COMPLETED, FAILED, CANCELLED = (
     "pending",
     "leased",
+    "waiting",
     "completed",
     "failed",
     "cancelled",
 )
 FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
+# a wait's statuses besides "pending" and "cancelled"
+RESOLVED, CLOSED = "resolved", "closed"
 
 
 class ModelConflict(Exception):
@@ -109,6 +132,39 @@ class ModelStep:
     output: Any
     error: str | None
     started_at: datetime
+
+
+@dataclass
+class ModelWait:
+    id: str
+    name: str
+    kind: str
+    deadline_at: datetime | None
+    created_at: datetime
+    status: str = PENDING
+    outcome: str | None = None
+    payload: Any = None
+    payload_text: str | None = None
+    signal_id: str | None = None
+    suspended_at: datetime | None = None
+    resolved_at: datetime | None = None
+    first_resumed_at: datetime | None = None
+
+    def observable(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.name,
+            self.kind,
+            self.status,
+            self.outcome,
+            self.payload,
+            self.signal_id,
+            self.deadline_at,
+            self.created_at,
+            self.suspended_at,
+            self.resolved_at,
+            self.first_resumed_at,
+        )
 
 
 @dataclass
@@ -133,8 +189,12 @@ class ModelRun:
     lease_generation: int = 0
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    waiting_on_wait_id: str | None = None
+    wake_at: datetime | None = None
     steps: list[ModelStep] = field(default_factory=list)
     logs: list[tuple[str | None, str, str]] = field(default_factory=list)
+    #: By name, in preparation order.
+    waits: dict[str, ModelWait] = field(default_factory=dict)
 
     def observable(self) -> dict[str, Any]:
         """The fields a storage must return exactly so (``updated_at`` is left out:
@@ -158,6 +218,8 @@ class ModelRun:
             "started_at": self.started_at,
             "completed_at": self.completed_at,
             "created_at": self.created_at,
+            "waiting_on_wait_id": self.waiting_on_wait_id,
+            "wake_at": self.wake_at,
         }
 
 
@@ -238,6 +300,8 @@ class LifecycleModel:
                 return False
             if r.status == PENDING:
                 ok = True
+            elif r.status == WAITING:  # its result came, or its deadline
+                ok = r.wake_at is not None and r.wake_at <= now
             else:
                 ok = (
                     r.status == LEASED
@@ -263,6 +327,8 @@ class LifecycleModel:
         run.lease_owner = owner
         run.lease_expires_at = expires
         run.lease_generation += 1
+        run.waiting_on_wait_id = None
+        run.wake_at = None
         if run.started_at is None:
             run.started_at = now
         return run.id
@@ -335,6 +401,13 @@ class LifecycleModel:
         run.lease_owner = None
         run.lease_expires_at = None
         run.completed_at = now
+        run.waiting_on_wait_id = None
+        run.wake_at = None
+        # its waits that have no result end with it
+        for wait in run.waits.values():
+            if wait.status == PENDING:
+                wait.status = CANCELLED if status == CANCELLED else CLOSED
+                wait.resolved_at = now
 
     def complete(
         self, run_id: str, generation: int, output: Any, now: datetime, delete_steps: bool
@@ -363,7 +436,7 @@ class LifecycleModel:
     def cancel(self, run_id: str, now: datetime) -> str | None:
         """``cancel_run``: the id of the cancelled run, or ``None`` when nothing changed."""
         run = self.runs.get(run_id)
-        if run is None or run.status not in (PENDING, LEASED):
+        if run is None or run.status not in (PENDING, LEASED, WAITING):
             return None
         self._finish(run, CANCELLED, now)
         return run.id
@@ -382,6 +455,10 @@ class LifecycleModel:
         run.lease_owner = None
         run.lease_expires_at = None
         run.completed_at = None
+        for wait in run.waits.values():  # those that ended with the run come back
+            if wait.status in (CANCELLED, CLOSED):
+                wait.status = PENDING
+                wait.resolved_at = None
         return run.id
 
     def delete(self, run_id: str) -> str | None:
@@ -405,6 +482,99 @@ class LifecycleModel:
         for run in doomed:
             del self.runs[run.id]
         return len(doomed)
+
+    # -- durable waits --
+
+    @staticmethod
+    def _due(wait: ModelWait, now: datetime) -> bool:
+        return wait.status == PENDING and wait.deadline_at is not None and wait.deadline_at <= now
+
+    @staticmethod
+    def _time_out(wait: ModelWait) -> None:
+        wait.status = RESOLVED
+        wait.outcome = "timeout"
+        wait.resolved_at = wait.deadline_at
+
+    def _wait_by_id(self, run: ModelRun, wait_id: str) -> ModelWait | None:
+        return next((w for w in run.waits.values() if w.id == wait_id), None)
+
+    def prepare_wait(self, run_id: str, generation: int, wait: ModelWait) -> ModelWait | None:
+        run = self._holder(run_id, generation)
+        if run is None:
+            return None
+        return run.waits.setdefault(wait.name, wait)
+
+    def wait_result(
+        self, run_id: str, generation: int, wait_id: str, now: datetime, resumed_at: datetime
+    ) -> ModelWait | None:
+        run = self._holder(run_id, generation)
+        if run is None:
+            return None
+        wait = self._wait_by_id(run, wait_id)
+        if wait is None:
+            raise LookupError(wait_id)
+        if self._due(wait, now):
+            self._time_out(wait)
+        resumed = wait.status == RESOLVED and wait.suspended_at is not None
+        if resumed and wait.first_resumed_at is None:
+            wait.first_resumed_at = resumed_at
+        return wait
+
+    def suspend(self, run_id: str, generation: int, wait_id: str, now: datetime) -> str | None:
+        run = self._holder(run_id, generation)
+        wait = None if run is None else self._wait_by_id(run, wait_id)
+        if run is None or wait is None:
+            return None
+        if wait.suspended_at is None:
+            wait.suspended_at = now
+        run.status = WAITING
+        run.lease_owner = None
+        run.lease_expires_at = None
+        run.waiting_on_wait_id = wait.id
+        # claimable at once when the result is in, else at the deadline (or never)
+        run.wake_at = wait.deadline_at if wait.status == PENDING else now
+        return run.id
+
+    def signal(
+        self, run_id: str, name: str, signal_id: str | None, payload_text: str, now: datetime
+    ) -> tuple[str, ModelWait | None]:
+        run = self.runs.get(run_id)
+        wait = None if run is None else run.waits.get(name)
+        if run is None or wait is None:
+            return "not-found", None
+        if wait.kind == "timer":
+            return "timer", wait
+        if wait.status == RESOLVED and wait.outcome == "signal":
+            same = wait.signal_id == signal_id and wait.payload_text == payload_text
+            return ("duplicate" if same else "conflict"), wait
+        if wait.status == RESOLVED:
+            return "expired", wait
+        if wait.status != PENDING or run.status in FINISHED:
+            return "closed", wait
+        if self._due(wait, now):
+            self._time_out(wait)
+            return "expired", wait
+        wait.status = RESOLVED
+        wait.outcome = "signal"
+        wait.payload = msgspec.json.decode(payload_text)
+        wait.payload_text = payload_text
+        wait.signal_id = signal_id
+        wait.resolved_at = now
+        if (
+            run.status == WAITING
+            and run.waiting_on_wait_id == wait.id
+            and (run.wake_at is None or run.wake_at > now)
+        ):
+            run.wake_at = now
+        return "accepted", wait
+
+    def next_wake_at(self, now: datetime) -> datetime | None:
+        times = [
+            r.wake_at
+            for r in self.runs.values()
+            if r.status == WAITING and r.wake_at is not None and r.wake_at > now
+        ]
+        return min(times, default=None)
 
     def query(self, query: RunFilter) -> list[str]:
         """``get_runs``: the ids of the matching runs, newest first."""
@@ -455,7 +625,34 @@ def observe_run(run: Run) -> dict[str, Any]:
         "started_at": run.started_at,
         "completed_at": run.completed_at,
         "created_at": run.created_at,
+        "waiting_on_wait_id": run.waiting_on_wait_id,
+        "wake_at": run.wake_at,
     }
+
+
+def observe_wait(wait: Wait) -> tuple[Any, ...]:
+    """A wait as plain values, comparable with :meth:`ModelWait.observable`."""
+    return (
+        wait.id,
+        wait.name,
+        wait.kind,
+        wait.status.value,
+        wait.outcome,
+        wait.payload,
+        wait.signal_id,
+        wait.deadline_at,
+        wait.created_at,
+        wait.suspended_at,
+        wait.resolved_at,
+        wait.first_resumed_at,
+    )
+
+
+def observe_waits(waits: list[Wait]) -> list[tuple[Any, ...]]:
+    """Waits oldest first (ties by id)."""
+    keys = [(w.created_at, w.id) for w in waits]
+    assert keys == sorted(keys), f"waits not oldest first: {keys}"
+    return [observe_wait(w) for w in waits]
 
 
 def observe_run_whole(run: Run) -> dict[str, Any]:
@@ -551,6 +748,7 @@ class StorageStateMachine(RuleBasedStateMachine):
         self._generations: dict[str, dict[str, int]] = {n: {} for n in self.storages}
         self._claimed: dict[str, dict[str, set[int]]] = {n: {} for n in self.storages}
         self._step_outputs: dict[str, dict[tuple[str, str], Any]] = {n: {} for n in self.storages}
+        self._wait_results: dict[str, dict[str, tuple[Any, ...]]] = {n: {} for n in self.storages}
         self._dirty: set[str] = set()
 
     @property
@@ -604,22 +802,23 @@ class StorageStateMachine(RuleBasedStateMachine):
         return (0 if run is None else run.lease_generation) + skew
 
     def _on_all(self, call: Callable[[Storage], Awaitable[T]]) -> dict[str, Outcome]:
-        """Call every storage: ``("ok", value)`` or ``("conflict",)`` per storage name."""
+        """Call every storage: ``("ok", value)``, ``("conflict",)`` or ``("not-found",)``
+        per storage name."""
         outcomes: dict[str, Outcome] = {}
         for name, storage in self.storages.items():
             try:
                 outcomes[name] = ("ok", self._run(call(storage)))
             except ConflictError:
                 outcomes[name] = ("conflict",)
+            except NotFoundError:
+                outcomes[name] = ("not-found",)
         return outcomes
 
     def _agree(
         self, what: str, outcomes: dict[str, Outcome], view: Callable[[Any], Any]
     ) -> Outcome:
         """Every storage must give the same (viewed) outcome; returns it."""
-        viewed = {
-            name: (o if o[0] == "conflict" else ("ok", view(o[1]))) for name, o in outcomes.items()
-        }
+        viewed = {name: (o if o[0] != "ok" else ("ok", view(o[1]))) for name, o in outcomes.items()}
         first = next(iter(viewed.values()))
         assert all(v == first for v in viewed.values()), f"backends disagree on {what}: {viewed}"
         return first
@@ -630,6 +829,8 @@ class StorageStateMachine(RuleBasedStateMachine):
             expected: Outcome = ("ok", predict())
         except ModelConflict:
             expected = ("conflict",)
+        except LookupError:
+            expected = ("not-found",)
         if self.check_model:
             assert got == expected, f"{what}: storage gave {got}, the model predicts {expected}"
 
@@ -651,12 +852,21 @@ class StorageStateMachine(RuleBasedStateMachine):
             max_size=4,
         ),
         claims=st.integers(min_value=0, max_value=2),
+        waits=st.lists(st.sampled_from([5, None, 30]), min_size=1, max_size=2),
     )
-    def start_with_runs(self, runs: list[tuple[str, str | None]], claims: int) -> None:
+    def start_with_runs(
+        self, runs: list[tuple[str, str | None]], claims: int, waits: list[int | None]
+    ) -> None:
         for job, concurrency_key in runs:
             self.enqueue(job, None, concurrency_key, True, {})
         for i in range(claims):
             self.claim_next(OWNERS[i % len(OWNERS)], 30, None)
+        # some of the claimed runs suspend on a wait (deadline in seconds, or none)
+        leased = [i for i in self.known if self.model.runs[i].status == LEASED]
+        for run_id, deadline_s in zip(leased, waits, strict=False):
+            gen = self.model.runs[run_id].lease_generation
+            self.apply_prepare_wait(run_id, gen, "w1", deadline_s)
+            self.apply_suspend_run(run_id, gen, "w1")
 
     # -- rules: triggering --
 
@@ -761,6 +971,8 @@ class StorageStateMachine(RuleBasedStateMachine):
         outcomes = self._on_all(lambda s: s.claim_next(owner, now, expires, job_names))
         whole = self._agree("claim_next", outcomes, self._whole)
         got = self._agree("claim_next", outcomes, self._id_of)
+        if got[1] is not None and self.model.runs[got[1]].status == WAITING:
+            event("claim_next: resumed a waiting run")
         self._expect("claim_next", got, lambda: self.model.claim(owner, now, expires, job_names))
         claimed = whole[1]
         if claimed is None:
@@ -1034,6 +1246,180 @@ class StorageStateMachine(RuleBasedStateMachine):
         )
         self._expect(f"get_runs({query})", got, lambda: self.model.query(query))
 
+    # -- rules: durable waits --
+
+    def _wait_id(self, run_id: str, name: str) -> str:
+        """The id of the run's wait ``name`` in the model, or an id no wait has."""
+        run = self.model.runs.get(run_id)
+        wait = None if run is None else run.waits.get(name)
+        return wait.id if wait is not None else "01JN0WA1T00000000000000000"
+
+    @staticmethod
+    def _wait_view(wait: Wait | None) -> tuple[Any, ...] | None:
+        return None if wait is None else observe_wait(wait)
+
+    @staticmethod
+    def _model_wait_view(wait: ModelWait | None) -> tuple[Any, ...] | None:
+        return None if wait is None else wait.observable()
+
+    @precondition(_has_runs)
+    @rule(
+        data=st.data(),
+        skew=GENERATION_SKEW,
+        name=st.sampled_from(WAIT_NAMES),
+        deadline_s=st.sampled_from([5, None, 30]),
+    )
+    def prepare_wait(
+        self, data: st.DataObject, skew: int, name: str, deadline_s: int | None
+    ) -> None:
+        run_id = self._pick_run(data, prefer=LEASED)
+        self.apply_prepare_wait(run_id, self._generation(run_id, skew), name, deadline_s)
+
+    def apply_prepare_wait(self, run_id: str, gen: int, name: str, deadline_s: int | None) -> None:
+        """``prepare_wait`` on every storage, checked."""
+        self.now = now = self._at(1)
+        kind: WaitKind = "timer" if name.startswith("t") else "signal"
+        if kind == "timer" and deadline_s is None:
+            deadline_s = 5  # a timer always ends
+        deadline = None if deadline_s is None else now + timedelta(seconds=deadline_s)
+        new = NewWait(id=self._new_id(), name=name, kind=kind, deadline_at=deadline, created_at=now)
+        got = self._agree(
+            "prepare_wait",
+            self._on_all(lambda s: s.prepare_wait(run_id, gen, new, now)),
+            self._wait_view,
+        )
+        self._dirty.add(run_id)
+        model = ModelWait(id=new.id, name=name, kind=kind, deadline_at=deadline, created_at=now)
+        self._expect(
+            "prepare_wait",
+            got,
+            lambda: self._model_wait_view(self.model.prepare_wait(run_id, gen, model)),
+        )
+
+    @precondition(_has_runs)
+    @rule(data=st.data(), skew=GENERATION_SKEW)
+    def suspend_run(self, data: st.DataObject, skew: int) -> None:
+        run_id = self._pick_run(data, prefer=LEASED)
+        name = self._pick_wait_name(data, run_id)
+        self.apply_suspend_run(run_id, self._generation(run_id, skew), name)
+
+    def apply_suspend_run(self, run_id: str, gen: int, name: str) -> None:
+        """``suspend_run`` on every storage, checked."""
+        wait_id = self._wait_id(run_id, name)
+        now = self.now
+        outcomes = self._on_all(lambda s: s.suspend_run(run_id, gen, wait_id, now))
+        self._agree("suspend_run", outcomes, self._whole)
+        got = self._agree("suspend_run", outcomes, self._id_of)
+        self._dirty.add(run_id)
+        event(f"suspend_run: {'suspended' if got[1] else 'refused'}")
+        self._expect("suspend_run", got, lambda: self.model.suspend(run_id, gen, wait_id, now))
+
+    def _pick_wait_name(self, data: st.DataObject, run_id: str) -> str:
+        """Mostly the name of one of the run's waits (when it has one)."""
+        run = self.model.runs.get(run_id)
+        names = [] if run is None else list(run.waits)
+        if names and data.draw(st.integers(0, 9), label="prefer wait") < 9:
+            return data.draw(st.sampled_from(names), label="wait")
+        return data.draw(st.sampled_from(WAIT_NAMES), label="wait")
+
+    def _awaited(self) -> list[str]:
+        return [i for i, r in self.model.runs.items() if r.status == WAITING]
+
+    @precondition(lambda self: bool(self._awaited()))
+    @rule(
+        data=st.data(),
+        signal_id=st.sampled_from(["sig-1", None]),
+        elapsed_ms=st.sampled_from([6_000, 0, 4_000, 31_000]),
+    )
+    def signal_the_awaited_wait(
+        self, data: st.DataObject, signal_id: str | None, elapsed_ms: int
+    ) -> None:
+        """A signal to the very wait a waiting run is suspended on, around deadlines."""
+        run_id = data.draw(st.sampled_from(self._awaited()), label="run_id")
+        run = self.model.runs[run_id]
+        name = next(w.name for w in run.waits.values() if w.id == run.waiting_on_wait_id)
+        self.apply_signal_wait(run_id, name, signal_id, 1, elapsed_ms)
+
+    def _pick_run_with_waits(self, data: st.DataObject) -> str:
+        """Mostly a waiting run, else one with waits (when there is one)."""
+        alive = [i for i in self.known if i in self.model.runs]
+        waiting = [i for i in alive if self.model.runs[i].status == WAITING]
+        with_waits = [i for i in alive if self.model.runs[i].waits]
+        for pool in (waiting, with_waits):
+            if pool and data.draw(st.integers(0, 9), label="prefer") < 8:
+                return data.draw(st.sampled_from(pool), label="run_id")
+        return data.draw(st.sampled_from(self.known), label="run_id")
+
+    @precondition(_has_runs)
+    @rule(
+        data=st.data(),
+        signal_id=st.sampled_from([None, "sig-1", "sig-1", "sig-2"]),
+        payload=st.sampled_from([1, 1, {"b": [1, None], "a": "ü"}]),
+        elapsed_ms=ELAPSED_MS,
+    )
+    def signal_wait(
+        self,
+        data: st.DataObject,
+        signal_id: str | None,
+        payload: Any,
+        elapsed_ms: int,
+    ) -> None:
+        run_id = self._pick_run_with_waits(data)
+        name = self._pick_wait_name(data, run_id)
+        self.apply_signal_wait(run_id, name, signal_id, payload, elapsed_ms)
+
+    def apply_signal_wait(
+        self, run_id: str, name: str, signal_id: str | None, payload: Any, elapsed_ms: int
+    ) -> None:
+        """``signal_wait`` on every storage, checked."""
+        self.now = now = self._at(elapsed_ms)
+        text = msgspec.json.encode(payload, order="sorted").decode()
+        signal = NewSignal(signal_id=signal_id, payload_json=text)
+
+        def view(outcome: SignalOutcome) -> tuple[Any, ...]:
+            return (outcome.disposition, self._wait_view(outcome.wait))
+
+        got = self._agree(
+            "signal_wait", self._on_all(lambda s: s.signal_wait(run_id, name, signal, now)), view
+        )
+        self._dirty.add(run_id)
+        event(f"signal_wait: {got[1][0] if got[0] == 'ok' else got[0]}")
+
+        def predict() -> tuple[Any, ...]:
+            disposition, wait = self.model.signal(run_id, name, signal_id, text, now)
+            return (disposition, self._model_wait_view(wait))
+
+        self._expect("signal_wait", got, predict)
+
+    @precondition(_has_runs)
+    @rule(data=st.data(), skew=GENERATION_SKEW, elapsed_ms=ELAPSED_MS)
+    def wait_result(self, data: st.DataObject, skew: int, elapsed_ms: int) -> None:
+        run_id = self._pick_run(data, prefer=LEASED)
+        name = self._pick_wait_name(data, run_id)
+        gen = self._generation(run_id, skew)
+        wait_id = self._wait_id(run_id, name)
+        self.now = now = self._at(elapsed_ms)
+        resumed = now - timedelta(milliseconds=500)
+        got = self._agree(
+            "wait_result",
+            self._on_all(lambda s: s.wait_result(run_id, gen, wait_id, now, resumed)),
+            self._wait_view,
+        )
+        self._dirty.add(run_id)
+        self._expect(
+            "wait_result",
+            got,
+            lambda: self._model_wait_view(
+                self.model.wait_result(run_id, gen, wait_id, now, resumed)
+            ),
+        )
+
+    @rule()
+    def next_wake_at(self) -> None:
+        now = self.now
+        got = self._agree("next_wake_at", self._on_all(lambda s: s.next_wake_at(now)), lambda t: t)
+        self._expect("next_wake_at", got, lambda: self.model.next_wake_at(now))
+
     # -- invariants --
 
     @invariant()
@@ -1065,6 +1451,10 @@ class StorageStateMachine(RuleBasedStateMachine):
         )
         completed = self._on_all(lambda s: s.get_completed_steps(run_id))
         self._agree(f"get_completed_steps({run_id})", completed, observe_steps)
+        waits = self._agree(
+            f"get_waits({run_id})", self._on_all(lambda s: s.get_waits(run_id)), observe_waits
+        )
+        self._check_waits(run_id, waits[1])
         for name, outcome in completed.items():
             for step in outcome[1]:
                 assert step.status is StepStatus.COMPLETED, step
@@ -1084,6 +1474,37 @@ class StorageStateMachine(RuleBasedStateMachine):
             assert steps[1] == model_steps, f"steps of {run_id}: {steps[1]} != model {model_steps}"
             model_logs = [] if model_run is None else model_run.logs
             assert logs[1] == model_logs, f"logs of {run_id}: {logs[1]} != model {model_logs}"
+            model_waits = (
+                []
+                if model_run is None
+                else [
+                    w.observable()
+                    for w in sorted(model_run.waits.values(), key=lambda w: (w.created_at, w.id))
+                ]
+            )
+            assert waits[1] == model_waits, f"waits of {run_id}: {waits[1]} != {model_waits}"
+
+    def _check_waits(self, run_id: str, waits: list[tuple[Any, ...]]) -> None:
+        """A wait's result never changes; a waiting run is suspended on one of its own
+        waits; a finished run has no pending wait."""
+        run = self._on_all(lambda s: s.get_run(run_id))
+        found = next(iter(run.values()))[1]
+        ids = {w[0] for w in waits}
+        if found is not None and found.status is RunStatus.WAITING:
+            assert found.waiting_on_wait_id in ids, (
+                f"run {run_id} waits on {found.waiting_on_wait_id}, not one of its waits {ids}"
+            )
+        for wait in waits:
+            wait_id, status, result = wait[0], wait[3], (wait[4], wait[5], wait[6], wait[10])
+            if found is not None and found.is_terminal:
+                assert status != "pending", f"finished run {run_id} has a pending wait {wait}"
+            if status != "resolved":
+                continue
+            for name in self.storages:
+                first = self._wait_results[name].setdefault(wait_id, result)
+                assert result == first, (
+                    f"{name}: the result of wait {wait_id} changed from {first} to {result}"
+                )
 
     def _check_invariants(self, name: str, runs: list[Run]) -> None:
         idempotency: set[tuple[str, str]] = set()
@@ -1111,6 +1532,10 @@ class StorageStateMachine(RuleBasedStateMachine):
                     live_keys.add(run.concurrency_key)
             else:
                 assert (run.lease_owner, run.lease_expires_at) == (None, None), run
+            if run.status is RunStatus.WAITING:
+                assert run.waiting_on_wait_id is not None, run
+            else:
+                assert (run.waiting_on_wait_id, run.wake_at) == (None, None), run
             if run.status is RunStatus.PENDING and run.concurrency_key is not None:
                 pending = (run.job_name, run.concurrency_key)
                 assert pending not in pending_keys, f"{name}: two pending runs for {pending}"

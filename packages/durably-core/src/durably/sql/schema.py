@@ -39,6 +39,7 @@ __all__ = [
     "PY_VERSIONS_DDL",
     "REFERENCE_SCHEMA_VERSION",
     "SCHEMA_V1",
+    "WAITS",
     "Migration",
     "migrate",
 ]
@@ -135,15 +136,51 @@ PY_VERSIONS_DDL = (
 
 @dataclass(frozen=True)
 class Migration:
-    """A Python-only schema change: additive statements applied in one transaction."""
+    """A Python-only schema change: additive statements applied in one transaction.
+
+    ``columns`` are ``(table, column, definition)`` added with ``ALTER TABLE … ADD
+    COLUMN`` when the table exists without the column: a later release of the
+    reference may create the table, or add a column of the same name, itself (SQLite
+    has no ``ADD COLUMN IF NOT EXISTS``), and a database it migrated first must still
+    migrate here. They are added before ``statements`` run."""
 
     version: int
     description: str
     statements: tuple[str, ...]
+    columns: tuple[tuple[str, str, str], ...] = ()
 
 
-PY_MIGRATIONS: tuple[Migration, ...] = ()
-"""Python-only migrations, oldest first (versions 1, 2, …). None yet."""
+WAITS = Migration(
+    1,
+    "durable waits: durably_waits, durably_runs.waiting_on_wait_id and wake_at",
+    (
+        "CREATE TABLE IF NOT EXISTS durably_waits (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
+        "name TEXT NOT NULL, metadata TEXT, status TEXT NOT NULL, payload TEXT, "
+        "signal_id TEXT, created_at TEXT NOT NULL, deadline_at TEXT, deadline_ms INTEGER, "
+        "outcome TEXT, suspended_at TEXT, resolved_at TEXT, first_resumed_at TEXT, "
+        "timing_known INTEGER NOT NULL DEFAULT 1, kind TEXT NOT NULL DEFAULT 'signal')",
+        "CREATE UNIQUE INDEX IF NOT EXISTS idx_durably_waits_run_name "
+        "ON durably_waits (run_id, name)",
+        "CREATE INDEX IF NOT EXISTS idx_durably_runs_status_wake ON durably_runs (status, wake_at)",
+    ),
+    columns=(
+        ("durably_runs", "waiting_on_wait_id", "TEXT"),
+        ("durably_runs", "wake_at", "TEXT"),
+        # when the reference created durably_waits (without Python's column)
+        ("durably_waits", "kind", "TEXT NOT NULL DEFAULT 'signal'"),
+    ),
+)
+"""Python migration 1, durable waits (``step.prepare_wait``/``wait_for``,
+``durably.signal``, ``step.sleep``). Table and column names are those of the
+reference's main branch (its schema version 2: ``durably_waits``,
+``durably_runs.waiting_on_wait_id``); ``kind`` and ``durably_runs.wake_at`` are
+Python's (a timer takes no signal; a waiting run is claimable from ``wake_at`` on,
+found through an index). A Node 0.15 worker never claims a ``waiting`` run (its
+claim takes pending runs and expired leases) and names its columns when it
+inserts, so the new ones stay NULL for its runs."""
+
+PY_MIGRATIONS: tuple[Migration, ...] = (WAITS,)
+"""Python-only migrations, oldest first (versions 1, 2, …)."""
 
 PY_SCHEMA_VERSION = max((m.version for m in PY_MIGRATIONS), default=0)
 """The Python-side schema version of this release."""
@@ -166,6 +203,18 @@ async def _versions(executor: Executor) -> tuple[int, int | None]:
         rows = await executor.fetch("SELECT MAX(version) FROM durably_py_schema_versions")
         python = int(rows[0][0] or 0) if rows else 0
     return reference, python
+
+
+async def _missing_columns(executor: Executor, migration: Migration) -> list[str]:
+    """The ``ALTER TABLE … ADD COLUMN`` statements of the columns not there yet (of
+    tables that exist: a new table is made whole by the migration's statements)."""
+    statements = []
+    for table, column, definition in migration.columns:
+        rows = await executor.fetch(f"SELECT name FROM pragma_table_info('{table}')")
+        present = {row[0] for row in rows}
+        if present and column not in present:
+            statements.append(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    return statements
 
 
 async def migrate(
@@ -205,6 +254,7 @@ async def migrate(
                 "INSERT INTO durably_py_schema_versions (version, applied_at) VALUES (?, ?)",
                 (migration.version, applied_at),
             ),
+            *((ddl, ()) for ddl in await _missing_columns(executor, migration)),
             *((ddl, ()) for ddl in migration.statements),
         ]
         try:

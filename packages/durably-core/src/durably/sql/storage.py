@@ -22,9 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-
-from .._errors import ConflictError, StorageCorruptError, StorageOutcomeUnknownError
+from .._errors import ConflictError, StorageOutcomeUnknownError
 from .._records import (
     EnqueueResult,
     LogRecord,
@@ -39,9 +37,22 @@ from .._records import (
     StepStatus,
     progress_data,
 )
-from .._timefmt import format_ts, parse_ts
+from .._timefmt import format_ts
 from ..lifecycle import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, TERMINAL_STATUSES
 from ._outcome import resolved
+from ._rows import (
+    FENCE,
+    HELD,
+    LOG_COLUMNS,
+    RUN_COLUMNS,
+    STEP_COLUMNS,
+    encode_json,
+    status_list,
+    to_log,
+    to_run,
+    to_step,
+)
+from ._waits import END_WAITS, REOPEN_WAITS, SqlWaits
 from .executor import (
     ConstraintViolation,
     Executor,
@@ -51,27 +62,12 @@ from .executor import (
     Statement,
     unstorable_text,
 )
+from .schema import PY_MIGRATIONS
 from .schema import migrate as _migrate
 
 __all__ = ["SqlStorage"]
 
-RUN_COLUMNS = (
-    "id, job_name, input, status, idempotency_key, concurrency_key, labels, "
-    "current_step_index, completed_step_count, progress, output, error, lease_owner, "
-    "lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at"
-)
-STEP_COLUMNS = 'id, run_id, name, "index", status, output, error, started_at, completed_at'
-LOG_COLUMNS = "id, run_id, step_name, level, message, data, created_at"
-
-
-def _status_list(statuses: frozenset[RunStatus]) -> str:
-    """``('a', 'b')`` of a set of :mod:`durably.lifecycle`, in declaration order."""
-    return "(" + ", ".join(f"'{s.value}'" for s in RunStatus if s in statuses) + ")"
-
-
-_TERMINAL = _status_list(TERMINAL_STATUSES)
-_FENCE = "status = 'leased' AND lease_generation = ?"
-_HELD = f"EXISTS (SELECT 1 FROM durably_runs WHERE id = ? AND {_FENCE})"
+_TERMINAL = status_list(TERMINAL_STATUSES)
 
 # -- trigger --
 
@@ -102,14 +98,14 @@ _CLAIM_KEY_FREE = (
     "WHERE a.concurrency_key = c.concurrency_key AND a.id <> c.id AND a.status = 'leased' "
     "AND a.lease_expires_at IS NOT NULL AND a.lease_expires_at > ?))"
 )
-# The oldest claimable run is the older of the oldest claimable pending run and the
-# oldest claimable expired lease. Written as two ordered LIMIT 1 subqueries (not one
-# `status = 'pending' OR …`), each walks an index and stops at the first match instead
-# of sorting every pending run on every claim.
+# The oldest claimable run is the oldest of the oldest claimable pending run, expired
+# lease and waiting run due to wake up. Written as three ordered LIMIT 1 subqueries (not
+# one `status = 'pending' OR …`), each walks an index and stops at the first match
+# instead of sorting every pending run on every claim.
 _CLAIM = (
     "UPDATE durably_runs SET status = 'leased', lease_owner = ?, lease_expires_at = ?, "
     "lease_generation = lease_generation + 1, started_at = COALESCE(started_at, ?), "
-    "updated_at = ? "
+    "updated_at = ?, waiting_on_wait_id = NULL, wake_at = NULL "
     "WHERE id = (SELECT id FROM ("
     "SELECT * FROM (SELECT c.id, c.created_at FROM durably_runs AS c "
     "WHERE c.status = 'pending'{jobs} "
@@ -118,12 +114,16 @@ _CLAIM = (
     "SELECT * FROM (SELECT c.id, c.created_at FROM durably_runs AS c "
     "WHERE c.status = 'leased' AND c.lease_expires_at IS NOT NULL "
     "AND c.lease_expires_at <= ?{jobs} "
+    f"AND {_CLAIM_KEY_FREE} ORDER BY c.created_at, c.id LIMIT 1) "
+    "UNION ALL "
+    "SELECT * FROM (SELECT c.id, c.created_at FROM durably_runs AS c "
+    "WHERE c.status = 'waiting' AND c.wake_at IS NOT NULL AND c.wake_at <= ?{jobs} "
     f"AND {_CLAIM_KEY_FREE} ORDER BY c.created_at, c.id LIMIT 1)"
     f") ORDER BY created_at, id LIMIT 1) RETURNING {RUN_COLUMNS}"
 )
 _RENEW = (
     "UPDATE durably_runs SET lease_expires_at = ?, updated_at = ? "
-    f"WHERE id = ? AND {_FENCE} AND lease_expires_at > ?"
+    f"WHERE id = ? AND {FENCE} AND lease_expires_at > ?"
 )
 # The oldest expired lease of a (job, concurrency key) goes back to pending, unless that
 # key already has a pending run (the partial unique index allows one).
@@ -144,32 +144,32 @@ _RELEASE = (
 _INSERT_STEP = (
     'INSERT INTO durably_steps (id, run_id, name, "index", status, output, error, '
     "started_at, completed_at) SELECT ?, id, ?, ?, ?, ?, ?, ?, ? FROM durably_runs "
-    f"WHERE id = ? AND {_FENCE}"
+    f"WHERE id = ? AND {FENCE}"
 )
 _ADVANCE = (
     "UPDATE durably_runs SET current_step_index = MAX(current_step_index, ?), "
-    f"completed_step_count = completed_step_count + 1, updated_at = ? WHERE id = ? AND {_FENCE}"
+    f"completed_step_count = completed_step_count + 1, updated_at = ? WHERE id = ? AND {FENCE}"
 )
-_PROGRESS = f"UPDATE durably_runs SET progress = ?, updated_at = ? WHERE id = ? AND {_FENCE}"
+_PROGRESS = f"UPDATE durably_runs SET progress = ?, updated_at = ? WHERE id = ? AND {FENCE}"
 _CHANGES = "SELECT changes()"
-_HOLDS = f"SELECT 1 FROM durably_runs WHERE id = ? AND {_FENCE}"
+_HOLDS = f"SELECT 1 FROM durably_runs WHERE id = ? AND {FENCE}"
 # After a lost answer (durably/sql/_outcome.py), one read: did the write land (the
 # row it inserted exists, or the run is in the state it set under this generation),
 # and does this generation still hold the lease (then send it again)? The fence is
-# the writes' own _FENCE.
+# the writes' own FENCE.
 _LANDED_IN_STATUS = (
-    f"SELECT status = ? AND lease_generation = ?, {_FENCE} FROM durably_runs WHERE id = ?"
+    f"SELECT status = ? AND lease_generation = ?, {FENCE} FROM durably_runs WHERE id = ?"
 )
 _LANDED_RENEWAL = (
-    f"SELECT {_FENCE} AND lease_expires_at = ?, {_FENCE} AND lease_expires_at > ? "
+    f"SELECT {FENCE} AND lease_expires_at = ?, {FENCE} AND lease_expires_at > ? "
     "FROM durably_runs WHERE id = ?"
 )
 _LANDED_STEP = (
     "SELECT EXISTS (SELECT 1 FROM durably_steps WHERE id = ?), "
-    f"{_FENCE} FROM durably_runs WHERE id = ?"
+    f"{FENCE} FROM durably_runs WHERE id = ?"
 )
 _LANDED_LOG = (
-    f"SELECT EXISTS (SELECT 1 FROM durably_logs WHERE id = ?), {_FENCE} FROM durably_runs "
+    f"SELECT EXISTS (SELECT 1 FROM durably_logs WHERE id = ?), {FENCE} FROM durably_runs "
     "WHERE id = ?"
 )
 _RUNS_BY_ID = f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE id IN "
@@ -177,33 +177,40 @@ _LOG_CHUNK = 100
 _COMPLETE = (
     "UPDATE durably_runs SET status = 'completed', output = ?, error = NULL, "
     "lease_owner = NULL, lease_expires_at = NULL, completed_at = ?, updated_at = ? "
-    f"WHERE id = ? AND {_FENCE}"
+    f"WHERE id = ? AND {FENCE}"
 )
 _FAIL = (
     "UPDATE durably_runs SET status = 'failed', error = ?, lease_owner = NULL, "
     "lease_expires_at = NULL, completed_at = ?, updated_at = ? "
-    f"WHERE id = ? AND {_FENCE}"
+    f"WHERE id = ? AND {FENCE}"
 )
-_DELETE_STEPS_IF_HELD = f"DELETE FROM durably_steps WHERE run_id = ? AND {_HELD}"
-_DELETE_LOGS_IF_HELD = f"DELETE FROM durably_logs WHERE run_id = ? AND {_HELD}"
+_DELETE_STEPS_IF_HELD = f"DELETE FROM durably_steps WHERE run_id = ? AND {HELD}"
+_DELETE_LOGS_IF_HELD = f"DELETE FROM durably_logs WHERE run_id = ? AND {HELD}"
 
 # -- control --
 
+_CANCELLABLE = f"status IN {status_list(CANCELLABLE_STATUSES)}"
 _CANCEL = (
     "UPDATE durably_runs SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, "
-    "completed_at = ?, updated_at = ? "
-    f"WHERE id = ? AND status IN {_status_list(CANCELLABLE_STATUSES)} RETURNING {RUN_COLUMNS}"
+    "waiting_on_wait_id = NULL, wake_at = NULL, "
+    f"completed_at = ?, updated_at = ? WHERE id = ? AND {_CANCELLABLE} "
+    f"RETURNING {RUN_COLUMNS}"
 )
+_CANCEL_WAITS = END_WAITS.format(
+    guard=f"EXISTS (SELECT 1 FROM durably_runs WHERE id = ? AND {_CANCELLABLE})"
+)
+_CLOSE_WAITS = END_WAITS.format(guard=HELD)
 _RETRY = (
     "UPDATE durably_runs SET status = 'pending', output = NULL, error = NULL, "
     "lease_owner = NULL, lease_expires_at = NULL, completed_at = NULL, updated_at = ? "
-    f"WHERE id = ? AND status IN {_status_list(RETRYABLE_STATUSES)} RETURNING {RUN_COLUMNS}"
+    f"WHERE id = ? AND status IN {status_list(RETRYABLE_STATUSES)} RETURNING {RUN_COLUMNS}"
 )
 _IS_TERMINAL = f"EXISTS (SELECT 1 FROM durably_runs WHERE id = ? AND status IN {_TERMINAL})"
 _DELETE_RUN: tuple[str, ...] = (
     f"DELETE FROM durably_steps WHERE run_id = ? AND {_IS_TERMINAL}",
     f"DELETE FROM durably_logs WHERE run_id = ? AND {_IS_TERMINAL}",
     f"DELETE FROM durably_run_labels WHERE run_id = ? AND {_IS_TERMINAL}",
+    f"DELETE FROM durably_waits WHERE run_id = ? AND {_IS_TERMINAL}",
     f"DELETE FROM durably_runs WHERE id = ? AND status IN {_TERMINAL} RETURNING {RUN_COLUMNS}",
 )
 _PURGE_IDS = (
@@ -214,6 +221,7 @@ _PURGE: tuple[str, ...] = (
     f"DELETE FROM durably_steps WHERE run_id IN ({_PURGE_IDS})",
     f"DELETE FROM durably_logs WHERE run_id IN ({_PURGE_IDS})",
     f"DELETE FROM durably_run_labels WHERE run_id IN ({_PURGE_IDS})",
+    f"DELETE FROM durably_waits WHERE run_id IN ({_PURGE_IDS})",
     f"DELETE FROM durably_runs WHERE id IN ({_PURGE_IDS}) RETURNING id",
 )
 
@@ -233,96 +241,12 @@ _LABEL_MATCH = (
     "AND l.key = ? AND l.value = ?)"
 )
 
-_decode = msgspec.json.Decoder().decode
-_decode_progress = msgspec.json.Decoder(Progress).decode
-_encode = msgspec.json.Encoder().encode
-_RUN_STATUS = {s.value: s for s in RunStatus}
-_STEP_STATUS = {s.value: s for s in StepStatus}
-
-
-def _ts(value: str | None) -> datetime | None:
-    return None if value is None else parse_ts(value)
-
-
-def _json(text: str | None) -> Any:
-    # As the reference reads it: an empty or missing value is null.
-    return _decode(text) if text else None
-
-
-def _progress(text: str | None) -> Progress | None:
-    if not text:
-        return None
-    try:
-        return _decode_progress(text)
-    except msgspec.ValidationError:  # not a progress object: nothing we can show
-        return None
-
-
-def _status(value: str) -> RunStatus:
-    try:
-        return _RUN_STATUS[value]
-    except KeyError:
-        raise StorageCorruptError(
-            f"A run has status {value!r}, which this release of durably does not know; "
-            "upgrade durably"
-        ) from None
-
-
-def _run(row: Row) -> Run:
-    return Run(
-        id=row[0],
-        job_name=row[1],
-        input=_json(row[2]),
-        status=_status(row[3]),
-        idempotency_key=row[4],
-        concurrency_key=row[5],
-        labels=_decode(row[6]) if row[6] else {},
-        current_step_index=row[7],
-        completed_step_count=row[8],
-        progress=_progress(row[9]),
-        output=_json(row[10]),
-        error=row[11],
-        lease_owner=row[12],
-        lease_expires_at=_ts(row[13]),
-        lease_generation=row[14],
-        started_at=_ts(row[15]),
-        completed_at=_ts(row[16]),
-        created_at=parse_ts(row[17]),
-        updated_at=parse_ts(row[18]),
-    )
-
-
-def _step(row: Row) -> StepRecord:
-    return StepRecord(
-        id=row[0],
-        run_id=row[1],
-        name=row[2],
-        index=row[3],
-        status=_STEP_STATUS[row[4]],
-        output=_json(row[5]),
-        error=row[6],
-        started_at=parse_ts(row[7]),
-        completed_at=_ts(row[8]),
-    )
-
-
-def _log(row: Row) -> LogRecord:
-    return LogRecord(
-        id=row[0],
-        run_id=row[1],
-        step_name=row[2],
-        level=row[3],
-        message=row[4],
-        data=_json(row[5]),
-        created_at=parse_ts(row[6]),
-    )
-
 
 def _json_text(value: Any) -> str:
     """Compact JSON of a value holding user text (labels, progress): text that is not
     valid Unicode is a ValidationError, as every executor reports it for parameters."""
     try:
-        return _encode(value).decode()
+        return encode_json(value).decode()
     except UnicodeEncodeError as exc:
         raise unstorable_text(exc) from exc
 
@@ -348,19 +272,25 @@ def _pending_conflict(run: NewRun, pending_id: str | None) -> ConflictError:
     )
 
 
-class SqlStorage:
-    """:class:`durably.Storage` over an :class:`~durably.sql.Executor` (SQLite dialect)."""
+class SqlStorage(SqlWaits):
+    """:class:`durably.Storage` over an :class:`~durably.sql.Executor` (SQLite dialect).
+
+    The durable-wait operations are in :mod:`durably.sql._waits`."""
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 
     async def migrate(self) -> None:
         applied_at = format_ts(datetime.now(UTC))
-        try:
-            await _migrate(self.executor, applied_at)
-        except StorageOutcomeUnknownError:
-            # migrating is idempotent (and safe against a racing process): run it again
-            await _migrate(self.executor, applied_at)
+        # Migrating is idempotent (and safe against a racing process): after a lost
+        # answer, run it again. Each migration is its own batch, so each may lose one.
+        for attempt in range(len(PY_MIGRATIONS) + 2):
+            try:
+                await _migrate(self.executor, applied_at)
+                return
+            except StorageOutcomeUnknownError:
+                if attempt == len(PY_MIGRATIONS) + 1:
+                    raise
 
     async def close(self) -> None:
         await self.executor.close()
@@ -412,15 +342,15 @@ class SqlStorage:
     def _enqueue_result(run: NewRun, coalesce: bool, results: list[list[Row]]) -> EnqueueResult:
         inserted = results[0]
         if inserted:
-            return EnqueueResult(_run(inserted[0]), "created")
+            return EnqueueResult(to_run(inserted[0]), "created")
         pos = 2 if run.labels else 1
         if run.idempotency_key is not None:
             found = results[pos]
             pos += 1
             if found:
-                return EnqueueResult(_run(found[0]), "idempotent")
+                return EnqueueResult(to_run(found[0]), "idempotent")
         if coalesce and run.concurrency_key is not None and results[pos]:
-            return EnqueueResult(_run(results[pos][0]), "coalesced")
+            return EnqueueResult(to_run(results[pos][0]), "coalesced")
         raise ConflictError(  # pragma: no cover - the conflict targets above cover every case
             f"Run {run.id} of job {run.job_name!r} was neither inserted nor matched an "
             "existing run",
@@ -497,7 +427,7 @@ class SqlStorage:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             for row in await self.executor.fetch(_RUNS_BY_ID + _in_list(len(chunk)), chunk):
-                run = _run(row)
+                run = to_run(row)
                 found[run.id] = run
         return found
 
@@ -524,7 +454,7 @@ class SqlStorage:
 
     async def get_run(self, run_id: str) -> Run | None:
         rows = await self.executor.fetch(_GET_RUN, (run_id,))
-        return _run(rows[0]) if rows else None
+        return to_run(rows[0]) if rows else None
 
     async def get_runs(self, query: RunFilter) -> list[Run]:
         where: list[str] = []
@@ -547,16 +477,16 @@ class SqlStorage:
         if query.limit is not None or query.offset:
             sql += " LIMIT ? OFFSET ?"
             params += (-1 if query.limit is None else max(query.limit, 0), max(query.offset, 0))
-        return [_run(row) for row in await self.executor.fetch(sql, params)]
+        return [to_run(row) for row in await self.executor.fetch(sql, params)]
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
-        return [_step(row) for row in await self.executor.fetch(_GET_STEPS, (run_id,))]
+        return [to_step(row) for row in await self.executor.fetch(_GET_STEPS, (run_id,))]
 
     async def get_completed_steps(self, run_id: str) -> list[StepRecord]:
-        return [_step(row) for row in await self.executor.fetch(_GET_COMPLETED_STEPS, (run_id,))]
+        return [to_step(row) for row in await self.executor.fetch(_GET_COMPLETED_STEPS, (run_id,))]
 
     async def get_logs(self, run_id: str) -> list[LogRecord]:
-        return [_log(row) for row in await self.executor.fetch(_GET_LOGS, (run_id,))]
+        return [to_log(row) for row in await self.executor.fetch(_GET_LOGS, (run_id,))]
 
     # -- leases --
 
@@ -578,8 +508,9 @@ class SqlStorage:
         params: list[SqlValue] = [owner, format_ts(lease_expires_at), now_s, now_s]
         params += (*names, now_s)  # pending: job names, key guard
         params += (now_s, *names, now_s)  # expired leases: expiry, job names, key guard
+        params += (now_s, *names, now_s)  # waiting runs: wake-up, job names, key guard
         rows = await self.executor.fetch(_CLAIM.format(jobs=jobs), params)
-        return _run(rows[0]) if rows else None
+        return to_run(rows[0]) if rows else None
 
     async def renew_lease(
         self, run_id: str, generation: int, now: datetime, lease_expires_at: datetime
@@ -719,17 +650,15 @@ class SqlStorage:
         complete: Params = (output_json, now_s, now_s, run_id, generation)
         guard: Params = (run_id, run_id, generation)
 
+        close: Params = ("closed", now_s, run_id, run_id, generation)
+
         async def write() -> bool:
-            if not delete_steps:
-                return await self.executor.execute(_COMPLETE, complete) > 0
-            results = await self.executor.batch(
-                [
-                    (_DELETE_STEPS_IF_HELD, guard),
-                    (_DELETE_LOGS_IF_HELD, guard),
-                    (_COMPLETE + " RETURNING 1", complete),
-                ]
-            )
-            return bool(results[2])
+            statements: list[Statement] = [(_CLOSE_WAITS, close)]
+            if delete_steps:
+                statements += [(_DELETE_STEPS_IF_HELD, guard), (_DELETE_LOGS_IF_HELD, guard)]
+            statements.append((_COMPLETE + " RETURNING 1", complete))
+            results = await self.executor.batch(statements)
+            return bool(results[-1])
 
         done = RunStatus.COMPLETED.value
         return await resolved(write, lambda: self._lease_state(run_id, generation, done))
@@ -739,7 +668,11 @@ class SqlStorage:
 
         async def write() -> bool:
             params = (error, now_s, now_s, run_id, generation)
-            return await self.executor.execute(_FAIL, params) > 0
+            close = ("closed", now_s, run_id, run_id, generation)
+            results = await self.executor.batch(
+                [(_CLOSE_WAITS, close), (_FAIL + " RETURNING 1", params)]
+            )
+            return bool(results[1])
 
         done = RunStatus.FAILED.value
         return await resolved(write, lambda: self._lease_state(run_id, generation, done))
@@ -748,12 +681,19 @@ class SqlStorage:
 
     async def cancel_run(self, run_id: str, now: datetime) -> Run | None:
         now_s = format_ts(now)
-        rows = await self.executor.fetch(_CANCEL, (now_s, now_s, run_id))
-        return _run(rows[0]) if rows else None
+        results = await self.executor.batch(
+            [
+                (_CANCEL_WAITS, ("cancelled", now_s, run_id, run_id)),
+                (_CANCEL, (now_s, now_s, run_id)),
+            ]
+        )
+        return to_run(results[1][0]) if results[1] else None
 
     async def retry_run(self, run_id: str, now: datetime) -> Run | None:
         try:
-            rows = await self.executor.fetch(_RETRY, (format_ts(now), run_id))
+            results = await self.executor.batch(
+                [(REOPEN_WAITS, (run_id, run_id)), (_RETRY, (format_ts(now), run_id))]
+            )
         except ConstraintViolation as exc:
             if exc.table == "durably_runs" and "concurrency_key" in exc.columns:
                 raise ConflictError(
@@ -762,24 +702,19 @@ class SqlStorage:
                     run_id=run_id,
                 ) from exc
             raise
-        return _run(rows[0]) if rows else None
+        rows = results[1]
+        return to_run(rows[0]) if rows else None
 
     async def delete_run(self, run_id: str) -> Run | None:
         guard = (run_id, run_id)
-        results = await self.executor.batch(
-            [
-                (_DELETE_RUN[0], guard),
-                (_DELETE_RUN[1], guard),
-                (_DELETE_RUN[2], guard),
-                (_DELETE_RUN[3], (run_id,)),
-            ]
-        )
-        rows = results[3]
-        return _run(rows[0]) if rows else None
+        *children, run = _DELETE_RUN
+        results = await self.executor.batch([*((sql, guard) for sql in children), (run, (run_id,))])
+        rows = results[-1]
+        return to_run(rows[0]) if rows else None
 
     async def purge_runs(self, completed_before: datetime, limit: int) -> int:
         if limit <= 0:
             return 0
         params = (format_ts(completed_before), limit)
         results = await self.executor.batch([(sql, params) for sql in _PURGE])
-        return len(results[3])
+        return len(results[-1])
