@@ -182,7 +182,8 @@ def _undocumented(
         yield f"{where}:{obj.lineno}", public
     if not isinstance(obj, griffe.Class):
         return
-    own = set(_methods(obj))
+    # with those of its base classes (a mixin may hold some of them)
+    own = {name for name in obj.all_members if not name.startswith("_")}
     # the documented methods of each protocol this class implements (has every method of)
     inherited = {
         name

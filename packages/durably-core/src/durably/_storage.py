@@ -202,7 +202,9 @@ class Storage(Protocol):
         """The run's waits, oldest first (``created_at``, then ``id``)."""
         ...
 
-    async def get_wait(self, run_id: str, name: str) -> Wait | None: ...
+    async def get_wait(self, run_id: str, name: str) -> Wait | None:
+        """The run's wait called ``name``, or ``None``."""
+        ...
 
     async def next_wake_at(self, now: datetime) -> datetime | None:
         """The earliest ``wake_at`` after ``now`` of a waiting run (when the next one

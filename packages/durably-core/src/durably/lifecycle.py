@@ -338,6 +338,7 @@ def timed_out(wait: Wait) -> Wait:
 
 
 def signalled(wait: Wait, signal_id: str | None, payload: object, now: datetime) -> Wait:
+    """The signal is the wait's result, received at ``now``."""
     return msgspec.structs.replace(
         wait,
         status=WaitStatus.RESOLVED,

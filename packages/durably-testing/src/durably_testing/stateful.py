@@ -136,6 +136,8 @@ class ModelStep:
 
 @dataclass
 class ModelWait:
+    """A durable wait of a model run."""
+
     id: str
     name: str
     kind: str
@@ -151,6 +153,7 @@ class ModelWait:
     first_resumed_at: datetime | None = None
 
     def observable(self) -> tuple[Any, ...]:
+        """The fields a storage must return exactly so (as ``observe_wait`` gives them)."""
         return (
             self.id,
             self.name,
@@ -499,6 +502,7 @@ class LifecycleModel:
         return next((w for w in run.waits.values() if w.id == wait_id), None)
 
     def prepare_wait(self, run_id: str, generation: int, wait: ModelWait) -> ModelWait | None:
+        """The run's wait of that name (``wait`` if it had none); ``None`` without the lease."""
         run = self._holder(run_id, generation)
         if run is None:
             return None
@@ -507,6 +511,8 @@ class LifecycleModel:
     def wait_result(
         self, run_id: str, generation: int, wait_id: str, now: datetime, resumed_at: datetime
     ) -> ModelWait | None:
+        """The wait as the resumed job reads it (timed out if due); ``None`` without the
+        lease; ``LookupError`` for a wait the run does not have."""
         run = self._holder(run_id, generation)
         if run is None:
             return None
@@ -521,6 +527,7 @@ class LifecycleModel:
         return wait
 
     def suspend(self, run_id: str, generation: int, wait_id: str, now: datetime) -> str | None:
+        """The run id once suspended on its wait ``wait_id``; ``None``: nothing changed."""
         run = self._holder(run_id, generation)
         wait = None if run is None else self._wait_by_id(run, wait_id)
         if run is None or wait is None:
@@ -538,6 +545,7 @@ class LifecycleModel:
     def signal(
         self, run_id: str, name: str, signal_id: str | None, payload_text: str, now: datetime
     ) -> tuple[str, ModelWait | None]:
+        """``(disposition, wait)`` of a signal to the run's wait ``name``."""
         run = self.runs.get(run_id)
         wait = None if run is None else run.waits.get(name)
         if run is None or wait is None:
@@ -569,6 +577,7 @@ class LifecycleModel:
         return "accepted", wait
 
     def next_wake_at(self, now: datetime) -> datetime | None:
+        """The earliest wake-up after ``now`` of a waiting run."""
         times = [
             r.wake_at
             for r in self.runs.values()
