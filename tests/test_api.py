@@ -227,6 +227,85 @@ def test_create_durably__bad_intervals(name: str, value: Any) -> None:
         create_durably("memory://", **{name: value})
 
 
+@pytest.mark.parametrize(
+    ("options", "allowed"),
+    [
+        # 1e12 s used to be accepted, and then every claim failed "date value out of range"
+        ({"lease_duration": 1e12}, "≤ 86400 (a day)"),
+        ({"lease_duration": 86400.5, "lease_renew_interval": 5}, "≤ 86400 (a day)"),
+        ({"lease_duration": 0.0005}, "≥ 0.001"),
+        ({"lease_renew_interval": 0.0001}, "≥ 0.001"),
+        ({"polling_interval": 1e12}, "≤ 86400 (a day)"),
+        ({"polling_interval": 1e-9}, "≥ 0.001"),
+        ({"max_concurrent_runs": 10**9}, "from 1 to 10000"),
+    ],
+)
+def test_create_durably__options_out_of_range_say_what_is_allowed(
+    options: dict[str, Any], allowed: str
+) -> None:
+    with pytest.raises(ValidationError, match=next(iter(options))) as info:
+        create_durably("memory://", **options)
+    assert allowed in str(info.value)
+
+
+def test_create_durably__options_at_their_bounds_are_accepted() -> None:
+    d = create_durably(
+        "memory://",
+        lease_duration=86400,
+        lease_renew_interval=86399,
+        polling_interval=0.001,
+        max_concurrent_runs=10_000,
+        retain_runs="36500d",
+    )
+    assert d.settings.lease_duration == 86400.0
+    assert d.settings.retain_runs == timedelta(days=36500)
+
+
+@pytest.mark.parametrize(
+    "value", [-1, -0.5, float("inf"), float("nan"), "infd", "1e300d", 1e12, "36501d"]
+)
+def test_create_durably__retain_runs_out_of_range(value: Any) -> None:
+    with pytest.raises(ValidationError, match="retain_runs"):
+        create_durably("memory://", retain_runs=value)
+
+
+async def test_durations_and_counts_out_of_range_are_validation_errors() -> None:
+    d = create_durably("memory://")
+    async with d:
+        for older_than in (1e12, float("inf"), -1, "1e300d"):
+            with pytest.raises(ValidationError, match="older_than"):
+                await d.purge_runs(older_than=older_than)
+        with pytest.raises(ValidationError, match="limit"):
+            await d.purge_runs(older_than="1d", limit=2**70)
+        for timeout in (1e12, float("inf")):
+            with pytest.raises(ValidationError, match="timeout"):
+                await d.wait_for_run("01J00000000000000000000000", timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///%00x.db", "NUL"),  # used to be a raw ValueError at the first operation
+        ("file:%00x.db", "NUL"),
+        ("http://host:99999", "Invalid libSQL URL"),  # a raw ValueError from the port
+        ("sqlite:///x.db?busy_timeout=1e12", "busy_timeout"),
+        ("http://h?timeout=1e12", "timeout"),
+        ("http://h?retries=1000000", "retries"),
+        ("http://h?max_in_flight=1000000", "max_in_flight"),
+    ],
+)
+def test_create_durably__malformed_urls_are_validation_errors(url: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        create_durably(url)
+
+
+async def test_create_durably__file_name_too_long_is_a_storage_error(tmp_path: Any) -> None:
+    d = create_durably(f"sqlite:///{tmp_path / ('a' * 5000)}.db")
+    with pytest.raises(StorageError, match="Cannot open SQLite database"):
+        await d.migrate()
+    await d.close()
+
+
 @pytest.mark.parametrize("value", ["7", "7w", "days", "-1d", [1]])
 def test_create_durably__bad_retain_runs(value: Any) -> None:
     with pytest.raises(ValidationError, match="duration"):

@@ -194,7 +194,8 @@ async def test_trigger__labels_are_stored(make_durably: Any) -> None:
     assert stored.labels == labels
 
 
-@pytest.mark.parametrize("key", ["has space", "colon:key", "", "é"])
+# "a\n": the key pattern was anchored with `$`, which also matches before a final newline
+@pytest.mark.parametrize("key", ["has space", "colon:key", "", "é", "a\n", "\na"])
 async def test_trigger__bad_label_key_is_rejected(make_durably: Any, key: str) -> None:
     d = make_durably({"t": typed_job()})
     with pytest.raises(ValidationError, match="label key"):

@@ -34,10 +34,14 @@ from ._job import JobDefinition
 from ._records import LogRecord, Run, RunFilter, RunStatus, StepRecord
 from ._runtime import Execution
 from ._storage import Storage
-from ._timefmt import parse_duration
 from ._trigger import Triggers
 from ._validate import (
+    MAX_CONCURRENT_RUNS,
+    MAX_LEASE,
+    MAX_POLLING_INTERVAL,
     check_text,
+    duration,
+    interval,
     positive_int,
     positive_number,
     validate_labels,
@@ -311,7 +315,7 @@ class Durably:
                 raise ValidationError("purge_runs(older_than=datetime) needs an aware datetime")
             cutoff = older_than
         else:
-            cutoff = self._engine.now() - parse_duration(older_than)
+            cutoff = self._engine.now() - duration("older_than", older_than)
         await self._ready()
         return await self._engine.storage.purge_runs(cutoff, limit)
 
@@ -514,13 +518,15 @@ def create_durably(
     Remaining keyword arguments go to the storage backend (e.g. ``synchronous=``).
     """
     settings = Settings(
-        polling_interval=positive_number("polling_interval", polling_interval),
-        lease_duration=positive_number("lease_duration", lease_duration),
-        lease_renew_interval=positive_number("lease_renew_interval", lease_renew_interval),
-        max_concurrent_runs=positive_int("max_concurrent_runs", max_concurrent_runs),
+        polling_interval=interval("polling_interval", polling_interval, MAX_POLLING_INTERVAL),
+        lease_duration=interval("lease_duration", lease_duration, MAX_LEASE),
+        lease_renew_interval=interval("lease_renew_interval", lease_renew_interval, MAX_LEASE),
+        max_concurrent_runs=positive_int(
+            "max_concurrent_runs", max_concurrent_runs, MAX_CONCURRENT_RUNS
+        ),
         preserve_steps=bool(preserve_steps),
         persist_logs=bool(persist_logs),
-        retain_runs=None if retain_runs is None else parse_duration(retain_runs),
+        retain_runs=None if retain_runs is None else duration("retain_runs", retain_runs),
     )
     if settings.lease_renew_interval >= settings.lease_duration:
         raise ValidationError(

@@ -5,6 +5,7 @@ Timestamps are compared as strings in SQL, so the format must be exact.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 
@@ -26,24 +27,28 @@ def parse_ts(s: str) -> datetime:
 
 
 def parse_duration(value: str | float | timedelta) -> timedelta:
-    """``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, a number of seconds, or a timedelta."""
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, a number of seconds, or a timedelta;
+    never negative."""
+    seconds = -1.0
     if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=float(value))
-    if isinstance(value, str):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
         units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
         text = value.strip()
         if len(text) >= 2 and text[-1] in units:
-            try:
-                amount = float(text[:-1])
-            except ValueError:
-                amount = -1.0
-            if amount >= 0:
-                return timedelta(seconds=amount * units[text[-1]])
+            with contextlib.suppress(ValueError):  # not a number: refused below
+                seconds = float(text[:-1]) * units[text[-1]]
+    # timedelta's own range is ~2.7 million years; beyond it (or inf, nan) it raises
+    if 0 <= seconds < _MAX_TIMEDELTA_SECONDS:
+        return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
     from ._errors import ValidationError
 
     raise ValidationError(
-        f"Invalid duration {value!r}: use a number of seconds or a string like '7d', "
+        f"Invalid duration {value!r}: use a number of seconds ≥ 0 or a string like '7d', "
         "'12h', '30m' or '45s'"
     )
+
+
+_MAX_TIMEDELTA_SECONDS = timedelta.max.total_seconds()

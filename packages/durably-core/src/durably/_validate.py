@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -18,7 +19,22 @@ from ._errors import ValidationError
 if TYPE_CHECKING:
     from .codec import Codec
 
-LABEL_KEY = re.compile(r"^[a-zA-Z0-9\-_./]+$")
+#: ``\Z``, not ``$``: ``$`` also matches before a final newline, so ``"a\n"`` passed.
+LABEL_KEY = re.compile(r"\A[a-zA-Z0-9\-_./]+\Z")
+
+#: The bounds of ``create_durably``'s options, in seconds. A lease is at most a day: a
+#: dead worker's run waits that long to be resumed, and far beyond it the lease's
+#: expiry leaves the range of a datetime (``lease_duration=1e12``). A millisecond is
+#: the database's precision: a shorter interval is zero there.
+MIN_INTERVAL = 0.001
+MAX_LEASE = 86400.0
+MAX_POLLING_INTERVAL = 86400.0
+MAX_CONCURRENT_RUNS = 10_000
+#: The longest duration counted back or forward from now (``retain_runs``,
+#: ``purge_runs(older_than=)``, wait timeouts): a century keeps the result a datetime.
+MAX_DURATION = 100 * 365 * 86400.0
+#: Row counts handed to the database (``purge_runs(limit=)``): a 32-bit integer.
+MAX_COUNT = 2**31 - 1
 
 
 def describe_pydantic_error(exc: pydantic.ValidationError) -> str:
@@ -141,20 +157,63 @@ def validate_coalesce(coalesce: Any, concurrency_key: str | None) -> bool:
     return True
 
 
-def positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
+def _seconds(value: float) -> str:
+    for unit, size in (("a day", 86400.0), ("an hour", 3600.0)):
+        if value == size:
+            return f"{value:g} ({unit})"
+    if value == MAX_DURATION:
+        return f"{value:g} (a century)"
+    return f"{value:g}"
+
+
+def positive_number(
+    name: str,
+    value: Any,
+    *,
+    allow_zero: bool = False,
+    minimum: float = 0.0,
+    maximum: float = MAX_DURATION,
+) -> float:
+    """A number of seconds: ``minimum`` < value (≤ with ``allow_zero``) ≤ ``maximum``."""
     ok = (
         isinstance(value, int | float)
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and (value >= 0 if allow_zero else value > 0)
+        and (value >= minimum if allow_zero or minimum > 0 else value > minimum)
+        and value <= maximum
     )
     if not ok:
-        bound = "≥ 0" if allow_zero else "> 0"
-        raise ValidationError(f"Invalid {name} {value!r}: expected a number of seconds {bound}")
+        low = f"≥ {minimum:g}" if minimum > 0 else "≥ 0" if allow_zero else "> 0"
+        raise ValidationError(
+            f"Invalid {name} {value!r}: expected a number of seconds {low} and "
+            f"≤ {_seconds(maximum)}"
+        )
     return float(value)
 
 
-def positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValidationError(f"Invalid {name} {value!r}: expected an integer ≥ 1")
+def interval(name: str, value: Any, maximum: float) -> float:
+    """An option that is an interval: ``MIN_INTERVAL`` to ``maximum`` seconds."""
+    return positive_number(name, value, minimum=MIN_INTERVAL, maximum=maximum)
+
+
+def positive_int(name: str, value: Any, maximum: int = MAX_COUNT) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value > maximum:
+        raise ValidationError(f"Invalid {name} {value!r}: expected an integer from 1 to {maximum}")
     return value
+
+
+def duration(name: str, value: Any) -> timedelta:
+    """``"7d"``/``"12h"``/``"30m"``/``"45s"``, seconds or a timedelta: ≥ 0, at most a century."""
+    from ._timefmt import parse_duration
+
+    try:
+        parsed = parse_duration(value)
+    except ValidationError as exc:
+        raise ValidationError(f"Invalid {name}: {exc}") from None
+    seconds = parsed.total_seconds()
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION:
+        raise ValidationError(
+            f"Invalid {name} {value!r}: expected a duration ≥ 0 and ≤ 100 years "
+            "(e.g. '7d', '12h', '30m', '45s' or a number of seconds)"
+        )
+    return parsed

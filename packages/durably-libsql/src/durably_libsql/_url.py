@@ -53,11 +53,12 @@ def redact(url: str) -> str:
     """The URL without credentials or query (safe for messages and reprs)."""
     try:
         parts = urlsplit(url)
-    except ValueError:
+        port = parts.port
+    except ValueError:  # e.g. an unclosed IPv6 bracket, a port out of range
         return "<invalid URL>"
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    if port is not None:
+        host = f"{host}:{port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
@@ -111,7 +112,7 @@ class RemoteConfig:
     transport: Any = field(default=None, repr=False)
 
 
-def _number(name: str, raw: Any, *, minimum: float, integer: bool) -> Any:
+def _number(name: str, raw: Any, *, minimum: float, maximum: float, integer: bool) -> Any:
     try:
         if isinstance(raw, bool):
             raise TypeError
@@ -122,9 +123,11 @@ def _number(name: str, raw: Any, *, minimum: float, integer: bool) -> Any:
             value = int(value)
     except (TypeError, ValueError):
         value = math.nan
-    if not math.isfinite(value) or value < minimum:
+    if not math.isfinite(value) or not minimum <= value <= maximum:
         kind = "a whole number" if integer else "a number"
-        raise ValidationError(f"Invalid {name}={raw!r}: give {kind} >= {minimum:g}")
+        raise ValidationError(
+            f"Invalid {name}={raw!r}: give {kind} from {minimum:g} to {maximum:g}"
+        )
     return value
 
 
@@ -182,13 +185,19 @@ def remote_config(url: str, options: Mapping[str, Any]) -> RemoteConfig:
     return RemoteConfig(
         base_url=base_url,
         auth_token=token or None,
-        timeout=_number("timeout", merged.get("timeout", 15.0), minimum=0.001, integer=False),
-        max_in_flight=_number(
-            "max_in_flight", merged.get("max_in_flight", 8), minimum=1, integer=True
+        timeout=_number(
+            "timeout", merged.get("timeout", 15.0), minimum=0.001, maximum=3600, integer=False
         ),
-        retries=_number("retries", merged.get("retries", 5), minimum=0, integer=True),
+        max_in_flight=_number(
+            "max_in_flight", merged.get("max_in_flight", 8), minimum=1, maximum=1000, integer=True
+        ),
+        retries=_number("retries", merged.get("retries", 5), minimum=0, maximum=100, integer=True),
         checkpoint_every=_number(
-            "checkpoint_every", merged.get("checkpoint_every", 1000), minimum=0, integer=True
+            "checkpoint_every",
+            merged.get("checkpoint_every", 1000),
+            minimum=0,
+            maximum=2**31 - 1,
+            integer=True,
         ),
         transport=transport,
     )

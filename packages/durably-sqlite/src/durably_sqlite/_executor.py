@@ -64,6 +64,7 @@ from durably import (
     StorageCorruptError,
     StorageError,
     StorageReadOnlyError,
+    ValidationError,
 )
 from durably.sql import Params, Row, Statement, constraint_violation, unstorable_text
 from durably.sql.executor import is_read_only
@@ -157,6 +158,11 @@ class SqliteExecutor:
         mode: str = "rwc",
     ) -> None:
         self.database = os.fspath(database)
+        if "\x00" in self.database:
+            raise ValidationError(
+                f"Invalid SQLite database path {self.database!r}: a path cannot hold a NUL "
+                "character ('%00' in a URL)"
+            )
         self.memory = self.database == ":memory:"
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
@@ -292,6 +298,10 @@ class SqliteExecutor:
                     self._pool = pool
             except sqlite3.Error as exc:
                 raise self._map(exc) from exc
+            except OSError as exc:  # checking the path: e.g. a file name too long
+                raise StorageError(
+                    f"Cannot open SQLite database {self.database!r}: {exc.strerror or exc}"
+                ) from exc
             self._fast, self._slow = fast, slow
             self._checkpoint_mark = fast.total_changes
             self._cur = fast.cursor()

@@ -13,6 +13,8 @@ from durably import ValidationError
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 MODES = ("rwc", "rw", "ro")
 OPTIONS = ("synchronous", "busy_timeout", "mode")
+#: Longer than anyone waits for a lock on purpose; a lease would expire long before.
+MAX_BUSY_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,10 @@ def config_from(url: str, options: Mapping[str, Any]) -> SqliteConfig:
         busy_timeout = float(raw_timeout)
     except (TypeError, ValueError):
         busy_timeout = -1.0
-    if not math.isfinite(busy_timeout) or busy_timeout < 0:
+    if not math.isfinite(busy_timeout) or not 0 <= busy_timeout <= MAX_BUSY_TIMEOUT:
         raise ValidationError(
-            f"Invalid busy_timeout={raw_timeout!r}: give a number of seconds >= 0"
+            f"Invalid busy_timeout={raw_timeout!r}: give a number of seconds from 0 to "
+            f"{MAX_BUSY_TIMEOUT:g} (an hour)"
         )
     mode = merged.get("mode", "rwc")
     if mode not in MODES:
