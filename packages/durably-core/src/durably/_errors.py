@@ -12,7 +12,8 @@ mapped to :class:`StorageError` subclasses with the original chained as
     ├── RunFailedError           trigger_and_wait / wait_for_run: the run failed
     ├── RunCancelledError        trigger_and_wait / wait_for_run: the run was cancelled
     ├── WaitTimeoutError         trigger_and_wait / wait_for_run: gave up waiting
-    ├── StepOutputError          a step's result cannot be stored as JSON
+    ├── StepOutputError          a step's result cannot be stored as JSON (NaN…),
+    │                            or its stored result no longer fits its type
     ├── UnknownBackendError      no installed plugin handles the URL's scheme
     ├── PluginError              plugins disagree (e.g. two claim one scheme)
     └── StorageError             the database failed
@@ -99,7 +100,8 @@ class WaitTimeoutError(DurablyError, TimeoutError):
 
 
 class StepOutputError(DurablyError):
-    """A step returned a value that cannot be stored as JSON."""
+    """A step returned a value that cannot be stored as JSON (NaN and ±infinity
+    included), or its stored result no longer fits the step's type."""
 
     def __init__(self, step_name: str, message: str) -> None:
         super().__init__(message)

@@ -13,7 +13,7 @@ import pydantic
 from pydantic_core import PydanticSerializationError
 
 from ._engine import Engine
-from ._errors import LeaseLostError, StorageError
+from ._errors import LeaseLostError, StorageError, ValidationError
 from ._events import (
     LogWriteEvent,
     RunCompleteEvent,
@@ -26,6 +26,7 @@ from ._job import JobDefinition
 from ._records import LogLevel, NewLog, NewStep, Progress, Run, RunStatus, StepRecord, StepStatus
 from ._step import Step, error_message
 from ._validate import check_progress, check_text, describe_pydantic_error
+from .codec import NonFiniteNumberError
 
 StopReason = Literal["cancelled", "lease-lost", "shutdown"]
 
@@ -135,23 +136,27 @@ class Execution:
 
     def log(self, level: LogLevel, message: str, data: dict[str, Any]) -> None:
         message = check_text("Log message", str(message))
+        # encoded in the caller's thread, so that it sees a refusal
+        data_json = self._log_data(data) if data else None
         if not self._on_loop():
             step_name = self.current_step
-            self._loop.call_soon_threadsafe(self._log_on_loop, level, message, data, step_name)
+            self._loop.call_soon_threadsafe(self._log_on_loop, level, message, data_json, step_name)
             return
-        self._log_on_loop(level, message, data, self.current_step)
+        self._log_on_loop(level, message, data_json, self.current_step)
+
+    def _log_data(self, data: dict[str, Any]) -> str:
+        try:
+            return self.codec.encode(data)
+        except NonFiniteNumberError as exc:
+            raise ValidationError(f"Log data: {exc}") from None
+        except TypeError:  # not JSON: stored as the values' reprs
+            return self.codec.encode({k: repr(v) for k, v in data.items()})
 
     def _log_on_loop(
-        self, level: LogLevel, message: str, data: dict[str, Any], step_name: str | None
+        self, level: LogLevel, message: str, data_json: str | None, step_name: str | None
     ) -> None:
         if self.stop_if_expired():
             return
-        data_json: str | None = None
-        if data:
-            try:
-                data_json = self.codec.encode(data)
-            except TypeError:
-                data_json = self.codec.encode({k: repr(v) for k, v in data.items()})
         persist = self.engine.settings.persist_logs
         if persist:
             self._pending_logs.append(
@@ -319,7 +324,7 @@ class Execution:
                 text = self.codec.encode(value)
             else:
                 adapter = self.codec.adapter(job.output)
-                text = adapter.dump_json(adapter.validate_python(value)).decode()
+                text = self.codec.dump(adapter, adapter.validate_python(value))
         except pydantic.ValidationError as exc:
             await self._fail(f"Invalid output: {describe_pydantic_error(exc)}")
             return

@@ -9,6 +9,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+import pydantic
+
 from ._errors import (
     LeaseLostError,
     RunCancelledError,
@@ -23,7 +25,7 @@ from ._events import (
     StepStartEvent,
 )
 from ._records import LogLevel, NewStep, StepStatus
-from ._validate import check_text
+from ._validate import check_text, describe_pydantic_error
 
 if TYPE_CHECKING:
     from ._runtime import Execution
@@ -59,6 +61,10 @@ def _call_while_leased(
     if x.expired():
         raise _NotStarted
     return fn(*args, **kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or repr(tp)
 
 
 class StepLog:
@@ -166,7 +172,17 @@ class Step:
             tp = returns
         done = x.completed.get(name)
         if done is not None:
-            return done.output if tp is None else x.codec.to_typed(tp, done.output)
+            if tp is None:
+                return done.output
+            try:
+                return x.codec.to_typed(tp, done.output)
+            except pydantic.ValidationError as exc:
+                raise StepOutputError(
+                    name,
+                    f"Step {name!r}: its stored result {done.output!r} does not fit the step's "
+                    f"type {_type_name(tp)} ({describe_pydantic_error(exc)}); the step's type "
+                    "changed since it ran, or an older release stored it (NaN as null)",
+                ) from None
         if x.cancel_flag.is_set():
             raise asyncio.CancelledError
         if x.flush_needed():
@@ -212,13 +228,24 @@ class Step:
             raise
         x.current_step = None
         try:
-            text = x.codec.encode(result) if tp is None else x.codec.encode_typed(tp, result)
-        except TypeError as exc:
+            # read back before it is written: a value that does not (a serializer that does
+            # not round-trip) would fail every replay of the checkpoint
+            text, native, typed = x.codec.step_result(tp, result)
+        except (TypeError, pydantic.ValidationError) as exc:
+            if isinstance(exc, pydantic.ValidationError):
+                problem = (
+                    f"does not read back as {_type_name(tp)} once stored as JSON "
+                    f"({describe_pydantic_error(exc)}); check the type's serializers"
+                )
+            else:
+                problem = (
+                    f"cannot be stored as JSON ({exc}). Return JSON-compatible data (dict, list, "
+                    "str, finite number, bool, None), a pydantic model or a dataclass, or pass "
+                    "returns=<type>"
+                )
             err = StepOutputError(
                 name,
-                f"Step {name!r} returned a value of type {type(result).__name__} that cannot be "
-                f"stored as JSON ({exc}). Return JSON-compatible data (dict, list, str, number, "
-                "bool, None), a pydantic model or a dataclass, or pass returns=<type>.",
+                f"Step {name!r} returned a value of type {type(result).__name__} that {problem}.",
             )
             x.failed_step_name = name
             bus.emit(
@@ -243,7 +270,6 @@ class Step:
         )
         if not await x.storage.persist_step(run.id, x.generation, record, completed):
             raise x.lease_lost(f"step {name!r} was not saved")
-        native = x.codec.decode(text)
         x.remember(name, index, native, record)
         x.failed_step_name = None
         if bus.wants("step:complete"):
@@ -257,7 +283,7 @@ class Step:
                 output=native,
                 duration=(time.perf_counter() - t0) * 1000.0,
             )
-        return native if tp is None else x.codec.decode_typed(tp, text)
+        return native if tp is None else typed
 
     async def _record_failure(self, name: str, index: int, started: Any, exc: Exception) -> None:
         x = self._x

@@ -15,6 +15,7 @@ import pydantic
 from pydantic_core import PydanticSerializationError
 
 from ._errors import ValidationError
+from .codec import NonFiniteNumberError
 
 if TYPE_CHECKING:
     from .codec import Codec
@@ -64,9 +65,11 @@ def encode_validated(codec: Codec, tp: Any, value: Any) -> str:
         if tp is None:
             return codec.encode(value)
         adapter = codec.adapter(tp)
-        return adapter.dump_json(adapter.validate_python(value)).decode()
+        return codec.dump(adapter, adapter.validate_python(value))
     except pydantic.ValidationError as exc:
         raise ValidationError(describe_pydantic_error(exc)) from None
+    except NonFiniteNumberError as exc:
+        raise ValidationError(str(exc)) from None
     except (TypeError, PydanticSerializationError) as exc:
         raise ValidationError(f"not JSON-serializable ({exc})") from None
     except Exception as exc:  # a user validator raising something else: same outcome
