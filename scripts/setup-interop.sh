@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what tests/test_interop_node.py needs, idempotently:
-#   the npm packages of tests/interop/package.json (the real @coji/durably 0.15.0
-#   and its SQLite driver), into .cache/interop/node_modules
+#   Debian's nodejs and npm when missing (apt-get), then the npm packages of
+#   tests/interop/package.json (the real @coji/durably 0.15.0 and its SQLite
+#   driver), into .cache/interop/node_modules
 #   (tests/interop/node_modules is a symlink to it)
 # Exits non-zero when something cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+SETUP=setup-interop
+. scripts/lib.sh
 
-command -v node >/dev/null || { echo "setup-interop: node is missing" >&2; exit 1; }
-command -v npm >/dev/null || { echo "setup-interop: npm is missing" >&2; exit 1; }
+need node nodejs
+need npm npm
 CACHE="$ROOT/.cache/interop"
 mkdir -p "$CACHE"
 if ! cmp -s tests/interop/package.json "$CACHE/package.json" \

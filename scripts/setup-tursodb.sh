@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the libSQL-protocol server the durably-libsql tests run against, idempotently:
-#   tursodb from the npm package @tursodatabase/cli-linux-x64-gnu (pinned), into
-#   .cache/tursodb/node_modules (git-ignored). Prints nothing when it is already there.
+#   Debian's npm when missing (apt-get), then tursodb from the npm package
+#   @tursodatabase/cli-linux-x64-gnu (pinned), into .cache/tursodb/node_modules
+#   (git-ignored). When it is already there it only says so.
 # The tests find the binary at .cache/tursodb/node_modules/@tursodatabase/cli-linux-x64-gnu/tursodb
 # (or at $DURABLY_TURSODB when set).
 # Exits non-zero when it cannot be installed.
@@ -18,7 +19,9 @@ if [ -x "$BIN" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$VERSION" ]; then
   echo "setup-tursodb: ready ($BIN)" >&2
   exit 0
 fi
-command -v npm >/dev/null || { echo "setup-tursodb: npm is missing" >&2; exit 1; }
+SETUP=setup-tursodb
+. scripts/lib.sh
+need npm npm
 mkdir -p "$CACHE"
 echo "setup-tursodb: npm install $PACKAGE@$VERSION into $CACHE" >&2
 (cd "$CACHE" && npm install --prefix "$CACHE" --no-save --no-audit --no-fund --loglevel=error \

@@ -1,10 +1,11 @@
 """Shared fixtures: every backend the engine tests run on, a manual clock, and a
-factory of ``Durably`` instances that are closed after the test."""
+factory of ``Durably`` instances that are closed after the test; the suite's rules:
+a skipped test is a failure, and what is not in the quick tier is marked ``slow``."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ from durably_testing.clock import ManualClock
 
 #: Backends the engine tests are parametrized over (one pytest invocation covers all).
 BACKENDS = ["memory", "sqlite-file", "sqlite-memory", "libsql-file", "libsql-remote"]
+#: The quick tier (``-m "not slow"``) runs the engine tests on the model and on the
+#: embedded default; the other backends are in the whole run only.
+QUICK_BACKENDS = frozenset({"memory", "sqlite-file"})
 #: Backends whose ``same_db_as`` is a new connection to the same database (the others
 #: live only in this process, so a second instance shares the storage object).
 SEPARATE_CONNECTIONS = frozenset({"sqlite-file", "libsql-file", "libsql-remote"})
@@ -25,7 +29,9 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(
+    params=[b if b in QUICK_BACKENDS else pytest.param(b, marks=pytest.mark.slow) for b in BACKENDS]
+)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -77,3 +83,26 @@ async def make_durably(backend: str, db_url: str, clock: ManualClock) -> AsyncIt
 
 #: pytester drives the durably pytest plugin in tests/test_pytest_plugin.py
 pytest_plugins = ["pytester", "libsql_support"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a libSQL server of its own is not in the quick tier."""
+    for item in items:
+        if "libsql_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A skipped test fails: a skip would hide that a server, a package or a browser
+    the test needs is missing (``scripts/setup-*.sh`` install them; ``uv run nox -s
+    tests`` runs those scripts first)."""
+    report: pytest.TestReport = yield
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and this suite skips nothing: {reason}"
+    return report

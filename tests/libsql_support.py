@@ -1,12 +1,12 @@
 """A real libSQL-protocol server for the tests: ``tursodb --sync-server`` on loopback.
 
 ``scripts/setup-tursodb.sh`` installs the binary into ``.cache/tursodb`` (or set
-``DURABLY_TURSODB``). In CI (``CI`` set) a missing server fails the tests that
-need it; locally they are skipped.
+``DURABLY_TURSODB``); ``uv run nox -s tests`` runs it first. A missing server fails
+the tests that need it.
 
 Fixtures (registered from ``conftest.py``):
 
-- ``tursodb``: session-scoped; the binary, or fail/skip. Every server started in
+- ``tursodb``: session-scoped; the binary, or the test fails. Every server started in
   the session is reaped at its end.
 - ``libsql_server``: a fresh server on a fresh database file in ``tmp_path``
   (startup takes ~20 ms, so each test gets its own: no state leaks between tests,
@@ -46,7 +46,7 @@ def tursodb_binary() -> Path | None:
 
 
 def require_tursodb() -> Path:
-    """The binary, or fail (CI) / skip (locally) the calling test."""
+    """The binary, or fail the calling test."""
     binary = tursodb_binary()
     if binary is None:
         where = os.environ.get("DURABLY_TURSODB") or DEFAULT_BINARY

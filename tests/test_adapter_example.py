@@ -1,8 +1,8 @@
 """The example adapter of docs/writing-a-storage-adapter.md (``tests/adapter_example``,
 installed into the workspace through its own ``durably`` entry point) passes the
-whole conformance suite, discovery included, the fault-injection suite and the
-stateful model test; a copy of it with the fencing condition dropped fails the
-suite's fencing cases."""
+whole conformance suite once (on a file: discovery and reopening included), and the
+guide's fault-injection and stateful-model examples; a copy of it with the fencing
+condition dropped fails the suite's fencing cases."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from durably_testing.conformance import StorageConformance
 from durably_testing.fault_suite import FaultInjectionSuite, OpenStorage
 from durably_testing.stateful import StorageStateMachine
 
+pytestmark = pytest.mark.slow
+
 
 class TestExampleAdapterFile(StorageConformance):
     supports_reopen = True
@@ -27,11 +29,6 @@ class TestExampleAdapterFile(StorageConformance):
     @pytest.fixture
     def storage_url(self, tmp_path: Path) -> str:
         return f"sqlite3sync:///{tmp_path / 'example.db'}"
-
-
-class TestExampleAdapterMemory(StorageConformance):
-    url = "sqlite3sync:///:memory:"
-    entry_point_name = "sqlite3sync"
 
 
 class TestExampleAdapterFaults(FaultInjectionSuite):

@@ -18,6 +18,9 @@ import pytest
 from durably_testing import _conformance_errors
 from durably_testing.faults import STORAGE_OPERATIONS
 
+pytestmark = pytest.mark.slow
+
+
 BROKEN_ADAPTERS = r'''
 import asyncio
 import sqlite3

@@ -10,6 +10,9 @@ from libsql_support import TursoServer
 
 from durably_testing.conformance import StorageConformance
 
+#: the quick tier runs the suite on memory and SQLite only
+pytestmark = pytest.mark.slow
+
 
 class TestLibsqlFileConformance(StorageConformance):
     supports_reopen = True

@@ -25,6 +25,8 @@ from durably_testing.crash import (
     run_crash_harness,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def test_crash_harness__kills_on_a_sqlite_file_lose_nothing(tmp_path: Path) -> None:
     report = run_crash_harness(f"sqlite:///{tmp_path / 'crash.db'}", kills=8, seed=1)

@@ -16,10 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from process_support import Workers, query, read_records, wait_for
 from workers.durably_worker import JOBS
 
 from durably import create_durably
+
+pytestmark = pytest.mark.slow
+
 
 LEASE = ["--lease", "1.5", "--renew", "0.3", "--poll", "0.05", "--slots", "2"]
 HOLD = "s2"

@@ -36,6 +36,7 @@ def python(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.slow
 def test_site__builds_strictly(tmp_path: Path) -> None:
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner, not a warning

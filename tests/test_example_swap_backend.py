@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from libsql_support import TursoServer
+
+pytestmark = pytest.mark.slow
+
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "swap_backend.py"
 

@@ -13,6 +13,9 @@ import httpx
 import pytest
 from http_support import serve, sse
 
+pytestmark = pytest.mark.slow
+
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "web_app.py"
 
 

@@ -25,7 +25,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TIMEOUT = 30.0  # the most any one example may take here; they need a few seconds
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytestmark = pytest.mark.slow  # each example is a process of its own (POSIX: sent signals)
 
 
 @pytest.fixture

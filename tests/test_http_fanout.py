@@ -71,8 +71,13 @@ def test_outgoing__frames_are_the_protocol_frames_encoded_once(
     out = run_event(StepStartEvent, "r1", step_name="s", step_index=0)
     assert out.full == sse_frame(event_payload(out.event))
     assert out.trimmed == sse_frame(trimmed_payload(out.event))
-    calls = []
-    monkeypatch.setattr(_serialize, "sse_frame", lambda p: calls.append(p) or b"x")
+    calls: list[Any] = []
+
+    def counting(p: Any) -> bytes:
+        calls.append(p)
+        return b"x"
+
+    monkeypatch.setattr(_serialize, "sse_frame", counting)
     assert out.full is out.full
     assert out.trimmed is out.trimmed
     assert calls == []  # both were cached by the first reads

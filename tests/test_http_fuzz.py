@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from durably import Durably, create_durably
 from durably.http import Auth, create_handler
 
+pytestmark = pytest.mark.slow
+
 METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD", "TRACE", "BREW"]
 PARAMS = ["runId", "jobName", "status", "limit", "offset", "label.tenant", "label.org"]
 

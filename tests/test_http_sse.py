@@ -261,7 +261,7 @@ async def test_throttle__first_at_once_latest_flushed_before_terminal(server: Se
     async with sse(server.client, f"/subscribe?runId={run_id}") as s:
         await wait_until(lambda: server.open_streams == 1)
         server.durably.start()
-        frames = []
+        frames: list[dict[str, Any]] = []
         while True:
             frame = await s.frame()
             assert frame is not None
@@ -283,7 +283,7 @@ async def test_throttle__held_progress_is_sent_when_the_interval_ends(server: Se
     async with sse(server.client, f"/subscribe?runId={run_id}") as s:
         await wait_until(lambda: server.open_streams == 1)
         server.durably.start()
-        seen = []
+        seen: list[Any] = []
         while len(seen) < 2:
             frame = await s.frame()
             assert frame is not None
@@ -337,7 +337,7 @@ async def test_runs_subscribe__trimmed_frames_for_matching_runs(server: Server) 
         await server.trigger("add", {"a": 1, "b": 1}, labels={"org": "b"})  # filtered out
         await server.trigger("boom", {}, labels={"org": "a"})  # filtered out
         run_id = await server.trigger("add", {"a": 1, "b": 1}, labels={"org": "a", "x": "y"})
-        frames = []
+        frames: list[dict[str, Any]] = []
         while not frames or frames[-1]["type"] != "run:complete":
             frame = await s.frame()
             assert frame is not None

@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -221,7 +222,7 @@ async def test_lease__renewal_keeps_long_run_alive(make_durably: Any, clock: Man
     start = clock.now()
     for i in range(30):  # 60 s: six lease durations
         await clock.advance(2)
-        await eventually(lambda i=i: len(renewals) == i + 1, "a renewal")
+        await eventually(partial(lambda i: len(renewals) == i + 1, i), "a renewal")
         assert await b.process_one() is False
     run = await a.get_run(run_id)
     assert run.status is RunStatus.LEASED

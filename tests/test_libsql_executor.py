@@ -343,10 +343,10 @@ async def test_lost_answer__write_not_repeated_read_repeated() -> None:
 
     storage, seen = fake(flaky)
     with pytest.raises(StorageConnectionError, match="outcome is unknown"):
-        await storage.executor.execute("UPDATE durably_runs SET status = 'x' WHERE 0")  # type: ignore[attr-defined]
+        await storage.executor.execute("UPDATE durably_runs SET status = 'x' WHERE 0")
     assert len(seen) == 1  # the write was not sent again
     calls["n"] = 0
-    assert await storage.executor.fetch("SELECT 1") == [(1,)]  # type: ignore[attr-defined]
+    assert await storage.executor.fetch("SELECT 1") == [(1,)]
     assert len(seen) == 3  # the read was
     await storage.close()
 
@@ -362,8 +362,8 @@ async def test_streams_closed_only_when_the_server_keeps_them() -> None:
         return httpx.Response(200, json=body)
 
     storage, seen = fake(with_baton)
-    await storage.executor.fetch("SELECT 1")  # type: ignore[attr-defined]
-    await storage.executor.fetch("SELECT 1")  # type: ignore[attr-defined]
+    await storage.executor.fetch("SELECT 1")
+    await storage.executor.fetch("SELECT 1")
     await storage.close()
     kinds = [[r["type"] for r in json.loads(s.content)["requests"]] for s in seen]
     assert kinds == [["execute"], ["execute", "close"]]
@@ -372,8 +372,8 @@ async def test_streams_closed_only_when_the_server_keeps_them() -> None:
 async def test_wal_checkpoint_rides_along_every_nth_write() -> None:
     storage, seen = fake(ok_results, checkpoint_every=3)
     for _ in range(6):
-        await storage.executor.execute("DELETE FROM t WHERE 0")  # type: ignore[attr-defined]
-    await storage.executor.fetch("SELECT 1")  # type: ignore[attr-defined]
+        await storage.executor.execute("DELETE FROM t WHERE 0")
+    await storage.executor.fetch("SELECT 1")
     await storage.close()
     sizes = [len(json.loads(s.content)["requests"]) for s in seen]
     assert sizes == [2, 2, 3, 2, 2, 3, 1]

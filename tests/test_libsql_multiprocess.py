@@ -196,10 +196,10 @@ def check_records(
     for r in by_kind["begin"] + by_kind["end"]:
         if r["key"] is not None:
             spans[r["key"]].setdefault(r["run"], []).append(r["t"])
-    for key, runs in spans.items():
+    for concurrency_key, runs in spans.items():
         intervals = sorted((min(ts), max(ts)) for ts in runs.values())
         for (_, end), (start, _) in itertools.pairwise(intervals):
-            assert end < start, f"two runs of concurrency key {key!r} executed at once"
+            assert end < start, f"two runs of concurrency key {concurrency_key!r} executed at once"
     return {
         "completes": len(completes),
         "execs": sum(len(t) for t in execs.values()),
@@ -271,7 +271,7 @@ async def test_server_killed_and_restarted__every_run_finishes_once(
 
 def test_records__checker_catches_a_double_run() -> None:
     """The checker itself: a step executed after its acknowledged checkpoint fails it."""
-    base = [
+    base: list[dict[str, Any]] = [
         {"event": "begin", "run": "r1", "key": None, "t": 1},
         {"event": "exec", "run": "r1", "step": "a", "t": 2},
         {"event": "checkpointed", "run": "r1", "step": "a", "t": 3},

@@ -34,10 +34,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
 from process_support import Workers, query, read_records, wait_for
 from workers.durably_worker import JOBS, STEPS
 
 from durably import ConflictError, create_durably
+
+pytestmark = pytest.mark.slow
+
 
 WORKERS = 4
 SLOTS = 4
@@ -96,7 +100,7 @@ async def test_four_processes_share_one_file(tmp_path: Path) -> None:
 
             def all_completed() -> bool:
                 rows = query(db, "SELECT count(*) FROM durably_runs WHERE status = 'completed'")
-                return rows[0][0] == TOTAL
+                return bool(rows[0][0] == TOTAL)
 
             wait_for(
                 all_completed,
@@ -124,10 +128,11 @@ async def test_four_processes_share_one_file(tmp_path: Path) -> None:
         assert out["values"] == expected_values(out["n"])
         by_id[rid] = {"key": key, "n": out["n"]}
     assert sorted(r["n"] for r in by_id.values()) == list(range(TOTAL))
-    assert Counter(r["key"] for r in by_id.values()) == {
+    keys: dict[str | None, int] = {
         None: UNKEYED,
         **{k: KEYED // len(KEYS) + (1 if i < KEYED % len(KEYS) else 0) for i, k in enumerate(KEYS)},
     }
+    assert Counter(r["key"] for r in by_id.values()) == keys
     steps = query(
         db,
         "SELECT run_id, count(*), count(DISTINCT name) FROM durably_steps "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pydantic
@@ -155,7 +156,7 @@ async def test_get_runs__newest_first_with_limit_and_offset(
         ids.append((await d.jobs.ok.trigger({"i": i})).id)
     newest_first = list(reversed(ids))
     assert [r.id for r in await d.get_runs()] == newest_first
-    pages = []
+    pages: list[list[str]] = []
     for offset in range(0, 7, 3):
         pages.extend(r.id for r in await d.get_runs(limit=3, offset=offset))
     assert pages == newest_first
@@ -769,7 +770,7 @@ async def test_maintenance__runs_while_every_slot_is_busy(
     await eventually(started.is_set, "the long run executing")
     for i in range(8):  # 40 s, a renewal at a time (the long run must keep its lease)
         await clock.advance(5)
-        await eventually(lambda i=i: len(renewed) > i, "the lease renewed")
+        await eventually(partial(lambda i: len(renewed) > i, i), "the lease renewed")
 
     async def maintained() -> bool:
         orphaned = await d.get_run(orphan.id)

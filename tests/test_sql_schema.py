@@ -231,6 +231,7 @@ MIGRATE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_migrate__concurrent_processes(tmp_path: Path) -> None:
     import time
 

@@ -7,7 +7,6 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 
 import pytest
-from ci_support import in_ci
 from conftest import BACKENDS
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
@@ -16,6 +15,8 @@ from libsql_support import fresh_shared_database
 from durably import Storage
 from durably.plugins import BackendRegistry
 from durably_testing.stateful import StorageStateMachine
+
+pytestmark = pytest.mark.slow
 
 #: Modest for the default run, and derandomized so the suite is deterministic; to
 #: explore further, raise max_examples and drop derandomize in a local profile.
@@ -67,26 +68,21 @@ def machine_for(backends: list[str], *, check_model: bool) -> type[StorageStateM
     return Machine
 
 
-def side_by_side_backends(installed_schemes: Collection[str], *, ci: bool) -> list[str]:
+def side_by_side_backends(installed_schemes: Collection[str]) -> list[str]:
     """Every backend the engine tests run on (conftest.BACKENDS) but the remote server
-    (its model test checks it). In CI each must be installed, or the test fails;
-    elsewhere a missing one is left out (at least two storages: a second memory store
-    if need be)."""
+    (its model test checks it). Each must be installed, or the test fails."""
     wanted = [b for b in dict.fromkeys([*BACKENDS, "sqlite-memory"]) if b != "libsql-remote"]
     unknown = [b for b in wanted if b not in SCHEMES]
     if unknown:
         raise AssertionError(f"tests/test_stateful.py: add the URL scheme of {unknown}")
     missing = [b for b in wanted if SCHEMES[b] not in installed_schemes]
-    if missing and ci:
+    if missing:
         pytest.fail(
-            f"backends {missing} are not installed (no plugin for their URL schemes); in CI "
+            f"backends {missing} are not installed (no plugin for their URL schemes); "
             "every backend of conftest.BACKENDS runs: uv sync --frozen --all-packages",
             pytrace=False,
         )
-    chosen = [b for b in wanted if b not in missing]
-    if len(chosen) < 2:
-        chosen.append("memory")
-    return chosen
+    return wanted
 
 
 #: The remote server answers ~100 requests/s and every step reads the state back, so
@@ -101,23 +97,21 @@ def test_storage__matches_the_lifecycle_model(backend: str) -> None:
 
 
 def test_backends__agree_side_by_side() -> None:
-    backends = side_by_side_backends(BackendRegistry().schemes, ci=in_ci())
+    backends = side_by_side_backends(BackendRegistry().schemes)
     run_state_machine_as_test(machine_for(backends, check_model=False), settings=SETTINGS)
 
 
 def test_side_by_side__every_installed_backend_takes_part() -> None:
     # the workspace installs every in-tree plugin (uv sync --all-packages)
     everything = ["memory", "sqlite-file", "sqlite-memory", "libsql-file"]
-    assert side_by_side_backends(BackendRegistry().schemes, ci=in_ci()) == everything
+    assert side_by_side_backends(BackendRegistry().schemes) == everything
 
 
-def test_side_by_side__a_missing_backend_fails_in_ci_only() -> None:
+def test_side_by_side__a_missing_backend_fails() -> None:
     with pytest.raises(
         pytest.fail.Exception, match=r"\['sqlite-file', 'sqlite-memory', 'libsql-file'\]"
     ):
-        side_by_side_backends({"memory"}, ci=True)
-    assert side_by_side_backends({"memory"}, ci=False) == ["memory", "memory"]
-    assert side_by_side_backends({"memory", "file"}, ci=False) == ["memory", "libsql-file"]
+        side_by_side_backends({"memory"})
 
 
 def test_machine__catches_a_storage_that_breaks_the_contract() -> None:

@@ -409,7 +409,7 @@ async def test_step_progress__visible_while_running(make_durably: Any) -> None:
 
     async def progress_saved() -> bool:
         run = await d.get_run(triggered.id)
-        return run.progress == Progress(1, 2, "half")
+        return run is not None and run.progress == Progress(1, 2, "half")
 
     await eventually(progress_saved, "progress written while the run is going")
     gate.set()

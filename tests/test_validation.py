@@ -110,7 +110,7 @@ async def test_trigger__validator_raising_another_exception_is_a_validation_erro
 async def test_get_runs__job_name_must_be_text(make_durably: Any) -> None:
     d = make_durably()
     with pytest.raises(ValidationError, match="job_name"):
-        await d.get_runs(job_name=123)  # type: ignore[arg-type]
+        await d.get_runs(job_name=123)
     with pytest.raises(ValidationError, match="not valid Unicode"):
         await d.get_runs(job_name=[LONE])
 

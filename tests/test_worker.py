@@ -567,11 +567,14 @@ async def test_worker__renewal_storage_error_is_reported_and_run_goes_on(
     assert flaky.renew_calls == 2
     await eventually(lambda: len(renewed) == 1, "a renewal")
     run = await d.get_run(triggered.id)
+    assert run is not None
     assert run.status is RunStatus.LEASED
     assert run.lease_expires_at == clock.now() + timedelta(seconds=30)
     gates.release.set()
     await asyncio.wait_for(task, 5)
-    assert (await d.get_run(triggered.id)).status is RunStatus.COMPLETED
+    done = await d.get_run(triggered.id)
+    assert done is not None
+    assert done.status is RunStatus.COMPLETED
 
 
 async def test_worker__retry_wakes_worker_in_process(make_durably: Any, clock: ManualClock) -> None:
