@@ -125,6 +125,7 @@ async def test_backlog__a_client_that_reads_is_never_cut(make_durably: Any) -> N
 
 def test_create_handler__checks_sse_max_backlog(make_durably: Any) -> None:
     d = make_durably()
+    bad: Any
     for bad in [0, -1, 1.5, True, "1mb", None]:
         with pytest.raises(ValidationError, match="sse_max_backlog"):
             create_handler(d, sse_max_backlog=bad)
