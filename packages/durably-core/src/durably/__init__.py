@@ -72,6 +72,9 @@ from ._step import Step, StepLog
 from ._storage import Storage
 from ._trigger import TriggerResult
 
+#: The package version: the one place it is written (its pyproject.toml reads it).
+__version__ = "0.1.0"
+
 __all__ = [
     "Clock",
     "ConflictError",

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from ._open import open_libsql
     from ._url import RemoteConfig
 
+#: The package version: the one place it is written (its pyproject.toml reads it).
+__version__ = "0.1.0"
+
 __all__ = ["HranaError", "HranaExecutor", "RemoteConfig", "open_libsql"]
 
 

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from ._executor import SqliteExecutor
     from ._open import open_sqlite
 
+#: The package version: the one place it is written (its pyproject.toml reads it).
+__version__ = "0.1.0"
+
 __all__ = ["SqliteExecutor", "open_sqlite"]
 
 

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from .fault_suite import FaultInjectionSuite
     from .stateful import StorageStateMachine
 
+#: The package version: the one place it is written (its pyproject.toml reads it).
+__version__ = "0.1.0"
+
 __all__ = [
     "Fault",
     "FaultInjectionSuite",
