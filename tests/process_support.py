@@ -26,6 +26,21 @@ T = TypeVar("T")
 WORKER = Path(__file__).parent / "workers" / "durably_worker.py"
 
 
+def run_captured(
+    args: list[str | Path], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``args`` run to the end, output captured (a generous bound: only a hang fails)."""
+    return subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
 def wait_for(
     predicate: Callable[[], T],
     what: str,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from process_support import run_captured
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -24,16 +25,8 @@ def python_blocks(page: str) -> list[str]:
 
 
 def python(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """This interpreter with ``args``, its output captured (generous bound: a hang)."""
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    """This interpreter with ``args``, its output captured."""
+    return run_captured([sys.executable, *args], cwd, env)
 
 
 @pytest.mark.slow

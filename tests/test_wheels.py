@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from ci_support import unavailable
+from process_support import run_captured
 
 import durably
 
@@ -26,16 +26,8 @@ PACKAGES = ["durably-core", "durably-sqlite", "durably-libsql", "durably-testing
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
-    """A command's output; a failure shows what it printed (generous bound: a hang)."""
-    done = subprocess.run(
-        [str(a) for a in args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    """A command's output; a failure shows what it printed."""
+    done = run_captured(list(args), cwd, env)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
