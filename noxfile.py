@@ -28,10 +28,10 @@ SETUP_SCRIPTS = [
     "scripts/setup-browser.sh",  # chromium + @coji/durably-react for tests/test_http_browser.py
 ]
 
-#: Line coverage of the four packages (branches counted) below which the whole run
-#: fails: the figure measured when it was set, less a margin for the runs whose
-#: timing takes other paths (lease races, busy retries). Raise it as it rises.
-COVERAGE_FLOOR = 90
+#: Coverage of the four packages (lines and branches, in the pytest process) below
+#: which the whole run fails: the figure measured when it was set, less a margin for
+#: the paths that timing decides (lease races, busy retries). Raise it as it rises.
+COVERAGE_FLOOR = 80
 
 
 def _sync(session: nox.Session) -> None:
@@ -72,7 +72,6 @@ def tests(session: nox.Session) -> None:
     run = ["uv", "run", "--frozen", "coverage"]
     session.run(*run, "erase", external=True)
     session.run(*run, "run", "-m", "pytest", *session.posargs, external=True)
-    session.run(*run, "combine", "--quiet", external=True)
     floor = [] if session.posargs else [f"--fail-under={COVERAGE_FLOOR}"]
     session.run(*run, "report", *floor, external=True)
 
