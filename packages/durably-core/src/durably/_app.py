@@ -10,7 +10,6 @@ from types import TracebackType
 from typing import Any
 
 from ._clock import Clock, SystemClock
-from ._engine import Engine, Settings
 from ._errors import (
     ConflictError,
     NotFoundError,
@@ -29,10 +28,11 @@ from ._events import (
     RunCancelEvent,
     RunDeleteEvent,
 )
+from ._execution import Execution
 from ._handle import JobHandle, Jobs, check_job_key
 from ._job import JobDefinition
 from ._records import LogRecord, Run, RunFilter, RunStatus, StepRecord
-from ._runtime import Execution
+from ._services import Services, Settings
 from ._storage import Storage
 from ._trigger import Triggers
 from ._validate import (
@@ -67,15 +67,15 @@ class Durably:
         on_listener_error: ErrorHandler | None = None,
         owns_storage: bool = False,
     ) -> None:
-        self._engine = Engine(
+        self._services = Services(
             storage=storage,
             clock=clock,
             bus=EventBus(clock, on_listener_error),
             settings=settings,
         )
-        self._worker = Worker(self._engine)
+        self._worker = Worker(self._services)
         self._triggers = Triggers(
-            self._engine, labels_schema, ready=self._ready, wake=self._worker.notify
+            self._services, labels_schema, ready=self._ready, wake=self._worker.notify
         )
         self._owns_storage = owns_storage
         self._migrated = False
@@ -87,27 +87,27 @@ class Durably:
     @property
     def storage(self) -> Storage:
         """The storage this instance runs on."""
-        return self._engine.storage
+        return self._services.storage
 
     @property
     def clock(self) -> Clock:
         """The clock every time read and timed wait goes through."""
-        return self._engine.clock
+        return self._services.clock
 
     @property
     def settings(self) -> Settings:
         """The options given to ``create_durably`` (intervals, slots, retention, …)."""
-        return self._engine.settings
+        return self._services.settings
 
     @property
     def worker_id(self) -> str:
         """The lease owner this instance writes into the runs it claims."""
-        return self._engine.owner
+        return self._services.owner
 
     async def migrate(self) -> None:
         """Create or upgrade the database schema (idempotent, multi-process safe)."""
         async with self._migrate_lock:
-            await self._engine.storage.migrate()
+            await self._services.storage.migrate()
             self._migrated = True
 
     async def _ready(self) -> None:
@@ -132,13 +132,13 @@ class Durably:
         """Stop claiming and wait for in-flight runs. After ``timeout`` seconds their
         tasks are cancelled and their leases left to expire."""
         await self._worker.stop(timeout)
-        await self._engine.bus.drain()
+        await self._services.bus.drain()
 
     async def close(self) -> None:
         """``stop()``, then release the storage if this instance opened it."""
         await self.stop()
         if self._owns_storage:
-            await self._engine.storage.close()
+            await self._services.storage.close()
 
     async def __aenter__(self) -> Durably:
         await self.init()
@@ -167,7 +167,7 @@ class Durably:
                 f"register() takes a dict of {{'key': job_definition}}, got {type(jobs).__name__}"
             )
         handles: dict[str, JobHandle[Any, Any]] = {}
-        registry = self._engine.jobs
+        registry = self._services.jobs
         for key, definition in jobs.items():
             check_job_key(key)
             if not isinstance(definition, JobDefinition):
@@ -196,7 +196,7 @@ class Durably:
     async def get_run(self, run_id: str) -> Run | None:
         """The run with this id, or ``None``."""
         await self._ready()
-        return await self._engine.storage.get_run(run_id)
+        return await self._services.storage.get_run(run_id)
 
     async def _require_run(self, run_id: str) -> Run:
         run = await self.get_run(run_id)
@@ -217,27 +217,27 @@ class Durably:
         ``job_name`` take one value or a list; ``labels`` must all match."""
         query = build_filter(status, job_name, labels, limit, offset)
         await self._ready()
-        return await self._engine.storage.get_runs(query)
+        return await self._services.storage.get_runs(query)
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         """The run's step records in execution order (empty once a completed run's
         steps were deleted, see ``preserve_steps``)."""
         await self._ready()
-        return await self._engine.storage.get_steps(run_id)
+        return await self._services.storage.get_steps(run_id)
 
     async def get_logs(self, run_id: str) -> list[LogRecord]:
         """The run's stored ``step.log`` entries, oldest first (none with
         ``persist_logs=False``)."""
         await self._ready()
-        return await self._engine.storage.get_logs(run_id)
+        return await self._services.storage.get_logs(run_id)
 
     # -- control --
 
     async def cancel(self, run_id: str) -> Run:
         """Cancel a pending or leased run. Terminal → ``ConflictError``."""
         await self._ready()
-        engine = self._engine
-        run = await engine.storage.cancel_run(run_id, engine.now())
+        services = self._services
+        run = await services.storage.cancel_run(run_id, services.now())
         if run is None:
             current = await self._require_run(run_id)
             raise ConflictError(
@@ -246,17 +246,17 @@ class Durably:
                 run_id=run_id,
                 status=current.status.value,
             )
-        execution = engine.active.get(run_id)
+        execution = services.active.get(run_id)
         if execution is not None:
             execution.request_stop("cancelled")
-        engine.bus.emit_run(RunCancelEvent, run)
+        services.bus.emit_run(RunCancelEvent, run)
         return run
 
     async def retry(self, run_id: str) -> Run:
         """Put a failed or cancelled run back to pending, keeping its completed steps."""
         await self._ready()
-        engine = self._engine
-        run = await engine.storage.retry_run(run_id, engine.now())
+        services = self._services
+        run = await services.storage.retry_run(run_id, services.now())
         if run is None:
             current = await self._require_run(run_id)
             raise ConflictError(
@@ -278,7 +278,7 @@ class Durably:
                 run_id=run_id,
                 status=old.status.value,
             )
-        definition = self._engine.jobs.get(old.job_name)
+        definition = self._services.jobs.get(old.job_name)
         if definition is None:
             raise NotFoundError(
                 f"Job {old.job_name!r} is not registered here; register it to retrigger its runs"
@@ -292,7 +292,7 @@ class Durably:
     async def delete_run(self, run_id: str) -> Run:
         """Delete a finished run with its steps, logs and labels."""
         await self._ready()
-        run = await self._engine.storage.delete_run(run_id)
+        run = await self._services.storage.delete_run(run_id)
         if run is None:
             current = await self._require_run(run_id)
             raise ConflictError(
@@ -301,7 +301,7 @@ class Durably:
                 run_id=run_id,
                 status=current.status.value,
             )
-        self._engine.bus.emit_run(RunDeleteEvent, run)
+        self._services.bus.emit_run(RunDeleteEvent, run)
         return run
 
     async def purge_runs(
@@ -315,9 +315,9 @@ class Durably:
                 raise ValidationError("purge_runs(older_than=datetime) needs an aware datetime")
             cutoff = older_than
         else:
-            cutoff = self._engine.now() - duration("older_than", older_than)
+            cutoff = self._services.now() - duration("older_than", older_than)
         await self._ready()
-        return await self._engine.storage.purge_runs(cutoff, limit)
+        return await self._services.storage.purge_runs(cutoff, limit)
 
     # -- waiting --
 
@@ -327,7 +327,7 @@ class Durably:
         ``WaitTimeoutError`` (the run keeps going)."""
         if timeout is not None:
             positive_number("timeout", timeout, allow_zero=True)
-        engine = self._engine
+        services = self._services
         settled = asyncio.Event()
         failed_step: list[str | None] = [None]
 
@@ -339,8 +339,8 @@ class Durably:
 
         # Only the terminal types: a "*" listener would make every step build its
         # events (see EventBus.wants).
-        unsubscribes = [engine.bus.on(t, listener) for t in sorted(TERMINAL_EVENT_TYPES)]
-        deadline = None if timeout is None else engine.clock.now() + timedelta(seconds=timeout)
+        unsubscribes = [services.bus.on(t, listener) for t in sorted(TERMINAL_EVENT_TYPES)]
+        deadline = None if timeout is None else services.clock.now() + timedelta(seconds=timeout)
         try:
             while True:
                 # cleared before the read, so a terminal event during it is not missed
@@ -354,13 +354,13 @@ class Durably:
                     raise RunFailedError(run_id, run.error, failed_step[0])
                 if run.status == RunStatus.CANCELLED:
                     raise RunCancelledError(run_id)
-                wait = engine.settings.polling_interval
+                wait = services.settings.polling_interval
                 if deadline is not None:
-                    left = (deadline - engine.clock.now()).total_seconds()
+                    left = (deadline - services.clock.now()).total_seconds()
                     if left <= 0:
                         raise WaitTimeoutError(run_id, timeout or 0.0)
                     wait = min(wait, left)
-                await _first_of(settled.wait(), engine.clock.sleep(wait))
+                await _first_of(settled.wait(), services.clock.sleep(wait))
         finally:
             for unsubscribe in unsubscribes:
                 unsubscribe()
@@ -374,7 +374,7 @@ class Durably:
             if getattr(event, "run_id", None) == run_id:
                 queue.put_nowait(event)
 
-        unsubscribe = self._engine.bus.on(ANY, listener)
+        unsubscribe = self._services.bus.on(ANY, listener)
         try:
             run = await self.get_run(run_id)
             if run is None or run.is_terminal:
@@ -387,7 +387,7 @@ class Durably:
             while True:
                 getter = asyncio.ensure_future(queue.get())
                 sleeper = asyncio.ensure_future(
-                    self._engine.clock.sleep(self._engine.settings.polling_interval)
+                    self._services.clock.sleep(self._services.settings.polling_interval)
                 )
                 try:
                     await asyncio.wait({getter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
@@ -411,17 +411,17 @@ class Durably:
 
     def on(self, event_type: str, listener: Listener) -> Callable[[], None]:
         """Listen to an event type (or ``"*"`` for all); returns an unsubscribe function."""
-        return self._engine.bus.on(event_type, listener)
+        return self._services.bus.on(event_type, listener)
 
     # -- running without the background worker --
 
     async def process_one(self) -> bool:
         """Claim one run and execute it to the end in this task. False if none was ready."""
         await self._ready()
-        run = await claim(self._engine)
+        run = await claim(self._services)
         if run is None:
             return False
-        await Execution(self._engine, run).execute()
+        await Execution(self._services, run).execute()
         return True
 
     async def process_until_idle(self, max_runs: int | None = None) -> int:

@@ -28,7 +28,7 @@ from ._records import LogLevel, NewStep, StepStatus
 from ._validate import check_text, describe_pydantic_error
 
 if TYPE_CHECKING:
-    from ._runtime import Execution
+    from ._execution import Execution
 
 T = TypeVar("T")
 

@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._engine import Engine
 from ._errors import ValidationError
 from ._events import RunCoalescedEvent, RunTriggerEvent
 from ._job import JobDefinition
 from ._records import Disposition, NewRun, Run, RunStatus
+from ._services import Services
 from ._validate import (
     adapter_for,
     encode_validated,
@@ -51,15 +51,15 @@ class Triggers:
 
     def __init__(
         self,
-        engine: Engine,
+        services: Services,
         labels_schema: Any,
         *,
         ready: Callable[[], Awaitable[None]],
         wake: Callable[[], None],
     ) -> None:
-        self._engine = engine
+        self._services = services
         #: The codec inputs are encoded with (job handles decode outputs with it too).
-        self.codec = engine.codec
+        self.codec = services.codec
         self._ready = ready  # migrates the database on first use
         self._wake = wake
         self._labels_adapter = None
@@ -74,7 +74,7 @@ class Triggers:
     ) -> TriggerResult:
         new, coalesce = self._new_run(definition, input, options)
         await self._ready()
-        enq = await self._engine.storage.enqueue(new, coalesce=coalesce)
+        enq = await self._services.storage.enqueue(new, coalesce=coalesce)
         result = TriggerResult(enq.run, enq.disposition)
         self._announce(new, result)
         return result
@@ -98,7 +98,7 @@ class Triggers:
         if not prepared:
             return []
         await self._ready()
-        results = await self._engine.storage.enqueue_many(prepared)
+        results = await self._services.storage.enqueue_many(prepared)
         out = [TriggerResult(r.run, r.disposition) for r in results]
         for (new, _), result in zip(prepared, out, strict=True):
             self._announce(new, result)
@@ -112,7 +112,7 @@ class Triggers:
         where: str = "",
     ) -> tuple[NewRun, bool]:
         """The run to enqueue and whether to coalesce; ``where`` prefixes every error."""
-        engine = self._engine
+        services = self._services
         options = {k: v for k, v in options.items() if v is not None}
         unknown = set(options) - OPTIONS
         if unknown:
@@ -120,7 +120,7 @@ class Triggers:
                 f"{where}Unknown trigger option(s) {sorted(unknown)}; allowed: {sorted(OPTIONS)}"
             )
         try:
-            input_json = encode_validated(engine.codec, definition.input, input)
+            input_json = encode_validated(services.codec, definition.input, input)
         except ValidationError as exc:
             raise ValidationError(
                 f"{where}Invalid input for job {definition.name!r}: {exc}"
@@ -132,9 +132,9 @@ class Triggers:
             labels = validate_labels(options.get("labels"), None, self._labels_adapter)
         except ValidationError as exc:
             raise ValidationError(f"{where}{exc}") from None
-        now = engine.now()
+        now = services.now()
         run = NewRun(
-            id=engine.new_id(now),
+            id=services.new_id(now),
             job_name=definition.name,
             input_json=input_json,
             idempotency_key=idem,
@@ -145,7 +145,7 @@ class Triggers:
         return run, coalesce
 
     def _announce(self, new: NewRun, result: TriggerResult) -> None:
-        bus = self._engine.bus
+        bus = self._services.bus
         run = result.run
         if result.disposition == "created":
             bus.emit_run(RunTriggerEvent, run, input=run.input)
@@ -154,6 +154,6 @@ class Triggers:
             bus.emit_run(
                 RunCoalescedEvent,
                 run,
-                skipped_input=self._engine.codec.decode(new.input_json),
+                skipped_input=self._services.codec.decode(new.input_json),
                 skipped_labels=new.labels,
             )

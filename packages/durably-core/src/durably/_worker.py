@@ -16,21 +16,21 @@ import contextlib
 import random
 from datetime import datetime
 
-from ._engine import Engine
+from ._execution import Execution
 from ._records import Run
-from ._runtime import Execution
+from ._services import Services
 
 MAX_BACKOFF = 30.0
 
 
-async def claim(engine: Engine) -> Run | None:
-    now = engine.now()
-    return await engine.storage.claim_next(engine.owner, now, engine.lease_expiry(now))
+async def claim(services: Services) -> Run | None:
+    now = services.now()
+    return await services.storage.claim_next(services.owner, now, services.lease_expiry(now))
 
 
 class Worker:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, services: Services) -> None:
+        self._services = services
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -68,8 +68,8 @@ class Worker:
             await asyncio.wait(pending)
 
     async def _loop(self) -> None:
-        engine = self._engine
-        settings = engine.settings
+        services = self._services
+        settings = services.settings
         backoff = 0.0
         while not self._stopping:
             self._wake.clear()
@@ -77,7 +77,7 @@ class Worker:
                 claimed = await self._fill_slots()
                 backoff = 0.0
             except Exception as exc:  # any adapter failure: report, back off, keep going
-                engine.report_error(exc, "claim")
+                services.report_error(exc, "claim")
                 backoff = min(MAX_BACKOFF, max(settings.polling_interval, backoff * 2))
                 await self._wait(backoff * (0.5 + random.random() / 2))
                 continue
@@ -88,14 +88,14 @@ class Worker:
             await self._wait(settings.polling_interval)
 
     async def _fill_slots(self) -> bool:
-        engine = self._engine
+        services = self._services
         claimed = False
-        while not self._stopping and len(self._running) < engine.settings.max_concurrent_runs:
-            run = await claim(engine)
+        while not self._stopping and len(self._running) < services.settings.max_concurrent_runs:
+            run = await claim(services)
             if run is None:
                 break
             claimed = True
-            task = asyncio.create_task(Execution(engine, run).execute(), name=f"durably-{run.id}")
+            task = asyncio.create_task(Execution(services, run).execute(), name=f"durably-{run.id}")
             self._running.add(task)
             task.add_done_callback(self._finished)
         return claimed
@@ -105,13 +105,13 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             assert exc is not None
-            self._engine.report_error(exc, "run-execution")
+            self._services.report_error(exc, "run-execution")
         self._wake.set()
 
     async def _wait(self, seconds: float) -> None:
         if self._wake.is_set() or self._stopping:
             return
-        sleeper = asyncio.ensure_future(self._engine.clock.sleep(seconds))
+        sleeper = asyncio.ensure_future(self._services.clock.sleep(seconds))
         waker = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
@@ -120,16 +120,16 @@ class Worker:
             waker.cancel()
 
     async def _maintain(self) -> None:
-        engine = self._engine
-        now = engine.now()
+        services = self._services
+        now = services.now()
         last = self._last_maintenance
-        if last is not None and (now - last).total_seconds() < engine.settings.polling_interval:
+        if last is not None and (now - last).total_seconds() < services.settings.polling_interval:
             return
         self._last_maintenance = now
         try:
-            await engine.storage.release_expired_leases(now)
-            retain = engine.settings.retain_runs
+            await services.storage.release_expired_leases(now)
+            retain = services.settings.retain_runs
             if retain is not None:
-                await engine.storage.purge_runs(now - retain, engine.settings.purge_batch)
+                await services.storage.purge_runs(now - retain, services.settings.purge_batch)
         except Exception as exc:  # reported like a claim failure; retried next time
-            engine.report_error(exc, "maintenance")
+            services.report_error(exc, "maintenance")

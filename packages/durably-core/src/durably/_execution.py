@@ -12,7 +12,6 @@ from typing import Any, Literal
 import pydantic
 from pydantic_core import PydanticSerializationError
 
-from ._engine import Engine
 from ._errors import LeaseLostError, StorageError, ValidationError
 from ._events import (
     LogWriteEvent,
@@ -24,6 +23,7 @@ from ._events import (
 )
 from ._job import JobDefinition
 from ._records import LogLevel, NewLog, NewStep, Progress, Run, RunStatus, StepRecord, StepStatus
+from ._services import Services
 from ._step import Step, error_message
 from ._validate import check_progress, check_text, describe_pydantic_error
 from .codec import NonFiniteNumberError
@@ -31,7 +31,7 @@ from .codec import NonFiniteNumberError
 StopReason = Literal["cancelled", "lease-lost", "shutdown"]
 
 #: A step function is called only while at least this fraction of ``lease_duration``
-#: is left on the lease (by the engine's clock); closer to the deadline the lease is
+#: is left on the lease (by durably's clock); closer to the deadline the lease is
 #: renewed first. The margin is what a stall may take between the check and the
 #: function's first action without another worker having claimed the run.
 LEASE_MARGIN = 0.25
@@ -41,15 +41,15 @@ class Execution:
     """One execution of a claimed run by this process. Every write is fenced by
     the lease generation it was claimed with."""
 
-    def __init__(self, engine: Engine, run: Run) -> None:
-        self.engine = engine
-        self.storage = engine.storage
-        self.codec = engine.codec
-        self.bus = engine.bus
+    def __init__(self, services: Services, run: Run) -> None:
+        self.services = services
+        self.storage = services.storage
+        self.codec = services.codec
+        self.bus = services.bus
         self.run = run
         self.generation = run.lease_generation
-        self._margin = timedelta(seconds=engine.settings.lease_duration * LEASE_MARGIN)
-        self.lease_expires_at: datetime = run.lease_expires_at or engine.now()
+        self._margin = timedelta(seconds=services.settings.lease_duration * LEASE_MARGIN)
+        self.lease_expires_at: datetime = run.lease_expires_at or services.now()
         #: A step may start without renewing before this instant (the deadline less
         #: the margin); kept beside ``lease_expires_at`` so the check is one comparison.
         self.fresh_until: datetime = self.lease_expires_at - self._margin
@@ -71,13 +71,13 @@ class Execution:
     # -- helpers used by Step --
 
     def now(self) -> datetime:
-        return self.engine.now()
+        return self.services.now()
 
     def new_id(self, at: datetime | None = None) -> str:
-        return self.engine.new_id(at)
+        return self.services.new_id(at)
 
     def report_error(self, exc: BaseException, context: str) -> None:
-        self.engine.report_error(exc, context, self.run.id)
+        self.services.report_error(exc, context, self.run.id)
 
     def remember(self, name: str, index: int, output: Any, record: NewStep) -> None:
         self.completed.setdefault(
@@ -157,7 +157,7 @@ class Execution:
     ) -> None:
         if self.stop_if_expired():
             return
-        persist = self.engine.settings.persist_logs
+        persist = self.services.settings.persist_logs
         if persist:
             self._pending_logs.append(
                 NewLog(
@@ -231,12 +231,12 @@ class Execution:
     # -- the execution --
 
     async def execute(self) -> None:
-        engine = self.engine
-        self.engine.active[self.run.id] = self
+        services = self.services
+        self.services.active[self.run.id] = self
         t0 = time.perf_counter()
         renewal: asyncio.Task[None] | None = None
         try:
-            job = engine.jobs.get(self.run.job_name)
+            job = services.jobs.get(self.run.job_name)
             if job is None:
                 await self._fail(f"Unknown job: {self.run.job_name}")
                 return
@@ -257,7 +257,7 @@ class Execution:
                 job_name=run.job_name,
                 labels=run.labels,
                 input=run.input,
-                lease_owner=run.lease_owner or engine.owner,
+                lease_owner=run.lease_owner or services.owner,
                 lease_expires_at=self.lease_expires_at,
             )
             renewal = asyncio.create_task(self._renew_loop())
@@ -276,8 +276,8 @@ class Execution:
             if self._task is not None and not self._task.done():
                 self._task.cancel()
             self.cancel_flag.set()
-            if engine.active.get(self.run.id) is self:
-                del engine.active[self.run.id]
+            if services.active.get(self.run.id) is self:
+                del services.active[self.run.id]
 
     def _decode_input(self, job: JobDefinition[Any, Any]) -> Any:
         if job.input is None:
@@ -341,7 +341,7 @@ class Execution:
             self.generation,
             text,
             now,
-            delete_steps=not self.engine.settings.preserve_steps,
+            delete_steps=not self.services.settings.preserve_steps,
         )
         if not ok:
             self.stop_reason = "lease-lost"
@@ -382,7 +382,7 @@ class Execution:
     # -- the lease --
 
     def expired(self) -> bool:
-        """Has the lease's deadline passed by the engine's clock? From then on another
+        """Has the lease's deadline passed by durably's clock? From then on another
         worker may own the run, so this one must do nothing more for it. (Called from
         a sync step's worker thread too: it only reads the clock and one attribute.)"""
         return self.now() >= self.lease_expires_at
@@ -442,11 +442,11 @@ class Execution:
             answer.exception()  # retrieved: a waiter, if any, got it too
 
     async def _renew_once(self) -> bool:
-        engine = self.engine
-        now = engine.now()
+        services = self.services
+        now = services.now()
         if now >= self.lease_expires_at:
             return False
-        expires = engine.lease_expiry(now)
+        expires = services.lease_expiry(now)
         if not await self.storage.renew_lease(self.run.id, self.generation, now, expires):
             return False
         if expires > self.lease_expires_at:
@@ -459,17 +459,17 @@ class Execution:
                 run_id=run.id,
                 job_name=run.job_name,
                 labels=run.labels,
-                lease_owner=run.lease_owner or engine.owner,
+                lease_owner=run.lease_owner or services.owner,
                 lease_expires_at=expires,
             )
         return True
 
     async def _renew_loop(self) -> None:
-        engine = self.engine
-        interval = engine.settings.lease_renew_interval
+        services = self.services
+        interval = services.settings.lease_renew_interval
         while True:
-            remaining = (self.lease_expires_at - engine.now()).total_seconds()
-            await engine.clock.sleep(max(0.0, min(interval, remaining)))
+            remaining = (self.lease_expires_at - services.now()).total_seconds()
+            await services.clock.sleep(max(0.0, min(interval, remaining)))
             try:
                 ok = await self.renew()
             except StorageError as exc:

@@ -16,8 +16,8 @@ from ._ulid import UlidGenerator
 from .codec import Codec
 
 if TYPE_CHECKING:
+    from ._execution import Execution
     from ._job import JobDefinition
-    from ._runtime import Execution
 
 
 def default_owner() -> str:
@@ -37,7 +37,7 @@ class Settings:
 
 
 @dataclass
-class Engine:
+class Services:
     storage: Storage
     clock: Clock
     bus: EventBus
