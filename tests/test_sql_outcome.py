@@ -206,3 +206,34 @@ async def test_claim__lost_answer_is_raised(storage: Any) -> None:
     ex.lose("before")
     with pytest.raises(StorageOutcomeUnknownError):
         await s.claim_next("w", T0, LEASE)
+
+
+async def test_public_helpers__what_route_2_adapters_use() -> None:
+    from datetime import UTC, datetime
+
+    from durably import StorageOutcomeUnknownError
+    from durably.sql import format_timestamp, parse_timestamp, resolve_lost_answer
+
+    t = datetime(2026, 11, 22, 3, 4, 5, 123999, tzinfo=UTC)
+    assert format_timestamp(t) == "2026-11-22T03:04:05.123Z"  # truncated, not rounded
+    assert parse_timestamp("2026-11-22T03:04:05.123Z") == t.replace(microsecond=123000)
+    sent: list[int] = []
+
+    async def write() -> bool:
+        sent.append(1)
+        if len(sent) == 1:
+            raise StorageOutcomeUnknownError("answer lost")
+        return True
+
+    async def not_landed() -> bool | None:
+        return None
+
+    assert await resolve_lost_answer(write, not_landed) is True
+    assert len(sent) == 2  # checked, then sent once more
+
+    async def landed() -> bool | None:
+        return True
+
+    sent.clear()
+    assert await resolve_lost_answer(write, landed) is True
+    assert len(sent) == 1  # it had landed: not sent again

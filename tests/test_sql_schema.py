@@ -391,3 +391,19 @@ async def test_reference_rows__read_claimed_and_resumed(tmp_path: Path) -> None:
         assert query(db, "SELECT COUNT(*) FROM durably_run_labels") == [(0,)]
     finally:
         await storage.close()
+
+
+async def test_migrate__records_the_engines_clock(tmp_path: Path) -> None:
+    from durably import create_durably
+    from durably_testing.clock import ManualClock
+
+    clock = ManualClock(datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC))
+    d = create_durably(f"sqlite:///{tmp_path / 'clock.db'}", clock=clock)
+    await d.migrate()
+    await d.close()
+    conn = sqlite3.connect(tmp_path / "clock.db")
+    try:
+        rows = conn.execute("SELECT applied_at FROM durably_schema_versions").fetchall()
+    finally:
+        conn.close()
+    assert rows == [("2031-05-06T07:08:09.123Z",)]

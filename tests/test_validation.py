@@ -298,3 +298,60 @@ async def test_job_error_text_that_cannot_be_stored_still_fails_the_run(
     assert run.error == "no such file: 'photo-\\ud800.jpg'"
     [step] = await d.get_steps(triggered.id)
     assert step.error == run.error
+
+
+async def test_job_error_text_with_nul_is_stored_escaped(make_durably: Any) -> None:
+    # PostgreSQL text cannot hold U+0000; the error is written the same on every backend
+    def read() -> None:
+        raise ValueError("bad byte \x00 in header")
+
+    async def job(step: Step, payload: Any) -> None:
+        await step.run("read", read)
+
+    d = make_durably({"j": define_job("j", run=job)})
+    await d.migrate()
+    triggered = await d.jobs.j.trigger({})
+    assert await d.process_one()
+    run = await d.get_run(triggered.id)
+    assert run is not None
+    assert run.status is RunStatus.FAILED
+    assert run.error == "bad byte \\x00 in header"
+
+
+async def test_an_adapter_refusing_the_error_text__the_run_still_fails_once(
+    clock: Any,
+) -> None:
+    """An adapter that cannot store some text in ``fail_run`` raises ValidationError:
+    the run is failed with the text in ASCII, not left leased to be claimed again
+    (and fail again) forever."""
+    from durably import create_durably
+    from durably_testing.memory import MemoryStorage
+
+    refused: list[str] = []
+
+    class AsciiOnly(MemoryStorage):
+        async def fail_run(self, run_id: str, generation: int, error: str, now: Any) -> bool:
+            if not error.isascii():
+                refused.append(error)
+                raise ValidationError("this database stores ASCII only")
+            return await super().fail_run(run_id, generation, error, now)
+
+    calls = []
+
+    async def job(step: Step, payload: Any) -> None:
+        calls.append(1)
+        raise RuntimeError("échec")
+
+    storage = AsciiOnly()
+    d = create_durably(storage, jobs={"j": define_job("j", run=job)}, clock=clock)
+    await d.migrate()
+    triggered = await d.jobs.j.trigger({})
+    assert await d.process_one()
+    run = await d.get_run(triggered.id)
+    assert run is not None
+    assert run.status is RunStatus.FAILED
+    assert run.error == "\\xe9chec"
+    assert refused == ["échec"]
+    await clock.advance(3600)  # long past any lease: nothing left to claim
+    assert not await d.process_one()
+    assert calls == [1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -107,7 +108,11 @@ class Durably:
     async def migrate(self) -> None:
         """Create or upgrade the database schema (idempotent, multi-process safe)."""
         async with self._migrate_lock:
-            await self._services.storage.migrate()
+            storage = self._services.storage
+            if _takes_now(storage.migrate):
+                await storage.migrate(self._services.now())
+            else:  # an adapter written before migrate() took the engine's now
+                await storage.migrate()
             self._migrated = True
 
     async def _ready(self) -> None:
@@ -434,6 +439,14 @@ class Durably:
                 break
             count += 1
         return count
+
+
+def _takes_now(migrate: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(migrate).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it as the protocol says
+        return True
+    return any(p.name == "now" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
 
 
 async def _first_of(*aws: Any) -> None:

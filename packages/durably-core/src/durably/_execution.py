@@ -360,7 +360,13 @@ class Execution:
 
     async def _fail(self, error: str, failed_step_name: str | None = None) -> None:
         await self.flush_quietly()
-        ok = await self.storage.fail_run(self.run.id, self.generation, error, self.now())
+        try:
+            ok = await self.storage.fail_run(self.run.id, self.generation, error, self.now())
+        except ValidationError:
+            # The adapter cannot store this text. Unrecorded, the run would be claimed
+            # again after its lease and fail again, forever: record it in ASCII.
+            error = error.encode("ascii", "backslashreplace").decode("ascii")
+            ok = await self.storage.fail_run(self.run.id, self.generation, error, self.now())
         if not ok:
             self.stop_reason = "lease-lost"
             await self._after_stop()

@@ -43,10 +43,10 @@ YIELD_EVERY = 16
 
 def error_message(exc: BaseException) -> str:
     """The text stored as a run's or step's error: always storable (a lone surrogate,
-    e.g. from an undecodable file name, is written as ``\\udcff``, or the failure
-    could never be recorded)."""
+    e.g. from an undecodable file name, is written as ``\\udcff``, and U+0000, which
+    PostgreSQL text cannot hold, as ``\\x00``, or the failure could never be recorded)."""
     text = str(exc) or type(exc).__name__
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 class _NotStarted(Exception):

@@ -43,8 +43,10 @@ from ._records import (
 class Storage(Protocol):
     """Persistence of runs, steps and logs. See the module docstring for the rules."""
 
-    async def migrate(self) -> None:
-        """Create or upgrade the schema. Idempotent; safe from several processes at once."""
+    async def migrate(self, now: datetime | None = None) -> None:
+        """Create or upgrade the schema. Idempotent; safe from several processes at once.
+        ``now`` (the engine's clock) is the time recorded for the versions applied;
+        ``None`` when called outside an engine: the system clock's."""
         ...
 
     async def close(self) -> None:

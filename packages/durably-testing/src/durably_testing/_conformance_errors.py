@@ -9,6 +9,9 @@ HTTP client's exception. Two sources the suite can provoke on any backend:
 - text that is not valid Unicode (a lone surrogate, as ``os.fsdecode`` makes of
   undecodable file names): refused with nothing written, and the storage keeps
   working;
+- text holding U+0000 (NUL): SQLite stores it, PostgreSQL's text type cannot; either
+  it is stored and read back exactly, or refused with ``ValidationError`` and nothing
+  written — never a driver's error or a ``StorageError``;
 - a storage used after ``close()``: each operation either works (the adapter
   reopens, with its data) or raises a ``StorageError``; ``close()`` itself may
   be called again.
@@ -39,6 +42,8 @@ from .faults import STORAGE_OPERATIONS
 #: A lone surrogate: a ``str`` Python allows but UTF-8 (and so every database) refuses.
 LONE_SURROGATE = "\ud800"
 BAD_TEXT = f"bad {LONE_SURROGATE} text"
+#: Text with U+0000, which some databases' text types cannot hold.
+NUL_TEXT = "nul \x00 text"
 
 #: Where user-supplied text reaches storage when a run is triggered.
 ENQUEUE_TEXT = ("job_name", "idempotency_key", "concurrency_key", "label_key", "label_value")
@@ -108,6 +113,65 @@ class ErrorMappingCases(ConformanceBase):
         await raises_durably_error(write(BAD_TEXT), f"a lone surrogate in {field}")
         assert await self.snapshot(storage, run.id) == before, "a refused write writes nothing"
         assert await write("fine text"), "the storage keeps working after the refusal"
+
+    @pytest.mark.parametrize("field", ENQUEUE_TEXT)
+    async def test_text__nul_in_enqueue_stored_exactly_or_refused(
+        self, storage: Storage, field: str
+    ) -> None:
+        by_field: dict[str, dict[str, Any]] = {
+            "job_name": {"job_name": NUL_TEXT},
+            "idempotency_key": {"idempotency_key": NUL_TEXT},
+            "concurrency_key": {"concurrency_key": NUL_TEXT},
+            "label_key": {"labels": {NUL_TEXT: "v"}},
+            "label_value": {"labels": {"k": NUL_TEXT}},
+        }
+        new = self.new_run(**by_field[field])
+        try:
+            result = await storage.enqueue(new)
+        except ValidationError:
+            assert await self.ids(storage) == [], "a refused enqueue writes nothing"
+            await self.create(storage)  # and the storage still works
+            return
+        except Exception as exc:
+            raise AssertionError(
+                f"enqueue with U+0000 in {field} raised {_named(exc)}; store it exactly, or "
+                "raise durably.ValidationError (chaining the driver's exception)"
+            ) from exc
+        stored = await storage.get_run(result.run.id)
+        assert stored is not None
+        expected = (new.job_name, new.idempotency_key, new.concurrency_key, new.labels)
+        got = (stored.job_name, stored.idempotency_key, stored.concurrency_key, stored.labels)
+        assert got == expected, f"U+0000 in {field} was stored, but not exactly"
+
+    @pytest.mark.parametrize("field", EXECUTION_TEXT)
+    async def test_text__nul_in_fenced_write_stored_exactly_or_refused(
+        self, storage: Storage, field: str
+    ) -> None:
+        run = await self.lease(storage)
+        before = await self.snapshot(storage, run.id)
+        write = self._write_with_text(field, storage, run)
+        try:
+            assert await write(NUL_TEXT)
+        except ValidationError:
+            assert await self.snapshot(storage, run.id) == before, "a refused write writes nothing"
+            assert await write("fine text"), "the storage keeps working after the refusal"
+            return
+        except Exception as exc:
+            raise AssertionError(
+                f"U+0000 in {field} raised {_named(exc)}; store it exactly, or raise "
+                "durably.ValidationError (chaining the driver's exception)"
+            ) from exc
+        stored, steps, logs = await self.snapshot(storage, run.id)
+        assert stored is not None
+        texts: dict[str, list[str | None]] = {
+            "step_name": [s.name for s in steps],
+            "step_error": [s.error for s in steps],
+            "log_message": [entry.message for entry in logs],
+            "progress_message": [stored.progress.message if stored.progress else None],
+            "run_error": [stored.error],
+        }
+        found = texts[field]
+        assert NUL_TEXT in found, f"U+0000 in {field} was stored, but not exactly: {found!r}"
 
     def _write_with_text(
         self, field: str, storage: Storage, run: Run

@@ -313,8 +313,8 @@ class FaultyStorage:
 
     # -- the Storage protocol, by delegation --
 
-    async def migrate(self) -> None:
-        return await self._invoke("migrate", self.inner.migrate)
+    async def migrate(self, now: datetime | None = None) -> None:
+        return await self._invoke("migrate", lambda: self.inner.migrate(now))
 
     async def close(self) -> None:
         return await self._invoke("close", self.inner.close)

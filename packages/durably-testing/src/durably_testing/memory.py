@@ -224,7 +224,7 @@ class MemoryStorage:
     def __repr__(self) -> str:
         return f"<MemoryStorage runs={len(self._runs)}>"
 
-    async def migrate(self) -> None:
+    async def migrate(self, now: datetime | None = None) -> None:
         return None
 
     async def close(self) -> None:

@@ -1,7 +1,9 @@
 """The shared SQL implementation of :class:`durably.Storage` (SQLite dialect).
 
 A backend with a SQLite-compatible driver supplies only an :class:`Executor`;
-:class:`SqlStorage` does the rest. Nothing here imports a database driver.
+:class:`SqlStorage` does the rest. An adapter that implements :class:`durably.Storage`
+directly uses the helpers (the stored timestamp format, the resolution of a lost
+answer). Nothing here imports a database driver.
 """
 
 from .executor import (
@@ -14,6 +16,7 @@ from .executor import (
     constraint_violation,
     unstorable_text,
 )
+from .helpers import format_timestamp, parse_timestamp, resolve_lost_answer
 from .schema import PY_MIGRATIONS, PY_SCHEMA_VERSION, SCHEMA_V1, Migration, migrate
 from .storage import SqlStorage, progress_json
 
@@ -30,7 +33,10 @@ __all__ = [
     "SqlValue",
     "Statement",
     "constraint_violation",
+    "format_timestamp",
     "migrate",
+    "parse_timestamp",
     "progress_json",
+    "resolve_lost_answer",
     "unstorable_text",
 ]

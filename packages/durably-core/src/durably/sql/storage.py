@@ -280,8 +280,8 @@ class SqlStorage(SqlWaits):
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 
-    async def migrate(self) -> None:
-        applied_at = format_ts(datetime.now(UTC))
+    async def migrate(self, now: datetime | None = None) -> None:
+        applied_at = format_ts(now or datetime.now(UTC))
         # Migrating is idempotent (and safe against a racing process): after a lost
         # answer, run it again. Each migration is its own batch, so each may lose one.
         for attempt in range(len(PY_MIGRATIONS) + 2):
