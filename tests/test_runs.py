@@ -111,6 +111,21 @@ async def test_get_runs__running_is_alias_of_leased(make_durably: Any, clock: Ma
     await ids.release()
 
 
+async def test_count_runs__every_status_of_the_filter_is_a_key(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    d, ids = await make_statuses(make_durably, clock)
+    assert await d.count_runs() == dict.fromkeys(RunStatus, 1)
+    assert await d.count_runs(status=["running", "failed"], job_name="bad") == {
+        RunStatus.LEASED: 0,
+        RunStatus.FAILED: 1,
+    }
+    assert await d.count_runs(labels={"nope": "x"}) == dict.fromkeys(RunStatus, 0)
+    with pytest.raises(ValidationError, match="status"):
+        await d.count_runs(status="done")
+    await ids.release()
+
+
 async def test_get_runs__unknown_status_is_rejected(make_durably: Any) -> None:
     d = make_durably()
     with pytest.raises(ValidationError, match="status"):

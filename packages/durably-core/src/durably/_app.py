@@ -224,6 +224,20 @@ class Durably:
         await self._ready()
         return await self._services.storage.get_runs(query)
 
+    async def count_runs(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        job_name: str | Sequence[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[RunStatus, int]:
+        """How many runs match, by status: every status the filter accepts is a key
+        (zero included). The filters are those of ``get_runs``."""
+        query = build_filter(status, job_name, labels, None, 0)
+        await self._ready()
+        found = await self._engine.storage.count_runs(query)
+        return {s: found.get(s, 0) for s in query.statuses or RunStatus}
+
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         """The run's step records in execution order (empty once a completed run's
         steps were deleted, see ``preserve_steps``)."""

@@ -33,6 +33,7 @@ from ._records import (
     Progress,
     Run,
     RunFilter,
+    RunStatus,
     SignalOutcome,
     StepRecord,
     Wait,
@@ -77,6 +78,12 @@ class Storage(Protocol):
 
     async def get_runs(self, query: RunFilter) -> list[Run]:
         """Matching runs, newest first (``created_at`` desc, then ``id`` desc)."""
+        ...
+
+    async def count_runs(self, query: RunFilter) -> dict[RunStatus, int]:
+        """How many runs match ``query``'s statuses, job names and labels, by status
+        (``limit`` and ``offset`` are ignored). A status no matching run has may be
+        left out."""
         ...
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:

@@ -452,6 +452,35 @@ class StorageConformance(WaitCases, ConcurrencyCases, ErrorMappingCases, Conform
         assert await by(labels={"b": "2"}, job_names=("job-b",)) == {r3.id}
         assert await by(labels={"b": "2"}, statuses=(RunStatus.LEASED,)) == set()
 
+    # -- count_runs --
+
+    async def test_count_runs__by_status_with_the_filters_of_get_runs(
+        self, storage: Storage
+    ) -> None:
+        async def counts(**kw: Any) -> dict[RunStatus, int]:
+            found = await storage.count_runs(RunFilter(**kw))
+            return {status: n for status, n in found.items() if n}
+
+        assert await counts() == {}
+        leased = await self.lease(storage, job_name="job-b", labels={"team": "x"})
+        failed = await self.lease(storage, job_name="job-a", labels={"team": "x"})
+        assert await storage.fail_run(failed.id, 1, "boom", self.at(5))
+        await self.create(storage, job_name="job-a", labels={"team": "x"})
+        await self.create(storage, job_name="job-a", labels={"team": "y"})
+        pending, leased_, failed_ = RunStatus.PENDING, RunStatus.LEASED, RunStatus.FAILED
+        assert await counts() == {pending: 2, leased_: 1, failed_: 1}
+        assert await counts(job_names=("job-a",)) == {pending: 2, failed_: 1}
+        assert await counts(labels={"team": "x"}) == {pending: 1, leased_: 1, failed_: 1}
+        assert await counts(statuses=(pending, failed_), labels={"team": "x"}) == {
+            pending: 1,
+            failed_: 1,
+        }
+        assert await counts(job_names=("job-b",), statuses=(pending,)) == {}
+        assert await counts(job_names=()) == {}
+        # limit and offset are ignored: a count is of every matching run
+        assert await counts(limit=1, offset=1) == {pending: 2, leased_: 1, failed_: 1}
+        assert leased.status is RunStatus.LEASED
+
     async def test_labels__round_trip(self, storage: Storage) -> None:
         labels = {"tenant": "acme", "org/team.name": "a-b_c", "region": "東京"}
         run = await self.create(storage, labels=labels)

@@ -101,7 +101,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -529,8 +529,8 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
         target = 2 * config.workers * config.slots
 
         async def feed() -> None:
-            active = await durably.get_runs(status=list(_ACTIVE), job_name=JOB_NAME)
-            for _ in range(max(target - len(active), 0)):
+            counts = await durably.count_runs(status=list(_ACTIVE), job_name=JOB_NAME)
+            for _ in range(max(target - sum(counts.values()), 0)):
                 number = len(trials)
                 payload = {"seed": config.seed, "trial": number, "steps": config.steps}
                 triggered = await handle.trigger(payload, idempotency_key=f"trial-{number}")
@@ -552,12 +552,17 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
         deadline = time.monotonic() + config.settle_timeout
         while True:
             harness.reap_exited()
-            active = await durably.get_runs(status=list(_ACTIVE), job_name=JOB_NAME)
-            if not active or time.monotonic() > deadline:
+            counts = await durably.count_runs(status=list(_ACTIVE), job_name=JOB_NAME)
+            if not any(counts.values()) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
         await asyncio.to_thread(harness.stop_all, 15.0)
         runs = {t.run_id: await durably.get_run(t.run_id) for t in trials}
+        # the counts by status must agree with the runs themselves
+        counted = {s: n for s, n in (await durably.count_runs(job_name=JOB_NAME)).items() if n}
+        tally = Counter(run.status for run in runs.values() if run is not None)
+        if counted != dict(tally):
+            harness.problems.append(f"count_runs gave {counted}, the runs are {dict(tally)}")
     finally:
         harness.kill_all()
         await durably.close()

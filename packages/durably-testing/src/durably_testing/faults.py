@@ -49,6 +49,7 @@ from durably import (
     Progress,
     Run,
     RunFilter,
+    RunStatus,
     SignalOutcome,
     StepRecord,
     Storage,
@@ -79,6 +80,7 @@ STORAGE_OPERATIONS: tuple[str, ...] = (
     "enqueue_many",
     "get_run",
     "get_runs",
+    "count_runs",
     "get_steps",
     "get_completed_steps",
     "get_logs",
@@ -330,6 +332,9 @@ class FaultyStorage:
 
     async def get_runs(self, query: RunFilter) -> list[Run]:
         return await self._invoke("get_runs", lambda: self.inner.get_runs(query))
+
+    async def count_runs(self, query: RunFilter) -> dict[RunStatus, int]:
+        return await self._invoke("count_runs", lambda: self.inner.count_runs(query))
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         return await self._invoke("get_steps", lambda: self.inner.get_steps(run_id))

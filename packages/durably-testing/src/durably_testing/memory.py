@@ -257,6 +257,13 @@ class MemoryStorage:
         end = None if query.limit is None else query.offset + max(query.limit, 0)
         return [_fresh(r) for r in found[query.offset : end]]
 
+    async def count_runs(self, query: RunFilter) -> dict[RunStatus, int]:
+        counts: dict[RunStatus, int] = {}
+        for run in self._runs.values():
+            if _matches(run, query):
+                counts[run.status] = counts.get(run.status, 0) + 1
+        return counts
+
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         steps = sorted(self._steps.get(run_id, ()), key=lambda s: (s.index, s.started_at, s.id))
         return [_fresh_step(s) for s in steps]

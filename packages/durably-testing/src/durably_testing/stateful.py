@@ -585,20 +585,26 @@ class LifecycleModel:
         ]
         return min(times, default=None)
 
+    @staticmethod
+    def _match(query: RunFilter, r: ModelRun) -> bool:
+        if query.statuses is not None and r.status not in {s.value for s in query.statuses}:
+            return False
+        if query.job_names is not None and r.job_name not in query.job_names:
+            return False
+        return query.labels is None or all(r.labels.get(k) == v for k, v in query.labels.items())
+
+    def count(self, query: RunFilter) -> dict[str, int]:
+        """``count_runs``: how many matching runs have each status (none left out)."""
+        counts: dict[str, int] = {}
+        for r in self.runs.values():
+            if self._match(query, r):
+                counts[r.status] = counts.get(r.status, 0) + 1
+        return counts
+
     def query(self, query: RunFilter) -> list[str]:
         """``get_runs``: the ids of the matching runs, newest first."""
-
-        def match(r: ModelRun) -> bool:
-            if query.statuses is not None and r.status not in {s.value for s in query.statuses}:
-                return False
-            if query.job_names is not None and r.job_name not in query.job_names:
-                return False
-            return query.labels is None or all(
-                r.labels.get(k) == v for k, v in query.labels.items()
-            )
-
         found = sorted(
-            (r for r in self.runs.values() if match(r)),
+            (r for r in self.runs.values() if self._match(query, r)),
             key=lambda r: (r.created_at, r.id),
             reverse=True,
         )
@@ -1428,6 +1434,27 @@ class StorageStateMachine(RuleBasedStateMachine):
         now = self.now
         got = self._agree("next_wake_at", self._on_all(lambda s: s.next_wake_at(now)), lambda t: t)
         self._expect("next_wake_at", got, lambda: self.model.next_wake_at(now))
+
+    @rule(
+        statuses=st.sampled_from(
+            [None, (RunStatus.PENDING,), (RunStatus.LEASED, RunStatus.FAILED)]
+        ),
+        job_names=st.sampled_from([None, ("job-a",), ("job-a", "job-b")]),
+        labels=st.sampled_from([None, {"team": "a"}, {"team": "b", "env": "x"}]),
+    )
+    def count_runs(
+        self,
+        statuses: tuple[RunStatus, ...] | None,
+        job_names: tuple[str, ...] | None,
+        labels: dict[str, str] | None,
+    ) -> None:
+        query = RunFilter(statuses=statuses, job_names=job_names, labels=labels)
+        got = self._agree(
+            f"count_runs({query})",
+            self._on_all(lambda s: s.count_runs(query)),
+            lambda counts: {str(status): n for status, n in counts.items() if n},
+        )
+        self._expect(f"count_runs({query})", got, lambda: self.model.count(query))
 
     # -- invariants --
 

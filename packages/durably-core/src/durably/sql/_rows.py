@@ -74,7 +74,7 @@ def _progress(text: str | None) -> Progress | None:
         return None
 
 
-def _status(value: str) -> RunStatus:
+def to_run_status(value: str) -> RunStatus:
     try:
         return _RUN_STATUS[value]
     except KeyError:
@@ -89,7 +89,7 @@ def to_run(row: Row) -> Run:
         id=row[0],
         job_name=row[1],
         input=_json(row[2]),
-        status=_status(row[3]),
+        status=to_run_status(row[3]),
         idempotency_key=row[4],
         concurrency_key=row[5],
         labels=decode_json(row[6]) if row[6] else {},

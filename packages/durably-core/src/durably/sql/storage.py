@@ -50,6 +50,7 @@ from ._rows import (
     status_list,
     to_log,
     to_run,
+    to_run_status,
     to_step,
 )
 from ._waits import END_WAITS, REOPEN_WAITS, SqlWaits
@@ -272,6 +273,25 @@ def _pending_conflict(run: NewRun, pending_id: str | None) -> ConflictError:
     )
 
 
+def _where(query: RunFilter) -> tuple[str, list[SqlValue]]:
+    """The ``WHERE`` clause (with its leading space, or empty) and parameters of a
+    run query's statuses, job names and labels."""
+    where: list[str] = []
+    params: list[SqlValue] = []
+    if query.statuses is not None:
+        statuses = [RunStatus(s).value for s in query.statuses]
+        where.append(f"status IN {_in_list(len(statuses))}" if statuses else "0")
+        params += statuses
+    if query.job_names is not None:
+        names = query.job_names
+        where.append(f"job_name IN {_in_list(len(names))}" if names else "0")
+        params += names
+    for key, value in (query.labels or {}).items():
+        where.append(_LABEL_MATCH)
+        params += (key, value)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
 class SqlStorage(SqlWaits):
     """:class:`durably.Storage` over an :class:`~durably.sql.Executor` (SQLite dialect).
 
@@ -457,27 +477,19 @@ class SqlStorage(SqlWaits):
         return to_run(rows[0]) if rows else None
 
     async def get_runs(self, query: RunFilter) -> list[Run]:
-        where: list[str] = []
-        params: list[SqlValue] = []
-        if query.statuses is not None:
-            statuses = [RunStatus(s).value for s in query.statuses]
-            where.append(f"status IN {_in_list(len(statuses))}" if statuses else "0")
-            params += statuses
-        if query.job_names is not None:
-            names = query.job_names
-            where.append(f"job_name IN {_in_list(len(names))}" if names else "0")
-            params += names
-        for key, value in (query.labels or {}).items():
-            where.append(_LABEL_MATCH)
-            params += (key, value)
-        sql = f"SELECT {RUN_COLUMNS} FROM durably_runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC"
+        where, params = _where(query)
+        sql = f"SELECT {RUN_COLUMNS} FROM durably_runs{where} ORDER BY created_at DESC, id DESC"
         if query.limit is not None or query.offset:
             sql += " LIMIT ? OFFSET ?"
             params += (-1 if query.limit is None else max(query.limit, 0), max(query.offset, 0))
         return [to_run(row) for row in await self.executor.fetch(sql, params)]
+
+    async def count_runs(self, query: RunFilter) -> dict[RunStatus, int]:
+        where, params = _where(query)
+        sql = f"SELECT status, COUNT(*) FROM durably_runs{where} GROUP BY status"
+        return {
+            to_run_status(row[0]): int(row[1]) for row in await self.executor.fetch(sql, params)
+        }
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         return [to_step(row) for row in await self.executor.fetch(_GET_STEPS, (run_id,))]
