@@ -40,6 +40,7 @@ REFERENCE = ROOT / "docs" / "reference"
 #: Modules whose ``__all__`` is public API (each must define one).
 PUBLIC_MODULES = (
     "durably",
+    "durably.cli",
     "durably.http",
     "durably.lifecycle",
     "durably.plugins",

@@ -73,6 +73,7 @@ PUBLIC = {
         "ModelWait",
         "StorageStateMachine",
     ],
+    "durably.cli": ["EXIT_CODES", "main"],
     "durably.http": [
         "Auth",
         "RunOperation",

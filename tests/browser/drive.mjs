@@ -2,34 +2,18 @@
 // page shows: trigger, live progress to completion, runs list, cancel, retrigger,
 // delete. Usage: node drive.mjs <baseURL> <userDataDir>. Prints one JSON line with
 // what it saw; exits non-zero (with the reason on stderr) on any failure.
-import { chromium } from 'playwright-core'
+import { launch, watchErrors } from './launch.mjs'
 
 const [base, userDataDir] = process.argv.slice(2)
 const TIMEOUT = 15000
 const seen = {}
 
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-})
+const context = await launch(userDataDir)
 const pageErrors = []
 try {
   const page = context.pages()[0] ?? (await context.newPage())
   page.setDefaultTimeout(TIMEOUT)
-  page.on('pageerror', (err) => pageErrors.push(String(err)))
-  page.on('console', (msg) => {
-    if (msg.type() === 'error' && !msg.text().includes('Failed to load resource'))
-      pageErrors.push(msg.text())
-  })
+  watchErrors(page, pageErrors)
 
   const gate = async (name) => {
     const r = await fetch(`${base}/test/gate?name=${encodeURIComponent(name)}`, { method: 'POST' })

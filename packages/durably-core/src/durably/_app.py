@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -124,8 +125,16 @@ class Durably:
         await self.migrate()
         self.start()
 
-    def start(self) -> None:
-        """Start the worker in the background (needs a running event loop)."""
+    def start(self, *, max_concurrent_runs: int | None = None) -> None:
+        """Start the worker in the background (needs a running event loop).
+
+        ``max_concurrent_runs`` replaces the number of slots ``create_durably`` set
+        (``durably worker --concurrency`` uses it)."""
+        if max_concurrent_runs is not None:
+            slots = positive_int("max_concurrent_runs", max_concurrent_runs)
+            self._services.settings = dataclasses.replace(
+                self._services.settings, max_concurrent_runs=slots
+            )
         self._worker.start()
 
     @property
@@ -235,7 +244,7 @@ class Durably:
         (zero included). The filters are those of ``get_runs``."""
         query = build_filter(status, job_name, labels, None, 0)
         await self._ready()
-        found = await self._engine.storage.count_runs(query)
+        found = await self._services.storage.count_runs(query)
         return {s: found.get(s, 0) for s in query.statuses or RunStatus}
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:

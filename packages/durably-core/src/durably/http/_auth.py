@@ -25,8 +25,11 @@ from .. import Run
 T = TypeVar("T")
 MaybeAwaitable: TypeAlias = T | Awaitable[T]
 
-RunOperation = Literal["read", "subscribe", "steps", "retrigger", "cancel", "delete"]
-"""What a run-level route does with the run, as passed to ``Auth.on_run_access``."""
+RunOperation = Literal[
+    "read", "subscribe", "steps", "retrigger", "cancel", "delete", "logs", "retry"
+]
+"""What a run-level route does with the run, as passed to ``Auth.on_run_access``
+(``logs`` and ``retry``: routes of the dashboard, ``create_handler(dashboard=True)``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

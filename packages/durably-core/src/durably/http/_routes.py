@@ -32,6 +32,7 @@ from ._auth import (
     scoped_key,
 )
 from ._backlog import DEFAULT_MAX_BACKLOG, Backlog
+from ._dashboard import Dashboard
 from ._fanout import RunsStream
 from ._hub import EventHub
 from ._request import (
@@ -87,6 +88,8 @@ class _Handler:
         on_request: Callable[[], Awaitable[None] | None] | None,
         max_body_size: int,
         sse_max_backlog: int,
+        dashboard: bool,
+        watch_interval: float,
     ) -> None:
         self.durably = durably
         self.max_body_size = max_body_size
@@ -107,6 +110,8 @@ class _Handler:
             ("POST", "/cancel"): self.cancel,
             ("DELETE", "/run"): self.delete,
         }
+        if dashboard:
+            self.routes.update(Dashboard(self, watch_interval).routes())
 
     async def dispatch(self, request: Request) -> Response:
         try:
@@ -142,7 +147,7 @@ class _Handler:
                 return handle
         return None
 
-    async def _run_access(self, request: Request, ctx: Any, operation: RunOperation) -> Run:
+    async def run_access(self, request: Request, ctx: Any, operation: RunOperation) -> Run:
         run_id = request.query_params.get("runId")
         if not run_id:
             raise RequestError("runId query parameter is required")
@@ -234,31 +239,31 @@ class _Handler:
         return json_response([client_run(r) for r in runs])
 
     async def run(self, request: Request, ctx: Any) -> Response:
-        run = await self._run_access(request, ctx, "read")
+        run = await self.run_access(request, ctx, "read")
         return json_response(client_run(run))
 
     async def steps(self, request: Request, ctx: Any) -> Response:
-        run = await self._run_access(request, ctx, "steps")
+        run = await self.run_access(request, ctx, "steps")
         steps = await self.durably.get_steps(run.id)
         return json_response([client_step(s) for s in steps])
 
     async def retrigger(self, request: Request, ctx: Any) -> Response:
-        run = await self._run_access(request, ctx, "retrigger")
+        run = await self.run_access(request, ctx, "retrigger")
         new = await self.durably.retrigger(run.id)
         return json_response({"success": True, "runId": new.id})
 
     async def cancel(self, request: Request, ctx: Any) -> Response:
-        run = await self._run_access(request, ctx, "cancel")
+        run = await self.run_access(request, ctx, "cancel")
         await self.durably.cancel(run.id)
         return json_response({"success": True})
 
     async def delete(self, request: Request, ctx: Any) -> Response:
-        run = await self._run_access(request, ctx, "delete")
+        run = await self.run_access(request, ctx, "delete")
         await self.durably.delete_run(run.id)
         return json_response({"success": True})
 
     async def subscribe(self, request: Request, ctx: Any) -> Response:
-        run = await self._run_access(request, ctx, "subscribe")
+        run = await self.run_access(request, ctx, "subscribe")
         if run.is_terminal:
             # the common reconnect (EventSource retries a closed stream every ~3 s):
             # one read, one frame, no stream machinery
@@ -283,6 +288,13 @@ class _Handler:
         return SSEResponse(frames, stop, backlog)
 
     async def runs_subscribe(self, request: Request, ctx: Any) -> Response:
+        query = await self.runs_subscribe_filter(request, ctx)
+        stream = RunsStream(Backlog(self.max_backlog))
+        stop = self.hub.watch_runs(stream, query.job_name, query.labels)
+        return SSEResponse(runs_frames(stream), stop, stream.backlog)
+
+    async def runs_subscribe_filter(self, request: Request, ctx: Any) -> RunsSubscribeFilter:
+        """A list stream's filter (``jobName``, ``label.*``), narrowed by the auth hooks."""
         query = RunsSubscribeFilter(
             job_name=values(request.query_params, "jobName"),
             labels=label_filters(request.query_params),
@@ -297,9 +309,7 @@ class _Handler:
                     RunsFilter(job_name=query.job_name, labels=query.labels),
                 )
                 query = RunsSubscribeFilter(job_name=scoped.job_name, labels=scoped.labels)
-        stream = RunsStream(Backlog(self.max_backlog))
-        stop = self.hub.watch_runs(stream, query.job_name, query.labels)
-        return SSEResponse(runs_frames(stream), stop, stream.backlog)
+        return query
 
 
 def create_handler(
@@ -311,6 +321,8 @@ def create_handler(
     on_request: Callable[[], Awaitable[None] | None] | None = None,
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     sse_max_backlog: int = DEFAULT_MAX_BACKLOG,
+    dashboard: bool = False,
+    watch_interval: float = 1.0,
 ) -> Starlette:
     """An ASGI app serving durably's HTTP/SSE protocol (that of the TypeScript
     ``createDurablyHandler``), for ``@coji/durably-react``'s hooks.
@@ -326,6 +338,12 @@ def create_handler(
     read whole. ``sse_max_backlog``: the most bytes a stream queues while waiting for
     a client that does not read (default 1 MiB); past it the client is disconnected
     (it reconnects and gets the replay) instead of the server holding ever more for it.
+
+    ``dashboard=True`` also serves the operators' dashboard at the mount point
+    (``GET /``; its routes ``/watch``, ``/counts``, ``/logs``, ``/retry`` are behind the
+    same ``auth``, ``on_run_access`` seeing the operations ``logs`` and ``retry``). Its
+    live list follows runs executed by any process by reading the database every
+    ``watch_interval`` seconds while a dashboard is open.
     """
     if auth is not None and not isinstance(auth, Auth):
         raise ValidationError(
@@ -345,8 +363,20 @@ def create_handler(
     for name, value in [("max_body_size", max_body_size), ("sse_max_backlog", sse_max_backlog)]:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValidationError(f"{name} must be a number of bytes > 0, got {value!r}")
+    if not isinstance(watch_interval, int | float) or not watch_interval > 0:
+        raise ValidationError(
+            f"watch_interval must be a number of seconds > 0, got {watch_interval!r}"
+        )
     handler = _Handler(
-        durably, auth, sse_throttle, sse_poll_interval, on_request, max_body_size, sse_max_backlog
+        durably,
+        auth,
+        sse_throttle,
+        sse_poll_interval,
+        on_request,
+        max_body_size,
+        sse_max_backlog,
+        bool(dashboard),
+        float(watch_interval),
     )
     methods = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"]
     app = Starlette(routes=[Route("/{path:path}", handler.dispatch, methods=methods)])

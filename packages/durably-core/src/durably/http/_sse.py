@@ -35,6 +35,7 @@ from .. import (
     RunStatus,
 )
 from .._events import TERMINAL_EVENT_TYPES
+from .._watch import synthetic_event
 from ._backlog import Backlog
 from ._fanout import RunsStream
 from ._serialize import Outgoing
@@ -167,14 +168,7 @@ class SSEResponse(EventSourceResponse):
 
 
 def _synthetic(durably: Durably, cls: type[Event], run: Run, **fields: Any) -> Event:
-    return cls(  # type: ignore[call-arg]
-        timestamp=durably.clock.now(),
-        sequence=0,
-        run_id=run.id,
-        job_name=run.job_name,
-        labels=run.labels,
-        **fields,
-    )
+    return synthetic_event(cls, run, durably.clock.now(), **fields)
 
 
 def replay(durably: Durably, run: Run) -> list[Event]:

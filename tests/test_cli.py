@@ -1,0 +1,284 @@
+"""The ``durably`` command line, used as a person uses it: the installed console
+script in subprocesses, a real worker process executing the runs, a real SQLite
+file (tests/cli_support.py). Nothing waits on a timer: the job waits for gate files
+the test creates, and the test polls the command's own output until what it waits
+for appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cli_support import DURABLY, Ops, eventually, ops_env
+
+from durably import NewRun, RunStatus
+from durably.cli import EXIT_CODES
+from durably.sql import SqlStorage
+from durably_sqlite import SqliteExecutor
+
+pytestmark = pytest.mark.slow  # subprocesses: a worker, the CLI itself
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> Iterator[Ops]:
+    with ops_env(tmp_path) as ops:
+        ops.ok("migrate")
+        yield ops
+
+
+def test_cli__a_newcomer_finds_inspects_and_retries_a_failed_run(ops: Ops) -> None:
+    worker = ops.start("worker", "ops_app:durably", "--concurrency", "2")
+    run_id = ops.trigger(rows=3, fail_until_fixed=True)
+
+    # find it: one command
+    found = eventually(lambda: ops.json("runs", "list", "--status", "failed"), "a failed run")
+    assert [r["id"] for r in found] == [run_id]
+    listed = ops.ok("runs", "list", "--status", "failed")
+    assert run_id in listed
+    assert "row 2: price is not a number" in listed
+
+    # inspect it: one command, the steps, the error, the logs
+    shown = ops.ok("runs", "show", run_id)
+    for text in ("failed", "row-0", "row-1", "check", "row 2: price is not a number ('12,50')"):
+        assert text in shown, shown
+    detail = ops.run(run_id)
+    assert [(s["name"], s["status"]) for s in detail["steps"]] == [
+        ("row-0", "completed"),
+        ("row-1", "completed"),
+        ("check", "failed"),
+    ]
+    assert [log["message"] for log in detail["logs"]] == ["imported row", "imported row"]
+
+    # fix the cause, retry it: one command; it resumes after its completed steps
+    ops.fix()
+    out = ops.ok("runs", "retry", run_id)
+    assert f"run {run_id} (import-csv) is pending again" in out
+    done = ops.status_is(run_id, "completed")
+    assert done["run"]["output"] == {"imported": 3}
+    assert done["run"]["completed_step_count"] == 4  # row-0, row-1 kept; check, row-2 new
+
+    # a retry of a completed run is refused with its own exit code
+    again = ops.durably("runs", "retry", run_id)
+    assert again.returncode == EXIT_CODES["conflict"]
+    assert "only failed or cancelled runs can be retried" in again.stderr
+    missing = ops.durably("runs", "show", "01NOSUCHRUN")
+    assert missing.returncode == EXIT_CODES["not-found"]
+    assert "not found" in missing.stderr
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    lines = worker.output()
+    assert f"run:fail       import-csv {run_id}" in lines
+    assert f"run:complete   import-csv {run_id}" in lines
+    assert "durably worker stopped: 1 completed, 1 failed, 0 cancelled" in lines
+
+
+def test_cli__trigger_waits_with_progress_and_exits_by_outcome(ops: Ops) -> None:
+    worker = ops.start("worker", "ops_app:durably")
+    app = ("--app", "ops_app:durably")
+    ok = ops.durably("trigger", "import-csv", "--input", '{"rows": 2}', "--wait", *app)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {"imported": 2}
+    # not a terminal: one line per change of status or progress, on stderr
+    assert "completed 2/2 row 2 of 2" in ok.stderr.splitlines()
+    failed = ops.durably(
+        "trigger", "import-csv", "--input", '{"fail_until_fixed": true}', "--wait", *app
+    )
+    assert failed.returncode == EXIT_CODES["failed"]
+    assert "failed: row 2: price is not a number" in failed.stderr
+    invalid = ops.durably("trigger", "import-csv", "--input", '{"rows": "many"}', *app)
+    assert invalid.returncode == EXIT_CODES["usage"]
+    assert "rows" in invalid.stderr
+    no_app = ops.durably("trigger", "import-csv", "--input", "{}")
+    assert no_app.returncode == EXIT_CODES["usage"]
+    assert "--app module:attribute" in no_app.stderr
+    worker.signal(signal.SIGINT)
+    assert worker.wait() == 0
+
+
+def test_cli__events_follows_runs_that_another_process_executes(ops: Ops) -> None:
+    events = ops.start("events", "--json", "--interval", "0.1")
+    # it says so once it has taken stock (its first reading reports nothing)
+    eventually(lambda: "following runs in" in events.output(), "events started")
+    worker = ops.start("worker", "ops_app:durably")
+    run_id = ops.trigger(rows=2, gate="e")
+
+    def seen() -> list[dict[str, object]]:
+        return [json.loads(line) for line in events.lines() if line.startswith("{")]
+
+    eventually(lambda: any(e["type"] == "run:leased" for e in seen()), "run:leased")
+    ops.open_gate("e-0")
+    eventually(lambda: any(e["type"] == "run:progress" for e in seen()), "run:progress")
+    ops.open_gate("e-1")
+    eventually(lambda: any(e["type"] == "run:complete" for e in seen()), "run:complete")
+    mine = [e for e in seen() if e.get("run_id") == run_id]
+    types = [e["type"] for e in mine]
+    assert types[0] == "run:trigger"
+    assert types[-1] == "run:complete"
+    assert types.index("run:leased") < types.index("run:complete")
+    assert mine[-1]["output"] == {"imported": 2}
+    assert {"step:complete", "log:write", "run:progress"} <= set(types)
+    worker.signal(signal.SIGTERM)
+    worker.wait()
+    events.signal(signal.SIGINT)
+    assert events.wait() == EXIT_CODES["interrupted"]
+
+
+def test_cli__acting_on_runs_needs_no_job_code(ops: Ops) -> None:
+    app = ("--app", "ops_app:durably")
+    pending = ops.trigger(rows=1)
+    # no worker: the run stays pending; without the job module on the path
+    bare = {**ops.env, "PYTHONPATH": ""}
+    cancelled = ops.durably("runs", "cancel", pending, env=bare)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert ops.run(pending)["run"]["status"] == "cancelled"
+    assert ops.durably("runs", "cancel", pending, env=bare).returncode == EXIT_CODES["conflict"]
+    retried = ops.durably("runs", "retry", pending, "--json", env=bare)
+    assert json.loads(retried.stdout)["status"] == "pending"
+    ops.ok("runs", "cancel", pending)
+    # retrigger validates the input again: it needs the jobs
+    no_app = ops.durably("runs", "retrigger", pending, env=bare)
+    assert no_app.returncode == EXIT_CODES["usage"]
+    new = ops.json("runs", "retrigger", pending, *app)
+    assert new["status"] == "pending"
+    assert new["id"] != pending
+    deleted = ops.durably("runs", "delete", pending, env=bare)
+    assert deleted.returncode == 0
+    assert ops.durably("runs", "show", pending).returncode == EXIT_CODES["not-found"]
+    assert ops.durably("runs", "delete", new["id"]).returncode == EXIT_CODES["conflict"]
+    ops.ok("runs", "cancel", new["id"])
+    assert ops.json("runs", "purge", "--older-than", "1d") == {"deleted": 0}
+    assert ops.json("runs", "purge", "--older-than", "0s", "--status", "failed") == {"deleted": 0}
+    assert ops.json("runs", "purge", "--older-than", "0s", "--status", "cancelled") == {
+        "deleted": 1
+    }
+    assert ops.json("runs", "list") == []
+
+
+def test_cli__list_filters_and_doctor(ops: Ops, tmp_path: Path) -> None:
+    asyncio.run(_seed(ops.db))
+    listed = ops.json("runs", "list")
+    assert [r["id"] for r in listed] == ["run-new", "run-old", "run-expired"]
+    assert [r["id"] for r in ops.json("runs", "list", "--label", "team=a")] == ["run-new"]
+    assert [r["id"] for r in ops.json("runs", "list", "--since", "1h")] == ["run-new"]
+    assert [r["id"] for r in ops.json("runs", "list", "-s", "leased")] == ["run-expired"]
+    assert [r["id"] for r in ops.json("runs", "list", "--job", "nightly", "-n", "1")] == ["run-old"]
+    bad = ops.durably("runs", "list", "--status", "done")
+    assert bad.returncode == EXIT_CODES["usage"]
+    assert "Invalid status 'done'" in bad.stderr
+
+    before = ops.db.read_bytes()
+    report = ops.durably("doctor", "--json")
+    assert report.returncode == EXIT_CODES["ok"], report.stderr  # warnings are not problems
+    doctor = json.loads(report.stdout)
+    assert doctor["backend"] == "sqlite"
+    assert doctor["schema"]["reference"] == 1
+    assert doctor["journal_mode"] == "wal"
+    assert {s: n for s, n in doctor["runs"].items() if n} == {"pending": 2, "leased": 1}
+    assert set(doctor["runs"]) == {s.value for s in RunStatus}
+    assert doctor["expired_leases"] == 1
+    assert doctor["oldest_pending"]["id"] == "run-old"
+    assert any("lease expired" in w for w in doctor["warnings"])
+    assert any("oldest pending run" in w for w in doctor["warnings"])
+    text = ops.ok("doctor")
+    assert "expired leases  1" in text
+    assert ops.db.read_bytes() == before  # reading changed nothing
+
+    # not a durably database: exit 5, and nothing is created in it
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    other = {"--url": f"sqlite:///{empty}"}
+    for command in (["runs", "list"], ["runs", "show", "x"], ["events"]):
+        done = ops.durably(*command, *[a for kv in other.items() for a in kv])
+        assert done.returncode == EXIT_CODES["database"], (command, done.stderr)
+        assert "holds no durably tables" in done.stderr
+    sick = ops.durably("doctor", "--url", f"sqlite:///{empty}")
+    assert sick.returncode == EXIT_CODES["failed"]
+    assert "no durably tables" in sick.stdout
+    assert sqlite3.connect(empty).execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+
+
+async def _seed(db: Path) -> None:
+    """Runs written straight through storage: an old pending run, a new labelled one,
+    and one leased by a worker that died (its lease expired a minute ago)."""
+    storage = SqlStorage(SqliteExecutor(str(db)))
+    now = datetime.now(UTC)
+    try:
+
+        async def add(run_id: str, job: str, age: timedelta, labels: dict[str, str]) -> None:
+            at = now - age
+            new = NewRun(id=run_id, job_name=job, input_json="{}", labels=labels, created_at=at)
+            await storage.enqueue(new)
+
+        await add("run-expired", "import-csv", timedelta(days=2, minutes=1), {})
+        claimed = await storage.claim_next(
+            "dead-worker", now - timedelta(minutes=2), now - timedelta(minutes=1)
+        )
+        assert claimed is not None
+        assert claimed.id == "run-expired"
+        await add("run-old", "nightly", timedelta(days=2), {"team": "b"})
+        await add("run-new", "import-csv", timedelta(minutes=5), {"team": "a"})
+    finally:
+        await storage.close()
+
+
+def test_cli__worker_live_view_on_a_terminal_and_a_graceful_stop(ops: Ops) -> None:
+    """The worker's live display in tmux (a real terminal); Ctrl-C lets the run in
+    flight finish (its gate is opened only after the Ctrl-C), then the worker exits."""
+    session = f"durably-{ops.root.name}"[-40:].replace(".", "-")
+    env_args = [
+        f"{k}={v}"
+        for k, v in ops.env.items()
+        if k in ("DURABLY_DATABASE_URL", "OPS_DIR", "PYTHONPATH")
+    ]
+    command = ["env", *env_args, str(DURABLY), "worker", "ops_app:durably", "-c", "2"]
+    script = f"{subprocess.list2cmdline(command)}; echo EXIT=$?; sleep 600"
+    tmux = ["tmux", "-L", session]
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", script], check=True
+    )
+
+    def screen() -> str:
+        return subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        eventually(lambda: "durably worker" in screen() and "running 0/2" in screen(), "live view")
+        run_id = ops.trigger(rows=2, gate="t")
+        eventually(lambda: run_id in screen() and "running 1/2" in screen(), "the run on screen")
+        ops.open_gate("t-0")
+        eventually(lambda: "1/2 row 1 of 2" in screen(), "its progress on screen")
+        subprocess.run([*tmux, "send-keys", "-t", session, "C-c"], check=True)
+        eventually(lambda: "stopping; waiting up to 25s for 1 run(s)" in screen(), "stopping")
+        ops.open_gate("t-1")
+        final = eventually(lambda: (lambda s: s if "EXIT=" in s else None)(screen()), "exit")
+        assert "EXIT=0" in final
+        assert "durably worker stopped: 1 completed, 0 failed, 0 cancelled" in final
+        assert ops.run(run_id)["run"]["status"] == "completed"
+    finally:
+        subprocess.run([*tmux, "kill-server"], check=False, capture_output=True)
+
+
+def test_cli__without_the_extra_says_what_to_install(tmp_path: Path) -> None:
+    # a Python that cannot import click: the console script names the extra
+    blocker = tmp_path / "click.py"
+    blocker.write_text("raise ImportError('blocked', name='click')\n")
+    done = subprocess.run(
+        [str(DURABLY), "runs", "list"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == EXIT_CODES["usage"]
+    assert "pip install 'durably-core[cli]'" in done.stderr
