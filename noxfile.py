@@ -29,9 +29,10 @@ SETUP_SCRIPTS = [
 ]
 
 #: Coverage of the four packages (lines and branches, in the pytest process) below
-#: which the whole run fails: the figure measured when it was set, less a margin for
-#: the paths that timing decides (lease races, busy retries). Raise it as it rises.
-COVERAGE_FLOOR = 80
+#: which the whole run fails: the figure measured when it was set (95 %, 2026-12-03),
+#: less a margin for the paths that timing decides (lease races, busy retries) and
+#: for new code that lands with fewer tests. Raise it as it rises.
+COVERAGE_FLOOR = 93
 
 
 def _sync(session: nox.Session) -> None:
