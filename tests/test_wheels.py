@@ -3,7 +3,7 @@
 (their dependencies from the package index, through uv's cache), and the README's
 quick start runs there. This catches a file left out of a wheel, a dependency the
 workspace provides but a package does not declare, and an entry point that only
-works in the workspace."""
+works in the workspace (the `durably` command included)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return built
 
 
-def fresh_venv(where: Path, wheels: list[Path]) -> Path:
+def fresh_venv(where: Path, wheels: list[Path | str]) -> Path:
     """A new virtual environment holding ``wheels`` and their declared dependencies;
     its python."""
     uv = shutil.which("uv")
@@ -131,10 +131,12 @@ async def test_double(durably, durably_run):
 """
 
 
-def test_wheels__all_four_packages_install_with_their_entry_points(
+def test_wheels__all_four_packages_install_with_their_entry_points_and_command(
     wheels: dict[str, Path], tmp_path: Path
 ) -> None:
-    python = fresh_venv(tmp_path, list(wheels.values()))
+    core = f"durably-core[cli] @ {wheels['durably-core'].as_uri()}"  # with the command
+    others: list[Path | str] = [w for p, w in wheels.items() if p != "durably-core"]
+    python = fresh_venv(tmp_path, [core, *others])
     work = tmp_path / "work"
     work.mkdir()
     schemes = run(python, "-c", CHECK_ALL, cwd=work, env=clean_env()).split()
@@ -144,3 +146,6 @@ def test_wheels__all_four_packages_install_with_their_entry_points(
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto"]
     output = run(python, *args, "test_user.py", cwd=work, env=clean_env())
     assert "1 passed" in output
+    # the `durably` command (console script of durably-core[cli]) runs from the venv
+    command = python.parent / "durably"
+    assert "Inspect and operate durably" in run(command, "--help", cwd=work, env=clean_env())
