@@ -282,3 +282,29 @@ def test_cli__without_the_extra_says_what_to_install(tmp_path: Path) -> None:
     )
     assert done.returncode == EXIT_CODES["usage"]
     assert "pip install 'durably-core[cli]'" in done.stderr
+
+
+def test_cli__a_worker_stopped_mid_run_hands_its_lease_back(ops: Ops) -> None:
+    """SIGTERM lets the run in flight go on (grace); a second SIGTERM stops it now and
+    hands its lease back, so the next worker resumes it at once, not after the
+    30 s lease of ops_app."""
+    worker = ops.start("worker", "ops_app:durably", "--grace", "600")
+    run_id = ops.trigger(rows=2, gate="h")
+    ops.status_is(run_id, "leased")
+    ops.open_gate("h-0")
+    eventually(lambda: ops.run(run_id)["run"]["completed_step_count"] == 1, "a step done")
+    worker.signal(signal.SIGTERM)
+    eventually(lambda: "stopping; waiting up to 600s for 1 run(s)" in worker.output(), "grace")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    assert "durably worker stopped: 0 completed, 0 failed, 0 cancelled" in worker.output()
+    run = ops.run(run_id)["run"]
+    assert run["status"] == "leased"
+    expires = datetime.fromisoformat(run["lease_expires_at"].replace("Z", "+00:00"))
+    assert expires <= datetime.now(UTC)  # handed back, not left to expire in 30 s
+    second = ops.start("worker", "ops_app:durably")
+    ops.open_gate("h-1")
+    done = ops.status_is(run_id, "completed")
+    assert done["run"]["output"] == {"imported": 2}
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0

@@ -165,11 +165,12 @@ async def test_worker__stop_waits_for_in_flight_runs(make_durably: Any) -> None:
     assert run.output == {"x": 1}
 
 
-async def test_worker__stop_timeout_cancels_stuck_runs_and_leaves_lease(
-    make_durably: Any,
+async def test_worker__stop_timeout_cancels_stuck_runs_and_hands_the_lease_back(
+    make_durably: Any, clock: ManualClock
 ) -> None:
     gates = Gates()
-    d = make_durably({"g": define_job("g", run=gates.job)})
+    job = define_job("g", run=gates.job)
+    d = make_durably({"g": job})
     triggered = await d.jobs.g.trigger({})
     d.start()
     await eventually(lambda: gates.entered == 1, "the run started")
@@ -179,6 +180,15 @@ async def test_worker__stop_timeout_cancels_stuck_runs_and_leaves_lease(
     assert run.status is RunStatus.LEASED
     assert run.lease_owner == d.worker_id
     assert run.error is None
+    # handed back: its lease expires now, so another worker claims it without waiting
+    assert run.lease_expires_at is not None
+    assert run.lease_expires_at <= clock.now()
+    other = make_durably({"g": job}, same_db_as=d)
+    gates.release.set()
+    assert await other.process_one()
+    done = await other.get_run(triggered.id)
+    assert done.status is RunStatus.COMPLETED
+    assert done.lease_generation == run.lease_generation + 1
 
 
 async def test_worker__stopped_worker_claims_nothing(make_durably: Any) -> None:
@@ -666,11 +676,11 @@ async def test_worker__many_slots_share_one_idle_poll(
     assert clock.sleepers == 1  # one timer for all 8 slots, not one per slot
 
 
-async def test_context_manager__interrupt_leaves_runs_to_their_lease(
+async def test_context_manager__interrupt_hands_the_runs_back(
     make_durably: Any, clock: ManualClock, backend: str
 ) -> None:
     # Ctrl-C inside `async with`: leave at once, do not wait for the run in flight
-    # (its lease expires and another worker resumes it after the last checkpoint)
+    # (its lease is handed back: another worker resumes it after the last checkpoint)
     gate = asyncio.Event()
 
     async def stuck(step: Step, payload: Any) -> None:
@@ -696,5 +706,7 @@ async def test_context_manager__interrupt_leaves_runs_to_their_lease(
     other = make_durably({"s": define_job("stuck", run=stuck)}, same_db_as=d)
     run = await other.get_run(triggered.id)
     assert run is not None
-    assert run.status is RunStatus.LEASED  # not released, not failed: left to expire
+    assert run.status is RunStatus.LEASED  # not released, not failed: handed back
+    assert run.lease_expires_at is not None
+    assert run.lease_expires_at <= clock.now()
     assert [s.name for s in await other.get_steps(triggered.id)] == ["first"]

@@ -144,7 +144,8 @@ class Durably:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop claiming and wait for in-flight runs. After ``timeout`` seconds their
-        tasks are cancelled and their leases left to expire."""
+        tasks are cancelled and their leases handed back (expiring now), so another
+        worker resumes them at once."""
         await self._worker.stop(timeout)
         await self._services.bus.drain()
 

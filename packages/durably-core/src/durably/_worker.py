@@ -35,6 +35,8 @@ class Worker:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        #: each running task's (run id, lease generation), to hand back if it is cut off
+        self._leases: dict[asyncio.Task[None], tuple[str, int]] = {}
         self._last_maintenance: datetime | None = None
 
     @property
@@ -62,10 +64,26 @@ class Worker:
         if not self._running:
             return
         _, pending = await asyncio.wait(set(self._running), timeout=timeout)
+        if not pending:
+            return
+        # the runs cut off: cancelled without writing more, then handed back
+        cut = [self._leases[task] for task in pending if task in self._leases]
         for task in pending:
             task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        await asyncio.wait(pending)
+        await self._hand_back(cut)
+
+    async def _hand_back(self, leases: list[tuple[str, int]]) -> None:
+        """Give up the leases of runs stopped before their end: their expiry is set to
+        now (a fenced renewal), so any worker may claim them at once instead of after
+        ``lease_duration``. One that cannot be handed back simply expires."""
+        services = self._services
+        for run_id, generation in leases:
+            now = services.now()
+            try:
+                await services.storage.renew_lease(run_id, generation, now, now)
+            except Exception as exc:  # reported; the lease expires as it would have
+                services.report_error(exc, "lease-renewal", run_id)
 
     async def _loop(self) -> None:
         services = self._services
@@ -97,11 +115,13 @@ class Worker:
             claimed = True
             task = asyncio.create_task(Execution(services, run).execute(), name=f"durably-{run.id}")
             self._running.add(task)
+            self._leases[task] = (run.id, run.lease_generation)
             task.add_done_callback(self._finished)
         return claimed
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        self._leases.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             assert exc is not None

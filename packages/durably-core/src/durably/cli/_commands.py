@@ -445,8 +445,8 @@ def worker(app: str, concurrency: int | None, grace: float, url: str | None) -> 
 
     On the first signal it stops claiming and lets the runs in flight finish for up
     to --grace seconds; a run still going then (or at a second signal) is cancelled
-    without writing anything, and resumes from its last completed step on the next
-    worker that claims it after its lease expires. Shows a live status on a
+    without writing anything more and its lease handed back: the next worker claims
+    it at once and resumes it after its last completed step. Shows a live status on a
     terminal, one line per event otherwise.
     """
     from ._live import run_worker
