@@ -137,9 +137,49 @@ class Ops:
             f"run {run_id} {status}",
         )
 
+    def terminal(self, name: str, *args: str) -> Terminal:
+        """``durably *args`` in a tmux session: a real terminal (close it)."""
+        keep = ("DURABLY_DATABASE_URL", "OPS_DIR", "PYTHONPATH")
+        env = [f"{k}={v}" for k, v in self.env.items() if k in keep]
+        command = subprocess.list2cmdline(["env", *env, str(DURABLY), *args])
+        return Terminal(f"durably-{name}-{os.getpid()}", f"{command}; echo EXIT=$?; sleep 600")
+
     def close(self) -> None:
         for process in self._started:
             process.reap()
+
+
+class Terminal:
+    """A command in its own tmux server, 160x40: type into it, read its screen."""
+
+    def __init__(self, session: str, script: str) -> None:
+        self._tmux = ["tmux", "-L", session]
+        self._session = session
+        subprocess.run(
+            [*self._tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", script],
+            check=True,
+        )
+
+    def screen(self) -> str:
+        return subprocess.run(
+            [*self._tmux, "capture-pane", "-p", "-t", self._session],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    def shows(self, *texts: str) -> str:
+        """Wait until the screen shows every text; the screen."""
+        return eventually(
+            lambda: (lambda s: s if all(t in s for t in texts) else None)(self.screen()),
+            f"the terminal showing {texts}",
+        )
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run([*self._tmux, "send-keys", "-t", self._session, *keys], check=True)
+
+    def close(self) -> None:
+        subprocess.run([*self._tmux, "kill-server"], check=False, capture_output=True)
 
 
 @contextlib.contextmanager

@@ -233,39 +233,42 @@ async def _seed(db: Path) -> None:
 def test_cli__worker_live_view_on_a_terminal_and_a_graceful_stop(ops: Ops) -> None:
     """The worker's live display in tmux (a real terminal); Ctrl-C lets the run in
     flight finish (its gate is opened only after the Ctrl-C), then the worker exits."""
-    session = f"durably-{ops.root.name}"[-40:].replace(".", "-")
-    env_args = [
-        f"{k}={v}"
-        for k, v in ops.env.items()
-        if k in ("DURABLY_DATABASE_URL", "OPS_DIR", "PYTHONPATH")
-    ]
-    command = ["env", *env_args, str(DURABLY), "worker", "ops_app:durably", "-c", "2"]
-    script = f"{subprocess.list2cmdline(command)}; echo EXIT=$?; sleep 600"
-    tmux = ["tmux", "-L", session]
-    subprocess.run(
-        [*tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", script], check=True
-    )
-
-    def screen() -> str:
-        return subprocess.run(
-            [*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=True
-        ).stdout
-
+    terminal = ops.terminal("worker", "worker", "ops_app:durably", "-c", "2")
     try:
-        eventually(lambda: "durably worker" in screen() and "running 0/2" in screen(), "live view")
+        terminal.shows("durably worker", "running 0/2")
         run_id = ops.trigger(rows=2, gate="t")
-        eventually(lambda: run_id in screen() and "running 1/2" in screen(), "the run on screen")
+        terminal.shows(run_id, "running 1/2")
         ops.open_gate("t-0")
-        eventually(lambda: "1/2 row 1 of 2" in screen(), "its progress on screen")
-        subprocess.run([*tmux, "send-keys", "-t", session, "C-c"], check=True)
-        eventually(lambda: "stopping; waiting up to 25s for 1 run(s)" in screen(), "stopping")
+        terminal.shows("1/2 row 1 of 2")
+        terminal.keys("C-c")
+        terminal.shows("stopping; waiting up to 25s for 1 run(s)")
         ops.open_gate("t-1")
-        final = eventually(lambda: (lambda s: s if "EXIT=" in s else None)(screen()), "exit")
+        final = terminal.shows("EXIT=")
         assert "EXIT=0" in final
         assert "durably worker stopped: 1 completed, 0 failed, 0 cancelled" in final
         assert ops.run(run_id)["run"]["status"] == "completed"
     finally:
-        subprocess.run([*tmux, "kill-server"], check=False, capture_output=True)
+        terminal.close()
+
+
+def test_cli__trigger_wait_shows_a_progress_bar_on_a_terminal(ops: Ops) -> None:
+    worker = ops.start("worker", "ops_app:durably")
+    payload = json.dumps({"rows": 2, "gate": "b"})
+    app = ("--app", "ops_app:durably")
+    terminal = ops.terminal("trigger", "trigger", "import-csv", "-i", payload, "--wait", *app)
+    try:
+        terminal.shows("leased", "0:00:")  # the status and the elapsed time, live
+        ops.open_gate("b-0")
+        terminal.shows("1/2", "row 1 of 2", "━")  # the bar moves with the progress
+        ops.open_gate("b-1")
+        final = terminal.shows("EXIT=")
+        assert "EXIT=0" in final
+        assert '{"imported":2}' in final
+        assert "completed" in final
+    finally:
+        terminal.close()
+        worker.signal(signal.SIGTERM)
+        worker.wait()
 
 
 def test_cli__without_the_extra_says_what_to_install(tmp_path: Path) -> None:
