@@ -26,6 +26,7 @@ SETUP_SCRIPTS = [
     "scripts/setup-tursodb.sh",  # tursodb: the libSQL server of the durably-libsql tests
     "scripts/setup-interop.sh",  # the real @coji/durably 0.15 for tests/test_interop_node.py
     "scripts/setup-browser.sh",  # chromium + @coji/durably-react for tests/test_http_browser.py
+    "scripts/setup-terminal.sh",  # tmux: tests/test_cli.py drives `durably` on a real terminal
 ]
 
 #: Coverage of the four packages (lines and branches, in the pytest process) below

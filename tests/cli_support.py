@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
+
+from ci_support import unavailable
 
 T = TypeVar("T")
 
@@ -153,6 +156,8 @@ class Terminal:
     """A command in its own tmux server, 160x40: type into it, read its screen."""
 
     def __init__(self, session: str, script: str) -> None:
+        if shutil.which("tmux") is None:
+            unavailable("tmux is missing: run scripts/setup-terminal.sh")
         self._tmux = ["tmux", "-L", session]
         self._session = session
         subprocess.run(
