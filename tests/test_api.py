@@ -22,6 +22,7 @@ from durably import (
 )
 
 EXPECTED_ALL = [
+    "CatchUp",
     "Clock",
     "ConflictError",
     "Disposition",
@@ -39,6 +40,7 @@ EXPECTED_ALL = [
     "LogWriteEvent",
     "NewLog",
     "NewRun",
+    "NewSchedule",
     "NewSignal",
     "NewStep",
     "NewWait",
@@ -61,6 +63,13 @@ EXPECTED_ALL = [
     "RunResult",
     "RunStatus",
     "RunTriggerEvent",
+    "Schedule",
+    "ScheduleFire",
+    "ScheduleFireEvent",
+    "ScheduleRecord",
+    "ScheduleSkipEvent",
+    "ScheduleStatus",
+    "Schedules",
     "SchemaVersionError",
     "SignalDisposition",
     "SignalOutcome",

@@ -1,4 +1,4 @@
-"""Events: the 15 types, their payloads, ordering, listeners (docs/semantics.md, "Events")."""
+"""Events: the 17 types, their payloads, ordering, listeners (docs/semantics.md, "Events")."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ async def produce_every_event(make_durably: Any, clock: ManualClock) -> tuple[An
         "good": define_job("good", run=good),
         "bad": define_job("bad", run=bad),
         "gate": define_job("gate", run=gate.job),
+        "tick": define_job("tick", run=good),
     }
     d = make_durably(jobs, lease_duration=30, lease_renew_interval=5)
     events = recorder(d)
@@ -84,12 +85,18 @@ async def produce_every_event(make_durably: Any, clock: ManualClock) -> tuple[An
     await clock.advance(0)
     await task
     assert (await d.get_run(other.id)).status is RunStatus.LEASED
+    # schedule:skip and schedule:fire: a schedule that missed two slots, fired late
+    await d.schedules.create("tick", jobs["tick"], cron="* * * * *", input={"a": 0})
+    clock.set(clock.now() + timedelta(minutes=3))
+    assert len(await d.schedules.fire_due()) == 1
     return d, events
 
 
-async def test_events__all_fifteen_types_are_emitted(make_durably: Any, clock: ManualClock) -> None:
+async def test_events__all_seventeen_types_are_emitted(
+    make_durably: Any, clock: ManualClock
+) -> None:
     _, events = await produce_every_event(make_durably, clock)
-    assert len(ALL_TYPES) == 15
+    assert len(ALL_TYPES) == 17
     assert {e.type for e in events} == ALL_TYPES
 
 
@@ -109,11 +116,11 @@ async def test_events__run_events_carry_run_id_job_name_labels(
 ) -> None:
     _, events = await produce_every_event(make_durably, clock)
     for e in events:
-        if e.type == "worker:error":
+        if e.type in ("worker:error", "schedule:skip"):
             continue
         assert isinstance(e.run_id, str)
         assert e.run_id
-        assert e.job_name in ("good", "bad", "gate")
+        assert e.job_name in ("good", "bad", "gate", "tick")
         assert isinstance(e.labels, dict)
     good_events = [e for e in events if getattr(e, "job_name", None) == "good"]
     assert all(e.labels == {"l": "1"} for e in good_events)

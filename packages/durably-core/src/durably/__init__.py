@@ -37,6 +37,8 @@ from ._events import (
     RunLeaseRenewedEvent,
     RunProgressEvent,
     RunTriggerEvent,
+    ScheduleFireEvent,
+    ScheduleSkipEvent,
     StepCancelEvent,
     StepCompleteEvent,
     StepFailEvent,
@@ -68,6 +70,15 @@ from ._records import (
     WaitOutcome,
     WaitStatus,
 )
+from ._schedule import (
+    CatchUp,
+    NewSchedule,
+    Schedule,
+    ScheduleFire,
+    ScheduleRecord,
+    ScheduleStatus,
+)
+from ._schedules import Schedules
 from ._step import Step, StepLog
 from ._storage import Storage
 from ._trigger import TriggerResult
@@ -76,6 +87,7 @@ from ._trigger import TriggerResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "CatchUp",
     "Clock",
     "ConflictError",
     "Disposition",
@@ -93,6 +105,7 @@ __all__ = [
     "LogWriteEvent",
     "NewLog",
     "NewRun",
+    "NewSchedule",
     "NewSignal",
     "NewStep",
     "NewWait",
@@ -115,6 +128,13 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "RunTriggerEvent",
+    "Schedule",
+    "ScheduleFire",
+    "ScheduleFireEvent",
+    "ScheduleRecord",
+    "ScheduleSkipEvent",
+    "ScheduleStatus",
+    "Schedules",
     "SchemaVersionError",
     "SignalDisposition",
     "SignalOutcome",

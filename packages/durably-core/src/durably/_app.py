@@ -35,6 +35,8 @@ from ._handle import JobHandle, Jobs, check_job_key
 from ._job import JobDefinition
 from ._records import LogRecord, Run, RunFilter, RunStatus, StepRecord
 from ._services import Services, Settings
+from ._scheduler import Scheduler
+from ._schedules import Schedules
 from ._storage import Storage
 from ._trigger import Triggers
 from ._validate import (
@@ -83,6 +85,15 @@ class Durably:
         self._migrated = False
         self._migrate_lock = asyncio.Lock()
         self.jobs = Jobs()
+        #: The stored cron schedules (``create``, ``pause``, ``resume``, ``delete``, ``list``).
+        self.schedules = Schedules(
+            self._services,
+            ready=self._ready,
+            check_labels=self._triggers.check_labels,
+            wake_worker=self._worker.notify,
+            wake_scheduler=lambda: self._scheduler.notify(),
+        )
+        self._scheduler = Scheduler(self._services, self.schedules)
 
     # -- lifecycle --
 
@@ -126,7 +137,8 @@ class Durably:
         self.start()
 
     def start(self, *, max_concurrent_runs: int | None = None) -> None:
-        """Start the worker in the background (needs a running event loop).
+        """Start the worker and its scheduler in the background (needs a running
+        event loop).
 
         ``max_concurrent_runs`` replaces the number of slots ``create_durably`` set
         (``durably worker --concurrency`` uses it)."""
@@ -136,6 +148,7 @@ class Durably:
                 self._services.settings, max_concurrent_runs=slots
             )
         self._worker.start()
+        self._scheduler.start()
 
     @property
     def running(self) -> bool:
@@ -146,6 +159,7 @@ class Durably:
         """Stop claiming and wait for in-flight runs. After ``timeout`` seconds their
         tasks are cancelled and their leases handed back (expiring now), so another
         worker resumes them at once."""
+        await self._scheduler.stop()
         await self._worker.stop(timeout)
         await self._services.bus.drain()
 
@@ -200,6 +214,7 @@ class Durably:
             if key in self.jobs:
                 handles[key] = self.jobs[key]
                 continue
+            self.schedules.declare(definition)
             registry[definition.name] = definition
             handle: JobHandle[Any, Any] = JobHandle(self, self._triggers, key, definition)
             self.jobs._add(key, handle)

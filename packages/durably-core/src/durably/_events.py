@@ -1,4 +1,4 @@
-"""The 15 event types and the bus that delivers them to listeners.
+"""The 17 event types and the bus that delivers them to listeners.
 
 Every event has ``type``, ``timestamp`` and ``sequence`` (per ``Durably``,
 increasing); events about a run also carry ``run_id``, ``job_name`` and
@@ -153,11 +153,33 @@ class LogWriteEvent(RunEvent, frozen=True, kw_only=True, tag="log:write"):
 class WorkerErrorEvent(Event, frozen=True, kw_only=True, tag="worker:error"):
     """``worker:error``: something failed in the background (``context``: ``claim``,
     ``maintenance``, ``run-execution``, ``lease-renewal``, ``lease-lost``, ``progress``,
-    ``step-failure``); the worker goes on."""
+    ``step-failure``, ``schedule``); the worker goes on."""
 
     error: str
     context: str
     run_id: str | None = None
+
+
+class ScheduleFireEvent(RunEvent, frozen=True, kw_only=True, tag="schedule:fire"):
+    """``schedule:fire``: this process fired a slot of schedule ``schedule_name``: the
+    run ``run_id`` stands for ``slot`` (``disposition`` ``"created"``, or
+    ``"idempotent"`` when a run of the slot's idempotency key existed already)."""
+
+    schedule_name: str
+    slot: datetime
+    disposition: str
+
+
+class ScheduleSkipEvent(Event, frozen=True, kw_only=True, tag="schedule:skip"):
+    """``schedule:skip``: this process passed over missed slots of schedule
+    ``schedule_name`` (from ``first_slot`` to ``last_slot``) without running them,
+    as its ``catch_up`` policy says."""
+
+    schedule_name: str
+    job_name: str
+    first_slot: datetime
+    last_slot: datetime
+    catch_up: str
 
 
 EventType = Literal[
@@ -176,8 +198,10 @@ EventType = Literal[
     "step:cancel",
     "log:write",
     "worker:error",
+    "schedule:fire",
+    "schedule:skip",
 ]
-"""The 15 event type names ``Durably.on`` accepts (besides ``"*"``)."""
+"""The 17 event type names ``Durably.on`` accepts (besides ``"*"``)."""
 
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
@@ -197,6 +221,8 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         StepCancelEvent,
         LogWriteEvent,
         WorkerErrorEvent,
+        ScheduleFireEvent,
+        ScheduleSkipEvent,
     )
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -11,6 +11,7 @@ from ._errors import ValidationError
 from ._validate import adapter_for, check_text
 
 if TYPE_CHECKING:
+    from ._schedule import Schedule
     from ._step import Step
 
 I = TypeVar("I")  # noqa: E741 - the conventional names of a job's input/output types
@@ -25,12 +26,14 @@ class JobDefinition(Generic[I, O]):
 
     ``input``/``output`` are pydantic models or any type a pydantic
     ``TypeAdapter`` accepts; ``None`` means "any JSON value, unvalidated".
+    ``schedules`` are the cron schedules declared with ``define_job(schedule=…)``.
     """
 
     name: str
     run: Callable[[Step, I], Awaitable[O]]
     input: Any = None
     output: Any = None
+    schedules: tuple[Schedule, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -46,6 +49,10 @@ class JobDefinition(Generic[I, O]):
         for role, tp in (("input", self.input), ("output", self.output)):
             if tp is not None:
                 _check_schema(self.name, role, tp)
+        if self.schedules:
+            from ._schedules import declared_schedules
+
+            declared_schedules(self)
 
     def __repr__(self) -> str:
         return f"JobDefinition(name={self.name!r})"
@@ -65,13 +72,21 @@ def _check_schema(job: str, role: str, tp: Any) -> None:
 
 @overload
 def define_job(
-    name: str, *, input: type[I], output: type[O]
+    name: str,
+    *,
+    input: type[I],
+    output: type[O],
+    schedule: Schedule | Sequence[Schedule] | None = None,
 ) -> Callable[[Callable[[Step, I], Awaitable[O]]], JobDefinition[I, O]]: ...
 
 
 @overload
 def define_job(
-    name: str, *, input: Any = None, output: Any = None
+    name: str,
+    *,
+    input: Any = None,
+    output: Any = None,
+    schedule: Schedule | Sequence[Schedule] | None = None,
 ) -> Callable[[Callable[[Step, Any], Awaitable[Any]]], JobDefinition[Any, Any]]: ...
 
 
@@ -82,6 +97,7 @@ def define_job(
     input: type[I],
     output: type[O],
     run: Callable[[Step, I], Awaitable[O]],
+    schedule: Schedule | Sequence[Schedule] | None = None,
 ) -> JobDefinition[I, O]: ...
 
 
@@ -92,6 +108,7 @@ def define_job(
     input: Any = None,
     output: Any = None,
     run: Callable[[Step, Any], Awaitable[Any]],
+    schedule: Schedule | Sequence[Schedule] | None = None,
 ) -> JobDefinition[Any, Any]: ...
 
 
@@ -101,6 +118,7 @@ def define_job(
     input: Any = None,
     output: Any = None,
     run: Callable[[Step, Any], Awaitable[Any]] | None = None,
+    schedule: Schedule | Sequence[Schedule] | None = None,
 ) -> Any:
     """Define a job, as a decorator or with ``run=``::
 
@@ -108,11 +126,15 @@ def define_job(
     async def import_csv(step: Step, payload: ImportIn) -> ImportOut: ...
 
     import_csv = define_job(name="import-csv", input=ImportIn, output=ImportOut, run=fn)
+
+    ``schedule=Schedule("0 3 * * *", ...)`` (or a list of them) fires the job on a cron
+    calendar once it is registered on a started ``Durably`` (see ``durably.Schedule``).
     """
+    schedules = _schedules(schedule)
     if run is not None:
         if name is None:
             raise ValidationError("define_job(run=...) needs name='job-name'")
-        return JobDefinition(name=name, run=run, input=input, output=output)
+        return JobDefinition(name=name, run=run, input=input, output=output, schedules=schedules)
     if name is None:
         raise ValidationError("define_job needs a job name: @define_job('my-job', input=..., ...)")
     if callable(name) and not isinstance(name, str):
@@ -122,6 +144,14 @@ def define_job(
         )
 
     def decorate(fn: Callable[[Step, Any], Awaitable[Any]]) -> JobDefinition[Any, Any]:
-        return JobDefinition(name=name, run=fn, input=input, output=output)
+        return JobDefinition(name=name, run=fn, input=input, output=output, schedules=schedules)
 
     return decorate
+
+
+def _schedules(schedule: Schedule | Sequence[Schedule] | None) -> tuple[Schedule, ...]:
+    if schedule is None:
+        return ()
+    if isinstance(schedule, Sequence) and not isinstance(schedule, str):
+        return tuple(schedule)
+    return (schedule,)

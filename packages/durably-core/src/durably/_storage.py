@@ -14,6 +14,12 @@ conformance suite in ``durably_testing.conformance`` checks them):
 - The rules of statuses and waits are those of :mod:`durably.lifecycle`.
 - Driver errors are raised as :class:`durably.StorageError` subclasses with the
   driver's exception chained; no driver exception type escapes.
+- Schedules (``create_schedule`` … ``fire_schedule``) are written only by
+  compare-and-set on their ``revision``: every write that changes a schedule
+  increments it, and ``update_schedule`` and ``fire_schedule`` apply only at the
+  revision they were computed from. A fire writes its runs and moves the schedule
+  in one transaction, so a slot is fired at most once, by one process, however
+  many race for it.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from ._records import (
     StepRecord,
     Wait,
 )
+from ._schedule import NewSchedule, ScheduleFire, ScheduleRecord
 
 
 @runtime_checkable
@@ -243,4 +250,52 @@ class Storage(Protocol):
     async def purge_runs(self, completed_before: datetime, limit: int) -> int:
         """Delete up to ``limit`` terminal runs with ``completed_at`` before the cutoff,
         oldest first, with their steps, logs, labels and waits. Returns how many."""
+        ...
+
+    # -- schedules (compare-and-set on ``revision``; see the module docstring) --
+
+    async def create_schedule(self, schedule: NewSchedule) -> ScheduleRecord | None:
+        """Store a new schedule (``revision`` 1, ``last_fired_at`` unset, ``updated_at``
+        = ``created_at``). ``None``, writing nothing, when a schedule of that name exists."""
+        ...
+
+    async def update_schedule(
+        self, schedule: NewSchedule, revision: int, now: datetime
+    ) -> ScheduleRecord | None:
+        """Replace the fields of schedule ``schedule.name`` (all but ``name``,
+        ``created_at`` and ``last_fired_at``) with those of ``schedule``, only while its
+        revision is ``revision``; the revision becomes ``revision + 1``, ``updated_at``
+        ``now``. The updated schedule, or ``None`` (nothing written) when it does not
+        exist or is at another revision."""
+        ...
+
+    async def delete_schedule(self, name: str) -> ScheduleRecord | None:
+        """Delete a schedule (its runs stay); the deleted schedule, or ``None``."""
+        ...
+
+    async def get_schedule(self, name: str) -> ScheduleRecord | None:
+        """The schedule of that name, or ``None``."""
+        ...
+
+    async def get_schedules(self, job_names: Sequence[str] | None = None) -> list[ScheduleRecord]:
+        """The schedules (of ``job_names`` only, unless ``None``), by name."""
+        ...
+
+    async def upcoming_schedules(
+        self, job_names: Sequence[str], limit: int
+    ) -> list[ScheduleRecord]:
+        """Up to ``limit`` active schedules of ``job_names`` with a ``next_fire_at``,
+        soonest first (``next_fire_at``, then ``name``): the due ones and the next to
+        come, in one read."""
+        ...
+
+    async def fire_schedule(self, fire: ScheduleFire) -> list[EnqueueResult] | None:
+        """Atomically, only while schedule ``fire.name`` is active at revision
+        ``fire.revision``: set its ``next_fire_at`` to ``fire.next_fire_at``, its
+        ``last_fired_at`` to ``fire.last_fired_at`` when that is not ``None``, its
+        revision to ``fire.revision + 1`` and ``updated_at`` to ``fire.now``; and
+        enqueue ``fire.runs`` as ``enqueue_many`` does without coalescing (a run whose
+        job and idempotency key exist already is answered ``"idempotent"``). The
+        results in order, or ``None`` (nothing written) when the schedule is absent,
+        paused or at another revision. A fire that raises wrote nothing."""
         ...

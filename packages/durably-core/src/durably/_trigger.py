@@ -69,6 +69,10 @@ class Triggers:
             except ValidationError as exc:
                 raise ValidationError(f"{exc}; pass a pydantic model of str fields") from None
 
+    def check_labels(self, labels: Any) -> dict[str, str]:
+        """``labels`` checked as a trigger checks them (with the labels schema, if any)."""
+        return validate_labels(labels, None, self._labels_adapter)
+
     async def trigger(
         self, definition: JobDefinition[Any, Any], input: Any, **options: Any
     ) -> TriggerResult:

@@ -27,10 +27,12 @@ from typing import Any
 import pytest
 
 from durably import (
+    NewSchedule,
     Progress,
     Run,
     RunFilter,
     RunStatus,
+    ScheduleFire,
     StepStatus,
     Storage,
     StorageError,
@@ -254,6 +256,23 @@ class ErrorMappingCases(ConformanceBase):
         self, operation: str, storage: Storage, run: Run, wait_id: str
     ) -> Callable[[], Awaitable[Any]]:
         now, later = self.at(1), self.at(31)
+        schedule = NewSchedule(
+            name="s",
+            job_name="job-a",
+            cron="* * * * *",
+            timezone="UTC",
+            input_json="{}",
+            next_fire_at=later,
+            created_at=now,
+        )
+        fire = ScheduleFire(
+            token=self.new_id(),
+            name="s",
+            revision=1,
+            next_fire_at=later,
+            last_fired_at=None,
+            now=now,
+        )
         calls: dict[str, Callable[[], Awaitable[Any]]] = {
             "migrate": storage.migrate,
             "close": storage.close,
@@ -284,5 +303,12 @@ class ErrorMappingCases(ConformanceBase):
             "get_waits": lambda: storage.get_waits(run.id),
             "get_wait": lambda: storage.get_wait(run.id, "w"),
             "next_wake_at": lambda: storage.next_wake_at(now),
+            "create_schedule": lambda: storage.create_schedule(schedule),
+            "update_schedule": lambda: storage.update_schedule(schedule, 1, now),
+            "delete_schedule": lambda: storage.delete_schedule("s"),
+            "get_schedule": lambda: storage.get_schedule("s"),
+            "get_schedules": lambda: storage.get_schedules(),
+            "upcoming_schedules": lambda: storage.upcoming_schedules(["job-a"], 10),
+            "fire_schedule": lambda: storage.fire_schedule(fire),
         }
         return calls[operation]

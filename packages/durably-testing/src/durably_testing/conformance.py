@@ -73,6 +73,7 @@ from durably.plugins import BackendRegistry
 from ._conformance_base import ConformanceBase, js
 from ._conformance_concurrency import ConcurrencyCases
 from ._conformance_errors import ErrorMappingCases
+from ._conformance_schedules import ScheduleCases
 from ._conformance_waits import WaitCases
 
 __all__ = ["Reopen", "StorageConformance"]
@@ -94,11 +95,14 @@ NESTED: dict[str, Any] = {
 }
 
 
-class StorageConformance(WaitCases, ConcurrencyCases, ErrorMappingCases, ConformanceBase):
+class StorageConformance(
+    WaitCases, ScheduleCases, ConcurrencyCases, ErrorMappingCases, ConformanceBase
+):
     """Base class of the adapter conformance suite (see the module docstring).
 
     The cases of single operations are here; those of durable waits come from
-    ``WaitCases``, those of operations run at the same time (atomicity) from
+    ``WaitCases``, those of schedules (compare-and-set, fires that apply once) from
+    ``ScheduleCases``, those of operations run at the same time (atomicity) from
     ``ConcurrencyCases``, and those of errors that must be durably's own (no driver
     exception escapes) from ``ErrorMappingCases``."""
 

@@ -43,6 +43,7 @@ from durably import (
     LogRecord,
     NewLog,
     NewRun,
+    NewSchedule,
     NewSignal,
     NewStep,
     NewWait,
@@ -50,6 +51,8 @@ from durably import (
     Run,
     RunFilter,
     RunStatus,
+    ScheduleFire,
+    ScheduleRecord,
     SignalOutcome,
     StepRecord,
     Storage,
@@ -103,6 +106,13 @@ STORAGE_OPERATIONS: tuple[str, ...] = (
     "get_waits",
     "get_wait",
     "next_wake_at",
+    "create_schedule",
+    "update_schedule",
+    "delete_schedule",
+    "get_schedule",
+    "get_schedules",
+    "upcoming_schedules",
+    "fire_schedule",
 )
 """The operations of the :class:`durably.Storage` protocol, as counted in ``calls``."""
 
@@ -466,3 +476,32 @@ class FaultyStorage:
 
     async def next_wake_at(self, now: datetime) -> datetime | None:
         return await self._invoke("next_wake_at", lambda: self.inner.next_wake_at(now))
+
+    async def create_schedule(self, schedule: NewSchedule) -> ScheduleRecord | None:
+        return await self._invoke("create_schedule", lambda: self.inner.create_schedule(schedule))
+
+    async def update_schedule(
+        self, schedule: NewSchedule, revision: int, now: datetime
+    ) -> ScheduleRecord | None:
+        return await self._invoke(
+            "update_schedule", lambda: self.inner.update_schedule(schedule, revision, now)
+        )
+
+    async def delete_schedule(self, name: str) -> ScheduleRecord | None:
+        return await self._invoke("delete_schedule", lambda: self.inner.delete_schedule(name))
+
+    async def get_schedule(self, name: str) -> ScheduleRecord | None:
+        return await self._invoke("get_schedule", lambda: self.inner.get_schedule(name))
+
+    async def get_schedules(self, job_names: Sequence[str] | None = None) -> list[ScheduleRecord]:
+        return await self._invoke("get_schedules", lambda: self.inner.get_schedules(job_names))
+
+    async def upcoming_schedules(
+        self, job_names: Sequence[str], limit: int
+    ) -> list[ScheduleRecord]:
+        return await self._invoke(
+            "upcoming_schedules", lambda: self.inner.upcoming_schedules(job_names, limit)
+        )
+
+    async def fire_schedule(self, fire: ScheduleFire) -> list[EnqueueResult] | None:
+        return await self._invoke("fire_schedule", lambda: self.inner.fire_schedule(fire))

@@ -45,6 +45,8 @@ from durably import lifecycle as life
 from durably._timefmt import format_ts, parse_ts
 from durably.plugins import url_scheme
 
+from ._memory_schedules import MemorySchedules
+
 __all__ = ["MemoryStorage"]
 
 
@@ -191,7 +193,7 @@ def _matches(run: Run, query: RunFilter) -> bool:
     return query.labels is None or all(run.labels.get(k) == v for k, v in query.labels.items())
 
 
-class MemoryStorage:
+class MemoryStorage(MemorySchedules):
     """In-memory :class:`durably.Storage` for tests and the ``memory://`` URL.
 
     Each instance is its own database; nothing is shared between instances.
@@ -199,6 +201,7 @@ class MemoryStorage:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._runs: dict[str, Run] = {}
         self._steps: dict[str, list[StepRecord]] = {}
         self._logs: dict[str, list[LogRecord]] = {}
@@ -237,6 +240,9 @@ class MemoryStorage:
         return EnqueueResult(_fresh(result.run), result.disposition)
 
     async def enqueue_many(self, runs: Sequence[tuple[NewRun, bool]]) -> list[EnqueueResult]:
+        return self._enqueue_now(runs)
+
+    def _enqueue_now(self, runs: Sequence[tuple[NewRun, bool]]) -> list[EnqueueResult]:
         staged = dict(self._runs)
         results = [_enqueue_into(staged, new, coalesce) for new, coalesce in runs]
         self._runs = staged

@@ -38,6 +38,7 @@ __all__ = [
     "PY_SCHEMA_VERSION",
     "PY_VERSIONS_DDL",
     "REFERENCE_SCHEMA_VERSION",
+    "SCHEDULES",
     "SCHEMA_V1",
     "WAITS",
     "Migration",
@@ -179,7 +180,25 @@ found through an index). A Node 0.15 worker never claims a ``waiting`` run (its
 claim takes pending runs and expired leases) and names its columns when it
 inserts, so the new ones stay NULL for its runs."""
 
-PY_MIGRATIONS: tuple[Migration, ...] = (WAITS,)
+SCHEDULES = Migration(
+    2,
+    "schedules: durably_schedules",
+    (
+        "CREATE TABLE IF NOT EXISTS durably_schedules (name TEXT PRIMARY KEY, "
+        "job_name TEXT NOT NULL, cron TEXT NOT NULL, timezone TEXT NOT NULL, "
+        "input TEXT NOT NULL, labels TEXT NOT NULL DEFAULT '{}', catch_up TEXT NOT NULL, "
+        "max_catch_up INTEGER NOT NULL, slot_field TEXT, status TEXT NOT NULL, "
+        "next_fire_at TEXT, last_fired_at TEXT, fire_token TEXT, revision INTEGER NOT NULL, "
+        "created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS idx_durably_schedules_upcoming "
+        "ON durably_schedules (status, next_fire_at)",
+    ),
+)
+"""Schedules (``durably.schedules``, ``define_job(schedule=…)``): one row per schedule.
+A new table only, which a Node 0.15 worker never reads."""
+
+
+PY_MIGRATIONS: tuple[Migration, ...] = (WAITS, SCHEDULES)
 """Python-only migrations, oldest first (versions 1, 2, …)."""
 
 PY_SCHEMA_VERSION = max((m.version for m in PY_MIGRATIONS), default=0)

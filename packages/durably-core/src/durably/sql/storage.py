@@ -53,6 +53,7 @@ from ._rows import (
     to_run_status,
     to_step,
 )
+from ._schedules import ScheduleSql
 from ._waits import END_WAITS, REOPEN_WAITS, SqlWaits
 from .executor import (
     ConstraintViolation,
@@ -292,10 +293,11 @@ def _where(query: RunFilter) -> tuple[str, list[SqlValue]]:
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-class SqlStorage(SqlWaits):
+class SqlStorage(SqlWaits, ScheduleSql):
     """:class:`durably.Storage` over an :class:`~durably.sql.Executor` (SQLite dialect).
 
-    The durable-wait operations are in :mod:`durably.sql._waits`."""
+    The durable-wait operations are in :mod:`durably.sql._waits`, the schedule
+    operations in :mod:`durably.sql._schedules`."""
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor

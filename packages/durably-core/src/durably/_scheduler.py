@@ -1,0 +1,80 @@
+"""The scheduler: a task of the worker that fires the due slots of schedules.
+
+It sleeps until the next slot of its jobs' schedules (read from storage), fires
+what is due, and sleeps again; it also wakes when this process changes a schedule
+or registers a job, and at least every ``max(REFRESH, polling_interval)`` seconds
+to notice schedules changed by other processes. With no job registered it never
+reads anything. A storage failure is reported (``worker:error``, context
+``schedule``) and retried with backoff; it never stops the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+
+from ._services import Services
+from ._schedules import REFRESH, Schedules
+
+MAX_BACKOFF = 30.0
+
+
+class Scheduler:
+    def __init__(self, services: Services, schedules: Schedules) -> None:
+        self._services = services
+        self._schedules = schedules
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        self._stopping = False
+        self._task = asyncio.create_task(self._loop(), name="durably-scheduler")
+
+    def notify(self) -> None:
+        """Read the schedules again now (one was changed here, or a job registered)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        services = self._services
+        backoff = 0.0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                next_at = await self._schedules.tick()
+                backoff = 0.0
+            except Exception as exc:  # any adapter failure: report, back off, keep going
+                services.report_error(exc, "schedule")
+                backoff = min(MAX_BACKOFF, max(services.settings.polling_interval, backoff * 2))
+                await self._wait(backoff * (0.5 + random.random() / 2))
+                continue
+            if not services.jobs:
+                await self._wait(None)  # nothing of ours can be scheduled: wait for a job
+                continue
+            delay = max(REFRESH, services.settings.polling_interval)
+            if next_at is not None:
+                delay = min(delay, max(0.0, (next_at - services.now()).total_seconds()))
+            await self._wait(delay)
+
+    async def _wait(self, seconds: float | None) -> None:
+        if self._wake.is_set() or self._stopping:
+            return
+        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
+        if seconds is not None:
+            waits.add(asyncio.ensure_future(self._services.clock.sleep(seconds)))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
