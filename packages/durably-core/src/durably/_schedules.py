@@ -125,7 +125,11 @@ def schedule_input(
                 f"The input already has {field!r}, the slot_field: the scheduler sets it"
             )
         probe = {**value, field: format_ts(sample)}
-    where = f"Invalid input for the schedule of job {schedule.name or '…'!r}"
+    where = "Invalid input for " + (
+        f"schedule {schedule.name!r}"
+        if schedule.name
+        else f"the schedule of job {definition and definition.name!r}"
+    )
     if definition is not None and definition.input is not None:
         try:
             encoded = encode_validated(codec, definition.input, probe)
