@@ -64,7 +64,9 @@ class Scheduler:
                 continue
             delay = max(REFRESH, services.settings.polling_interval)
             if next_at is not None:
-                delay = min(delay, max(0.0, (next_at - services.now()).total_seconds()))
+                # from the clock's own time, not the millisecond one: wake at the slot
+                left = (next_at - services.clock.now()).total_seconds()
+                delay = min(delay, max(0.0, left))
             await self._wait(delay)
 
     async def _wait(self, seconds: float | None) -> None:
