@@ -32,7 +32,13 @@ RUN_ROUTES = [
     ("GET", "/subscribe"),
 ]
 #: Every route of the handler.
-ROUTES = [("POST", "/trigger"), ("GET", "/runs"), ("GET", "/runs/subscribe"), *RUN_ROUTES]
+ROUTES = [
+    ("POST", "/trigger"),
+    ("GET", "/runs"),
+    ("GET", "/runs/subscribe"),
+    ("GET", "/schedules"),
+    *RUN_ROUTES,
+]
 
 
 class Gates:

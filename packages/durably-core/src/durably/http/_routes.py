@@ -45,7 +45,14 @@ from ._request import (
     trigger_request,
     values,
 )
-from ._serialize import client_run, client_step, encode, event_payload, sse_frame
+from ._serialize import (
+    client_run,
+    client_schedule,
+    client_step,
+    encode,
+    event_payload,
+    sse_frame,
+)
 from ._sse import EventQueue, SSEResponse, replay, run_filter, run_frames, runs_frames
 
 logger = logging.getLogger("durably.http")
@@ -109,6 +116,7 @@ class _Handler:
             ("POST", "/retrigger"): self.retrigger,
             ("POST", "/cancel"): self.cancel,
             ("DELETE", "/run"): self.delete,
+            ("GET", "/schedules"): self.schedules,
         }
         if dashboard:
             self.routes.update(Dashboard(self, watch_interval).routes())
@@ -261,6 +269,13 @@ class _Handler:
         run = await self.run_access(request, ctx, "delete")
         await self.durably.delete_run(run.id)
         return json_response({"success": True})
+
+    async def schedules(self, request: Request, ctx: Any) -> Response:
+        """Python only: the stored schedules (``?jobName=`` narrows them), with their next
+        fire time. Guarded by ``authenticate`` alone: schedules belong to no tenant."""
+        names = values(request.query_params, "jobName")
+        records = await self.durably.schedules.list(job_name=names)
+        return json_response([client_schedule(s) for s in records])
 
     async def subscribe(self, request: Request, ctx: Any) -> Response:
         run = await self.run_access(request, ctx, "subscribe")

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pydantic
 
-from .. import Event, Progress, Run, StepRecord
+from .. import Event, Progress, Run, ScheduleRecord, StepRecord
 from .._events import EVENT_CLASSES
 from .._records import progress_data
 
@@ -77,6 +77,27 @@ def client_run(run: Run) -> dict[str, Any]:
         "createdAt": iso(run.created_at),
         "isTerminal": run.is_terminal,
         "isActive": run.is_active,
+    }
+
+
+def client_schedule(schedule: ScheduleRecord) -> dict[str, Any]:
+    """A stored schedule for ``GET /schedules`` (Python only): every field, camelCase."""
+    return {
+        "name": schedule.name,
+        "jobName": schedule.job_name,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "input": schedule.input,
+        "labels": schedule.labels,
+        "catchUp": schedule.catch_up,
+        "maxCatchUp": schedule.max_catch_up,
+        "slotField": schedule.slot_field,
+        "status": str(schedule.status),
+        "nextFireAt": iso(schedule.next_fire_at),
+        "lastFiredAt": iso(schedule.last_fired_at),
+        "revision": schedule.revision,
+        "createdAt": iso(schedule.created_at),
+        "updatedAt": iso(schedule.updated_at),
     }
 
 
