@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -199,33 +199,36 @@ def test_events__logs_the_lifecycle_in_order(start: Starter) -> None:
 # -- cron.py --
 
 
-def test_cron__two_schedulers_fire_each_slot_once(start: Starter) -> None:
-    # Both schedulers get the same start, so they compute the same two slots
-    # (one and two seconds after it) and trigger each at the same moment.
-    first_slot = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
-    args = ("--every", "* * * * * */1", "--ticks", "2", "--start", first_slot.isoformat())
-    a = start("cron.py", *args, CRON_SCHEDULER_NAME="A")
-    b = start("cron.py", *args, CRON_SCHEDULER_NAME="B")
+def test_cron__two_workers_fire_each_slot_once(start: Starter) -> None:
+    # A schedule every second, declared by both workers: they race for each slot.
+    args = ("--every", "* * * * * *", "--runs", "3")
+    a = start("cron.py", *args, CRON_WORKER_NAME="A")
+    b = start("cron.py", *args, CRON_WORKER_NAME="B")
     outputs = {}
-    for name, scheduler in (("A", a), ("B", b)):
-        code, outputs[name] = scheduler.finish()
+    for name, worker in (("A", a), ("B", b)):
+        code, outputs[name] = worker.finish()
         assert code == 0, outputs[name]
     both = "\n".join(outputs.values())
 
+    assert len(matching(r"^\[\w\] schedule '\* \* \* \* \* \*' next: ", both)) == 2, both
     fired = re.findall(r"^\[(\w)\] slot (\S+) -> run (\w+) \((\w+)\)$", both, re.M)
-    assert len(fired) == 4, both  # 2 schedulers x 2 slots
-    slots = sorted({slot for _, slot, _, _ in fired})
-    assert [datetime.fromisoformat(s) for s in slots] == [
-        first_slot + timedelta(seconds=n) for n in (1, 2)
-    ]
-    for slot in slots:
-        here = [(who, run_id, how) for who, s, run_id, how in fired if s == slot]
-        assert {who for who, _, _ in here} == {"A", "B"}
-        assert len({run_id for _, run_id, _ in here}) == 1, here  # one run per slot
-        assert sorted(how for _, _, how in here) == ["created", "idempotent"], here
-    # Each slot's job ran once, in one of the two processes; both saw it complete.
-    assert len(matching(r"report for \d\d:\d\d:\d\d sent", both)) == 2, both
-    assert len(matching(r"^\[\w\] run \w+ completed$", both)) == 4, both
+    slots = [slot for _, slot, _, _ in fired]
+    assert len(slots) >= 3, both
+    assert len(set(slots)) == len(slots), f"a slot fired twice: {both}"
+    assert {how for *_, how in fired} == {"created"}, both
+    assert all(datetime.fromisoformat(s).microsecond == 0 for s in slots)
+    # Each fired run's job ran at most once (a run fired as both stopped may not run).
+    reports = matching(r"report for \d\d:\d\d:\d\d sent", both)
+    assert 3 <= len(reports) <= len(slots), both
+    # Both saw the same three completed runs, one per slot.
+    done = {
+        name: re.findall(r"slot (\S+) run (\w+) completed$", out, re.M)
+        for name, out in outputs.items()
+    }
+    assert len(done["A"]) == len(done["B"]) == 3, both
+    assert done["A"] == done["B"] or set(done["A"]) & set(done["B"]), both
+    fired_runs = {run_id for _, _, run_id, _ in fired}
+    assert {run_id for _, run_id in done["A"]} <= fired_runs, both
 
 
 # -- cli.py --
