@@ -83,12 +83,14 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 class Worker:
-    def __init__(self, db: Path, records: Path, log: Path, *args: str) -> None:
+    def __init__(
+        self, db: Path, records: Path, log: Path, *args: str, script: Path = WORKER
+    ) -> None:
         self.log_path = log
         self._log: IO[bytes] = log.open("wb")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, str(WORKER), str(db), str(records), *args],
+                [sys.executable, str(script), str(db), str(records), *args],
                 stdin=subprocess.PIPE,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
@@ -132,14 +134,16 @@ class Worker:
 class Workers:
     """Starts workers; on exit kills and reaps whichever are still running."""
 
-    def __init__(self, db: Path, records: Path, logs: Path) -> None:
+    def __init__(self, db: Path, records: Path, logs: Path, script: Path = WORKER) -> None:
         self.db = db
         self.records = records
         self.logs = logs
+        self.script = script
         self.started: list[Worker] = []
 
     def start(self, *args: str) -> Worker:
-        worker = Worker(self.db, self.records, self.logs / f"worker-{len(self.started)}.log", *args)
+        log = self.logs / f"worker-{len(self.started)}.log"
+        worker = Worker(self.db, self.records, log, *args, script=self.script)
         self.started.append(worker)
         return worker
 
