@@ -92,7 +92,9 @@ def quick(session: nox.Session) -> None:
 @nox.session
 def crash(session: nox.Session) -> None:
     """SIGKILL crash harness (durably_testing.crash): 200 kills on a SQLite file, then
-    200 on a libSQL server (tursodb on a free loopback port) when it is installed.
+    200 on a libSQL server (tursodb on a free loopback port) when it is installed;
+    the workers also fire a schedule every second (``--schedules``), so kills land
+    around fires too.
 
     Without tursodb (scripts/setup-tursodb.sh, or $DURABLY_TURSODB) the libSQL run is
     left out with a warning; in CI (``CI`` set) that is an error. Arguments after
@@ -104,7 +106,7 @@ def crash(session: nox.Session) -> None:
 
     _sync(session)
     harness = ["uv", "run", "--frozen", "python", "-m", "durably_testing.crash"]
-    defaults = ["--kills", "200", "--seed", "1"]
+    defaults = ["--kills", "200", "--seed", "1", "--schedules"]
     if "--url" in session.posargs or any(a.startswith("--url=") for a in session.posargs):
         session.run(*harness, *defaults, *session.posargs, external=True)
         return

@@ -184,6 +184,7 @@ _CLEAR = [
     "DELETE FROM durably_run_labels",
     "DELETE FROM durably_waits",
     "DELETE FROM durably_runs",
+    "DELETE FROM durably_schedules",
 ]
 
 

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,42 @@ def test_checks__changed_checkpoint_lost_and_wrong_runs(tmp_path: Path) -> None:
     assert report.checkpoints_changed == 1
     assert _analyse_records(tmp_path, {}, runs={}).runs_lost == 1
     assert _analyse_records(tmp_path, {}, runs={"r": _Done({"total": -1})}).wrong_outputs == 1
+
+
+# -- schedules: kills around fires --
+
+
+@pytest.mark.slow  # ~30 s; nox -s crash runs 200 kills with --schedules
+def test_crash_harness__kills_around_schedule_fires_fire_each_slot_once(tmp_path: Path) -> None:
+    report = run_crash_harness(
+        f"sqlite:///{tmp_path / 'crash.db'}", kills=10, seed=3, schedules=True
+    )
+    print(report.format())
+    assert report.problems == ()
+    assert report.schedule_slots >= 2
+    assert (report.slots_fired_twice, report.slots_missed) == (0, 0)
+    assert report.ok
+
+
+def test_checks__a_slot_fired_twice_or_missed(tmp_path: Path) -> None:
+    slots = [datetime(2026, 1, 1, 0, 0, s, tzinfo=UTC) for s in (1, 2, 3)]
+    fires = [(0, slots[0], "created"), (1, slots[0], "created"), (1, slots[1], "idempotent")]
+    for process, slot, how in fires:
+        with open(tmp_path / f"p{process}.jsonl", "a") as f:
+            entry = {"e": "fire", "slot": slot.isoformat(), "run": "x", "how": how, "t": 1}
+            f.write(json.dumps(entry) + "\n")
+    config = CrashConfig("sqlite:///unused.db", seed=1, steps=1)
+    stored = {"2026-01-01T00:00:01.000Z", "2026-01-01T00:00:02.000Z"}
+    report = _analyse(
+        config,
+        tmp_path,
+        [],
+        {},
+        deaths={},
+        kills=0,
+        problems=(),
+        elapsed=0.0,
+        scheduled=(slots, stored),
+    )
+    assert (report.schedule_slots, report.slots_fired_twice, report.slots_missed) == (3, 2, 1)
+    assert not report.ok

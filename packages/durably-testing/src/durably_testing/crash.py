@@ -83,6 +83,21 @@ This bound is never earlier than the commit, so:
 
 A worker that exits by itself (not killed by the harness) is reported as a
 problem too. ``trials`` is the number of runs triggered and checked.
+
+Schedules (``--schedules``)
+---------------------------
+
+With ``schedules=True`` the workers also run a schedule every second
+(``durably-crash-harness-tick``, ``catch_up="all"``), so kills land around fires
+too. Each worker records every ``schedule:fire`` it makes (after its transaction
+committed). Checked, once the workers have caught up:
+
+``slots fired twice`` (must be 0)
+    slots with more than one ``fire`` record, or one answered by an existing run
+    (``idempotent``): two fires of one slot.
+``slots missed`` (must be 0)
+    slots from the schedule's first to its last fired slot without a run in the
+    database: a fire lost by a crash, or skipped.
 """
 
 from __future__ import annotations
@@ -104,13 +119,23 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from durably import JobDefinition, RunStatus, Step, ValidationError, create_durably, define_job
+from durably import (
+    JobDefinition,
+    RunStatus,
+    ScheduleFireEvent,
+    Step,
+    ValidationError,
+    create_durably,
+    define_job,
+)
 
 __all__ = [
     "JOB_NAME",
+    "TICK_JOB",
     "CrashConfig",
     "CrashReport",
     "crash_harness",
@@ -122,6 +147,9 @@ __all__ = [
 
 JOB_NAME = "durably-crash-harness"
 """The job the workers run."""
+
+TICK_JOB = "durably-crash-harness-tick"
+"""The job of the schedule the workers fire with ``schedules=True`` (a slot a second)."""
 
 #: Environment variable that carries backend options (JSON) to the workers, so
 #: secrets such as an auth token stay off the command line.
@@ -159,6 +187,8 @@ class CrashConfig:
     records_dir: str | None = None
     #: Options for the storage backend (``create_durably(url, **backend_options)``).
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Also fire a schedule every second from the workers, and check its slots.
+    schedules: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +208,9 @@ class CrashReport:
     elapsed: float
     problems: tuple[str, ...] = ()
     records_dir: str | None = None
+    schedule_slots: int = 0
+    slots_fired_twice: int = 0
+    slots_missed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -188,6 +221,8 @@ class CrashReport:
             or self.checkpoints_changed
             or self.runs_lost
             or self.wrong_outputs
+            or self.slots_fired_twice
+            or self.slots_missed
         )
 
     def format(self) -> str:
@@ -204,6 +239,12 @@ class CrashReport:
             f"  wrong outputs:                  {self.wrong_outputs}",
             f"  elapsed:                        {self.elapsed:.1f} s",
         ]
+        if self.schedule_slots:
+            lines[-1:-1] = [
+                f"  schedule slots:                 {self.schedule_slots}",
+                f"  slots fired twice:              {self.slots_fired_twice}",
+                f"  slots missed:                   {self.slots_missed}",
+            ]
         if self.problems:
             lines.append("  problems:")
             lines += [f"    - {p}" for p in self.problems[:50]]
@@ -251,6 +292,20 @@ class _Recorder:
     def write(self, event: str, run_id: str, index: int, token: str) -> None:
         line = json.dumps(
             {"e": event, "run": run_id, "i": index, "x": token, "t": time.monotonic_ns()},
+            separators=(",", ":"),
+        )
+        os.write(self.fd, (line + "\n").encode())
+
+    def fire(self, event: ScheduleFireEvent) -> None:
+        line = json.dumps(
+            {
+                "e": "fire",
+                "slot": event.slot.isoformat(),
+                "run": event.run_id,
+                "how": event.disposition,
+                "x": f"{self.process}",
+                "t": time.monotonic_ns(),
+            },
             separators=(",", ":"),
         )
         os.write(self.fd, (line + "\n").encode())
@@ -304,6 +359,17 @@ def _crash_job(recorder: _Recorder | None) -> JobDefinition[Any, Any]:
     return define_job(name=JOB_NAME, run=run)
 
 
+async def _tick(step: Step, payload: Any) -> Any:
+    return payload
+
+
+def _jobs(config: CrashConfig, recorder: _Recorder | None) -> dict[str, JobDefinition[Any, Any]]:
+    jobs = {"crash": _crash_job(recorder)}
+    if config.schedules:
+        jobs["tick"] = define_job(name=TICK_JOB, run=_tick)
+    return jobs
+
+
 def _durably_options(config: CrashConfig) -> dict[str, Any]:
     return {
         "polling_interval": config.polling_interval,
@@ -319,8 +385,8 @@ async def _worker_main(config: CrashConfig, index: int, records: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    job = _crash_job(recorder)
-    durably = create_durably(config.url, jobs={"crash": job}, **_durably_options(config))
+    durably = create_durably(config.url, jobs=_jobs(config, recorder), **_durably_options(config))
+    durably.on("schedule:fire", recorder.fire)
     try:
         await durably.init()
         (records / f"p{index}.ready").touch()
@@ -465,6 +531,7 @@ def _config_args(config: CrashConfig) -> list[str]:
         repr(config.lease_renew_interval),
         "--polling-interval",
         repr(config.polling_interval),
+        *(["--schedules"] if config.schedules else []),
     ]
 
 
@@ -520,11 +587,17 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
     keep = config.records_dir is not None
     records = _records_dir(config.records_dir)
     harness = _Harness(config, records, random.Random(config.seed))
-    jobs = {"crash": _crash_job(None)}  # triggered here, run only by the workers
+    jobs = _jobs(config, None)  # triggered here, run only by the workers
     durably = create_durably(config.url, jobs=jobs, **_durably_options(config))
     trials: list[_Trial] = []
     try:
         await durably.migrate()
+        first_slot = None
+        if config.schedules:
+            schedule = await durably.schedules.create(
+                SCHEDULE_NAME, TICK_JOB, cron="* * * * * *", catch_up="all", max_catch_up=1000
+            )
+            first_slot = schedule.next_fire_at
         handle = durably.jobs["crash"]
         target = 2 * config.workers * config.slots
 
@@ -550,10 +623,12 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
             harness.spawn()
         # Settle: no more kills or triggers; every run must finish.
         deadline = time.monotonic() + config.settle_timeout
+        caught_up = durably.clock.now()
         while True:
             harness.reap_exited()
             counts = await durably.count_runs(status=list(_ACTIVE), job_name=JOB_NAME)
-            if not any(counts.values()) or time.monotonic() > deadline:
+            behind = config.schedules and not await _fired_since(durably, caught_up)
+            if (not any(counts.values()) and not behind) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
         await asyncio.to_thread(harness.stop_all, 15.0)
@@ -563,6 +638,7 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
         tally = Counter(run.status for run in runs.values() if run is not None)
         if counted != dict(tally):
             harness.problems.append(f"count_runs gave {counted}, the runs are {dict(tally)}")
+        scheduled = await _scheduled(durably, first_slot) if config.schedules else None
     finally:
         harness.kill_all()
         await durably.close()
@@ -575,11 +651,35 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
         kills=harness.kills,
         problems=harness.problems,
         elapsed=time.monotonic() - started,
+        scheduled=scheduled,
     )
     if report.ok and not keep:
         shutil.rmtree(records, ignore_errors=True)
         return report
     return replace(report, records_dir=str(records))
+
+
+SCHEDULE_NAME = "crash-harness-tick"
+
+
+async def _fired_since(durably: Any, when: datetime) -> bool:
+    """Has the schedule fired a slot after ``when`` (the workers caught up)?"""
+    schedule = await durably.schedules.get(SCHEDULE_NAME)
+    return bool(schedule and schedule.last_fired_at and schedule.last_fired_at > when)
+
+
+async def _scheduled(durably: Any, first: datetime | None) -> tuple[list[datetime], set[str]]:
+    """The slots the schedule should have fired (its first to its last fired slot),
+    and the slots of its runs in the database."""
+    schedule = await durably.schedules.get(SCHEDULE_NAME)
+    expected: list[datetime] = []
+    if schedule is not None and first is not None and schedule.last_fired_at is not None:
+        slot = first
+        while slot <= schedule.last_fired_at:
+            expected.append(slot)
+            slot += timedelta(seconds=1)
+    runs = await durably.get_runs(labels={"durably.schedule": SCHEDULE_NAME})
+    return expected, {r.labels["durably.slot"] for r in runs}
 
 
 def _read_records(records: Path) -> tuple[list[dict[str, Any]], int]:
@@ -604,6 +704,7 @@ def _analyse(
     kills: int,
     problems: Sequence[str],
     elapsed: float,
+    scheduled: tuple[list[datetime], set[str]] | None = None,
 ) -> CrashReport:
     """The figures, from the records in ``records`` and the final state of the runs.
 
@@ -612,7 +713,11 @@ def _analyse(
     entries, torn = _read_records(records)
     starts: dict[tuple[str, int], list[tuple[int, str]]] = defaultdict(list)
     dones: dict[tuple[str, int], list[tuple[int, str]]] = defaultdict(list)
+    fires: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in entries:
+        if entry["e"] == "fire":
+            fires[str(entry["slot"])].append(entry)
+            continue
         key = (str(entry["run"]), int(entry["i"]))
         (starts if entry["e"] == "start" else dones)[key].append((int(entry["t"]), entry["x"]))
     reexecuted = in_flight = changed = 0
@@ -646,6 +751,19 @@ def _analyse(
         if run.output != expected_output(config.seed, trial.number, config.steps):
             wrong += 1
             problems.append(f"run {trial.run_id} (trial {trial.number}) output {run.output!r}")
+    twice = missed = 0
+    expected_slots: list[datetime] = []
+    if scheduled is not None:
+        expected_slots, stored = scheduled
+        for slot, made in sorted(fires.items()):
+            if len(made) > 1 or any(m["how"] != "created" for m in made):
+                twice += 1
+                problems.append(f"slot {slot} fired twice: {made}")
+        for expected in expected_slots:
+            stamp = expected.astimezone(UTC).isoformat(timespec="milliseconds")[:23] + "Z"
+            if stamp not in stored:
+                missed += 1
+                problems.append(f"slot {stamp} has no run")
     if torn:  # never a failure by itself: a torn line can only hide a problem
         print(f"durably crash harness: {torn} torn record line(s) skipped", file=sys.stderr)
     return CrashReport(
@@ -661,6 +779,9 @@ def _analyse(
         wrong_outputs=wrong,
         elapsed=elapsed,
         problems=tuple(problems),
+        schedule_slots=len(expected_slots),
+        slots_fired_twice=twice,
+        slots_missed=missed,
     )
 
 
@@ -701,6 +822,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help=f"backend option (repeatable); or JSON in ${OPTIONS_ENV}",
     )
+    parser.add_argument(
+        "--schedules", action="store_true", help="also fire a schedule every second"
+    )
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -730,6 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settle_timeout=args.settle_timeout,
         records_dir=args.records_dir,
         backend_options=options,
+        schedules=args.schedules,
     )
     if args.worker is not None:
         if args.records_dir is None:

@@ -13,6 +13,9 @@ After every operation it checks:
 - with ``check_model`` (the default), that result is the one predicted by
   :class:`LifecycleModel`, a model of the lifecycle written from the behaviour
   contract independently of ``durably.lifecycle`` (which the memory backend uses);
+- schedules (``_stateful_schedules``): created, changed, deleted, and fired by two
+  workers from their own, possibly stale, reads: a fire applies only at the
+  revision it was planned from, its runs join the runs above;
 - the invariants: at most one live lease per run (no generation is handed out
   twice), a lease generation never decreases, a completed step's output never
   changes, one run per idempotency key, at most one live-leased run per
@@ -78,6 +81,8 @@ from durably import (
     Wait,
     WaitKind,
 )
+
+from ._stateful_schedules import ScheduleRules
 
 __all__ = [
     "LifecycleModel",
@@ -710,7 +715,7 @@ def _has_runs(machine: StorageStateMachine) -> bool:
     return bool(machine.known)
 
 
-class StorageStateMachine(RuleBasedStateMachine):
+class StorageStateMachine(ScheduleRules, RuleBasedStateMachine):
     """Drives the storages of :meth:`open_storages` (see the module docstring)."""
 
     #: Compare every result with :class:`LifecycleModel` (else only backends with each other).
