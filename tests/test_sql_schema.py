@@ -88,6 +88,9 @@ OBJECTS_ADDED = [
     ("index", "sqlite_autoindex_durably_waits_1"),
     ("index", "idx_durably_waits_run_name"),
     ("index", "idx_durably_runs_status_wake"),
+    ("table", "durably_schedules"),
+    ("index", "sqlite_autoindex_durably_schedules_1"),
+    ("index", "idx_durably_schedules_upcoming"),
 ]
 
 

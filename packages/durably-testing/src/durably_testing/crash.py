@@ -135,7 +135,6 @@ from durably import (
 
 __all__ = [
     "JOB_NAME",
-    "TICK_JOB",
     "CrashConfig",
     "CrashReport",
     "crash_harness",
