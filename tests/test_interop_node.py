@@ -288,9 +288,9 @@ async def test_schema_created_by_node_equals_ours(tmp_path: Path) -> None:
             "WHERE name != 'durably_py_schema_versions' ORDER BY rowid",
         )
 
-    # what the Python-side migrations add: durably_waits with its indexes, and two
-    # columns (with an index) at the end of durably_runs
-    added_objects = {"durably_waits", "idx_durably_runs_status_wake"}
+    # what the Python-side migrations add: durably_waits with its indexes, two
+    # columns (with an index) at the end of durably_runs, durably_schedules
+    added_objects = {"durably_waits", "idx_durably_runs_status_wake", "durably_schedules"}
     added_columns = ", waiting_on_wait_id TEXT, wake_at TEXT)"
 
     def without_python_additions(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -626,7 +626,8 @@ async def test_retain_runs__worker_purges_old_runs_when_idle(
     assert await d.process_one()
     clock.set(clock.now() + timedelta(minutes=30))
     d.start()
-    await eventually(lambda: clock.sleepers > 0, "the worker idling")
+    # the worker's idle poll, and its scheduler's wait (it has a job)
+    await eventually(lambda: clock.sleepers >= 2, "the worker idling")
     await settle()
     assert await d.get_run(triggered.id) is not None
     clock.set(clock.now() + timedelta(hours=1))

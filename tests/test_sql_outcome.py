@@ -237,3 +237,71 @@ async def test_public_helpers__what_route_2_adapters_use() -> None:
     sent.clear()
     assert await resolve_lost_answer(write, landed) is True
     assert len(sent) == 1  # it had landed: not sent again
+
+
+# -- schedules --
+
+
+async def scheduled(s: SqlStorage) -> Any:
+    from durably import NewSchedule
+
+    record = await s.create_schedule(
+        NewSchedule(
+            name="n",
+            job_name="j",
+            cron="* * * * *",
+            timezone="UTC",
+            input_json="{}",
+            next_fire_at=T0,
+            created_at=T0,
+        )
+    )
+    assert record is not None
+    return record
+
+
+def fire_of(record: Any, token: int, *runs: NewRun) -> Any:
+    from durably import ScheduleFire
+
+    return ScheduleFire(
+        token=rid(token),
+        name=record.name,
+        revision=record.revision,
+        next_fire_at=T0 + timedelta(minutes=1),
+        last_fired_at=T0,
+        runs=runs,
+        now=T0,
+    )
+
+
+def slot_run(n: int) -> NewRun:
+    return NewRun(
+        id=rid(n), job_name="j", input_json="{}", idempotency_key="schedule:n:0", created_at=T0
+    )
+
+
+@WHEN
+async def test_fire_schedule__applied_once(storage: Any, when: str) -> None:
+    from durably import RunFilter
+
+    s, ex = storage
+    record = await scheduled(s)
+    ex.lose(when)
+    results = await s.fire_schedule(fire_of(record, 50, slot_run(1)))
+    assert ex.lost == 1
+    assert results is not None
+    assert [(r.disposition, r.run.id) for r in results] == [("created", rid(1))]
+    assert [r.id for r in await s.get_runs(RunFilter())] == [rid(1)]
+    moved = await s.get_schedule("n")
+    assert (moved.revision, moved.last_fired_at) == (2, T0)
+
+
+async def test_fire_schedule__a_lost_answer_when_another_fire_won(storage: Any) -> None:
+    from durably import RunFilter
+
+    s, ex = storage
+    record = await scheduled(s)
+    assert await s.fire_schedule(fire_of(record, 50, slot_run(1))) is not None
+    ex.lose("before")  # the stale fire's answer is lost: the token says it did not apply
+    assert await s.fire_schedule(fire_of(record, 51, slot_run(2))) is None
+    assert [r.id for r in await s.get_runs(RunFilter())] == [rid(1)]

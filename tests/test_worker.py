@@ -208,7 +208,8 @@ async def test_worker__polls_for_runs_triggered_elsewhere(
     worker = make_durably(jobs, polling_interval=2)
     other = make_durably(jobs, same_db_as=worker)
     worker.start()
-    await eventually(lambda: clock.sleepers == 1, "the worker idling")
+    # the worker's idle poll, and its scheduler's wait (it has a job)
+    await eventually(lambda: clock.sleepers == 2, "the worker idling")
     triggered = await other.jobs.d.trigger({"n": 3})
     await settle()
     assert (await other.get_run(triggered.id)).status is RunStatus.PENDING
