@@ -197,7 +197,6 @@ def test_checks__changed_checkpoint_lost_and_wrong_runs(tmp_path: Path) -> None:
 # -- schedules: kills around fires --
 
 
-@pytest.mark.slow  # ~30 s; nox -s crash runs 200 kills with --schedules
 def test_crash_harness__kills_around_schedule_fires_fire_each_slot_once(tmp_path: Path) -> None:
     report = run_crash_harness(
         f"sqlite:///{tmp_path / 'crash.db'}", kills=10, seed=3, schedules=True

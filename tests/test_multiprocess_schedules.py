@@ -27,7 +27,7 @@ from durably import create_durably
 from durably._timefmt import format_ts
 from durably_testing import ManualClock
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 WORKERS = 4
 SLOTS = 1000

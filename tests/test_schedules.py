@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -113,7 +114,7 @@ def test_declared__checked_when_the_job_is_defined() -> None:
         job(schedule=[Schedule("@daily"), Schedule("@hourly")])
     with pytest.raises(ValidationError, match="must then be"):
         job(schedule=Schedule("@daily", input=[1], slot_field="at"))
-    for bad, match in [
+    cases: list[tuple[Callable[[], object], str]] = [
         (lambda: Schedule("61 * * * *"), "Bad minute"),
         (lambda: Schedule("* * *"), "expected 5 fields"),
         (lambda: Schedule("@reboot"), "expected 5 fields"),
@@ -122,7 +123,8 @@ def test_declared__checked_when_the_job_is_defined() -> None:
         (lambda: Schedule("@daily", max_catch_up=0), "max_catch_up"),
         (lambda: Schedule("@daily", labels={"durably.slot": "x"}), "set by the scheduler"),
         (lambda: Schedule("@daily", labels={"bad key": "x"}), "Invalid label key"),
-    ]:
+    ]
+    for bad, match in cases:
         with pytest.raises(ValidationError, match=match):
             bad()
 
@@ -287,8 +289,8 @@ async def test_fire__after_three_days_down(clock: ManualClock, catch_up: str) ->
         "hourly",
         "tick",
         cron="0 * * * *",
-        catch_up=catch_up,
-        max_catch_up=24,  # type: ignore[arg-type]
+        catch_up=catch_up,  # type: ignore[arg-type]
+        max_catch_up=24,
     )
     clock.set(T0 + timedelta(days=3, minutes=30))  # 72 slots missed
     fired = await d.schedules.fire_due()

@@ -54,12 +54,12 @@ async def main(argv: list[str]) -> None:
     fd = os.open(args.records / f"{os.getpid()}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
     def record(event: Event) -> None:
+        line: dict[str, object]
         if isinstance(event, ScheduleFireEvent):
             line = {"ev": "fire", "slot": event.slot.isoformat(), "run": event.run_id}
-            line["pid"] = os.getpid()
-            line["how"] = event.disposition
+            line.update(pid=os.getpid(), how=event.disposition)
         else:
-            line = {"ev": "error", "error": getattr(event, "error", ""), "context": ""}
+            line = {"ev": "error", "error": getattr(event, "error", "")}
             line["context"] = getattr(event, "context", "")
         os.write(fd, (json.dumps(line) + "\n").encode())
 

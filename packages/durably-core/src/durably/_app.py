@@ -34,9 +34,9 @@ from ._execution import Execution
 from ._handle import JobHandle, Jobs, check_job_key
 from ._job import JobDefinition
 from ._records import LogRecord, Run, RunFilter, RunStatus, StepRecord
-from ._services import Services, Settings
 from ._scheduler import Scheduler
 from ._schedules import Schedules
+from ._services import Services, Settings
 from ._storage import Storage
 from ._trigger import Triggers
 from ._validate import (

@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import random
 
-from ._services import Services
 from ._schedules import REFRESH, Schedules
+from ._services import Services
 
 MAX_BACKOFF = 30.0
 

@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._cron import Calendar
-from ._services import Services
 from ._errors import ConflictError, NotFoundError, ValidationError
 from ._events import RunTriggerEvent, ScheduleFireEvent, ScheduleSkipEvent
 from ._job import JobDefinition
@@ -41,6 +40,7 @@ from ._schedule import (
     check_name,
     idempotency_key,
 )
+from ._services import Services
 from ._timefmt import format_ts
 from ._trigger import TriggerResult
 from ._validate import encode_validated
