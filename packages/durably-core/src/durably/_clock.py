@@ -56,3 +56,16 @@ def now_ms_reader(clock: Clock) -> Callable[[], datetime]:
     if callable(own):
         return cast("Callable[[], datetime]", own)
     return lambda: now_ms(clock)
+
+
+async def sleep_or_wake(clock: Clock, wake: asyncio.Event, seconds: float | None) -> None:
+    """Wait ``seconds`` of ``clock``'s time (``None``: no limit) or until ``wake`` is
+    set, whichever comes first (the idle waits of the worker and the scheduler)."""
+    waits: set[asyncio.Future[object]] = {asyncio.ensure_future(wake.wait())}
+    if seconds is not None:
+        waits.add(asyncio.ensure_future(clock.sleep(seconds)))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import random
 
+from ._clock import sleep_or_wake
 from ._schedules import REFRESH, Schedules
 from ._services import Services
 
@@ -72,11 +73,4 @@ class Scheduler:
     async def _wait(self, seconds: float | None) -> None:
         if self._wake.is_set() or self._stopping:
             return
-        waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
-        if seconds is not None:
-            waits.add(asyncio.ensure_future(self._services.clock.sleep(seconds)))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waits:
-                waiter.cancel()
+        await sleep_or_wake(self._services.clock, self._wake, seconds)

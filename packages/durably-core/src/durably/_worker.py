@@ -16,6 +16,7 @@ import contextlib
 import random
 from datetime import datetime
 
+from ._clock import sleep_or_wake
 from ._execution import Execution
 from ._records import Run
 from ._services import Services
@@ -131,13 +132,7 @@ class Worker:
     async def _wait(self, seconds: float) -> None:
         if self._wake.is_set() or self._stopping:
             return
-        sleeper = asyncio.ensure_future(self._services.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+        await sleep_or_wake(self._services.clock, self._wake, seconds)
 
     async def _maintain(self) -> None:
         services = self._services
