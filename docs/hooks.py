@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import griffe
-import yaml  # type: ignore[import-untyped]  # (no stubs in the dev group; one call)
+import yaml
 
 log = logging.getLogger("mkdocs.hooks.api_reference")
 
@@ -45,6 +45,7 @@ PUBLIC_MODULES = (
     "durably.lifecycle",
     "durably.plugins",
     "durably.sql",
+    "durably.sync",
     "durably_testing",
     "durably_testing.conformance",
     "durably_testing.crash",

@@ -22,6 +22,7 @@ from durably import (
 )
 
 EXPECTED_ALL = [
+    "BlockingCallError",
     "CatchUp",
     "Clock",
     "ConflictError",
@@ -121,7 +122,7 @@ def test_errors__every_public_error_is_a_durably_error() -> None:
         for name in durably.__all__
         if inspect.isclass(obj := getattr(durably, name)) and issubclass(obj, BaseException)
     ]
-    assert len(errors) == 19
+    assert len(errors) == 20
     for cls in errors:
         assert issubclass(cls, DurablyError), cls
 

@@ -8,17 +8,21 @@ bounded timeout on every process.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -47,8 +51,10 @@ class Example:
     """An example running in the background; its output is read line by line."""
 
     def __init__(self, name: str, *args: str, cwd: Path, env: dict[str, str]) -> None:
+        # "-m": a module's command line (``-m flask --app examples/flask_app.py ...``)
+        argv = ["-m", *args] if name == "-m" else [str(EXAMPLES / name), *args]
         self.proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / name), *args],
+            [sys.executable, *argv],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -370,3 +376,75 @@ def test_multi_worker__every_run_executed_exactly_once(start: Starter) -> None:
     assert "runs: 24, completed: 24, executions: 24" in output
     assert "executed twice: 0, never executed: 0" in output
     assert output.splitlines()[-1] == "check: every run executed exactly once"
+
+
+# -- django_app/, flask_app.py: a real web server, a real worker process --
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def poll(url: str, done: Any) -> Any:
+    """GET ``url`` until ``done(body)``; the body (bounded by TIMEOUT)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        _, body = http("GET", url)
+        if done(body):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.05)
+
+
+def check_recipe(web: Example, worker: Example, base: str) -> None:
+    """Trigger over HTTP; the worker process runs it; SIGTERM mid-run lets it finish."""
+    code, body = http("POST", f"{base}/reports", {"days": 2})
+    assert code == 400, body
+    assert "user" in body["error"]
+    code, body = http("POST", f"{base}/reports", {"user": "ada", "days": 12})
+    assert code == 202, body
+    run_url = f"{base}/reports/{body['id']}"
+    poll(run_url, lambda b: b["progress"] is not None)  # the worker is in the middle of it
+    worker.proc.send_signal(signal.SIGTERM)  # graceful: the run in flight may finish
+    assert worker.finish()[0] == 0, worker.output
+    assert "durably worker stopped" in worker.output
+    body = poll(run_url, lambda b: b["status"] != "leased")
+    assert body["status"] == "completed"
+    assert body["output"] == {"user": "ada", "lines": sum(3 * (d + 1) for d in range(12))}
+    assert http("GET", f"{base}/reports/nope")[0] == 404
+    web.proc.send_signal(signal.SIGINT)
+    web.finish()
+
+
+def test_django_app__runserver_triggers_and_the_command_runs_the_worker(start: Starter) -> None:
+    worker = start("django_app/manage.py", "durably_worker", REPORT_STEP_SECONDS="0.1")
+    worker.wait_for(r"^durably worker \S+: jobs \['report'\]")
+    port = free_port()
+    web = start("django_app/manage.py", "runserver", "--noreload", f"127.0.0.1:{port}")
+    web.wait_for(r"Quit the server with")
+    check_recipe(web, worker, f"http://127.0.0.1:{port}")
+
+
+def test_flask_app__flask_run_triggers_and_the_cli_command_runs_the_worker(
+    start: Starter,
+) -> None:
+    app = str(EXAMPLES / "flask_app.py")
+    worker = start("-m", "flask", "--app", app, "worker", REPORT_STEP_SECONDS="0.1")
+    worker.wait_for(r"^durably worker \S+ on sqlite:")
+    port = free_port()
+    web = start("-m", "flask", "--app", app, "run", "--port", str(port))
+    web.wait_for(r"Running on http://127\.0\.0\.1")
+    check_recipe(web, worker, f"http://127.0.0.1:{port}")

@@ -83,6 +83,7 @@ PUBLIC = {
         "create_handler",
         "scoped_key",
     ],
+    "durably.sync": ["SyncDurably", "SyncJobHandle", "SyncJobs", "create_durably"],
     "durably.plugins": [
         "BackendRegistry",
         "ENTRY_POINT_GROUP",

@@ -3,6 +3,7 @@
 from ._app import Durably, create_durably
 from ._clock import Clock, SystemClock
 from ._errors import (
+    BlockingCallError,
     ConflictError,
     DurablyError,
     LeaseLostError,
@@ -87,6 +88,7 @@ from ._trigger import TriggerResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockingCallError",
     "CatchUp",
     "Clock",
     "ConflictError",

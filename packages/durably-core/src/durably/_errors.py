@@ -16,6 +16,8 @@ mapped to :class:`StorageError` subclasses with the original chained as
     │                            or its stored result no longer fits its type
     ├── UnknownBackendError      no installed plugin handles the URL's scheme
     ├── PluginError              plugins disagree (e.g. two claim one scheme)
+    ├── BlockingCallError        durably.sync called where it must not block (inside
+    │                            a running event loop), or after close()
     └── StorageError             the database failed
         ├── StorageBusyError         locked by another writer for too long
         ├── StorageCorruptError      the file is not a database we can use
@@ -31,6 +33,13 @@ from __future__ import annotations
 
 class DurablyError(Exception):
     """Base class of every error durably raises."""
+
+
+class BlockingCallError(DurablyError, RuntimeError):
+    """A call of the blocking API (``durably.sync``) that cannot be made: from inside a
+    running event loop (async code, a Jupyter cell, a durably listener), where it would
+    block that loop — use the async API with ``await`` there — or on an instance that
+    was closed."""
 
 
 class ValidationError(DurablyError, ValueError):
