@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from ._events import (
     RunProgressEvent,
 )
 from ._job import JobDefinition
+from ._logging import LEVELS, job_logger, step_log_extra
 from ._records import LogLevel, NewLog, NewStep, Progress, Run, RunStatus, StepRecord, StepStatus
 from ._services import Services
 from ._step import Step, error_message
@@ -67,6 +69,7 @@ class Execution:
         self._pending_logs: list[NewLog] = []
         self._flush_task: asyncio.Task[bool] | None = None
         self._renewal: asyncio.Future[bool] | None = None
+        self._job_logger: logging.Logger | None = None  # on the first step.log
 
     # -- helpers used by Step --
 
@@ -138,11 +141,20 @@ class Execution:
         message = check_text("Log message", str(message))
         # encoded in the caller's thread, so that it sees a refusal
         data_json = self._log_data(data) if data else None
+        step_name = self.current_step
+        logger = self._job_logger
+        if logger is None:
+            logger = self._job_logger = job_logger(self.run.job_name)
+        # to `logging` from the caller's thread and context (a handler that adds the
+        # current trace to records sees the step's), unless the lease has expired
+        if logger.isEnabledFor(LEVELS[level]) and not self.expired():
+            run = self.run
+            extra = step_log_extra(run.id, run.job_name, step_name, self.generation, data)
+            logger.log(LEVELS[level], message, extra=extra)
         if not self._on_loop():
-            step_name = self.current_step
             self._loop.call_soon_threadsafe(self._log_on_loop, level, message, data_json, step_name)
             return
-        self._log_on_loop(level, message, data_json, self.current_step)
+        self._log_on_loop(level, message, data_json, step_name)
 
     def _log_data(self, data: dict[str, Any]) -> str:
         try:

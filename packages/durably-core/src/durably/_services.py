@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._clock import Clock, now_ms_reader
 from ._events import EventBus, WorkerErrorEvent
+from ._logging import log_worker_error
 from ._storage import Storage
 from ._ulid import UlidGenerator
 from .codec import Codec
@@ -63,16 +64,8 @@ class Services:
         return now + timedelta(seconds=self.settings.lease_duration)
 
     def report_error(self, exc: BaseException, context: str, run_id: str | None = None) -> None:
-        """A ``worker:error`` event (and a log line when nobody listens)."""
-        if not self.bus.wants("worker:error"):
-            import logging
-
-            logging.getLogger("durably").warning(
-                "durably worker error (%s%s): %s",
-                context,
-                f", run {run_id}" if run_id else "",
-                exc,
-            )
+        """A ``worker:error`` event and a warning on the ``durably.worker`` logger."""
+        log_worker_error(exc, context, run_id)
         self.bus.emit(
             WorkerErrorEvent, error=str(exc) or type(exc).__name__, context=context, run_id=run_id
         )
