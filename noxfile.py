@@ -91,36 +91,45 @@ def quick(session: nox.Session) -> None:
 
 @nox.session
 def crash(session: nox.Session) -> None:
-    """SIGKILL crash harness (durably_testing.crash): 200 kills on a SQLite file, then
-    200 on a libSQL server (tursodb on a free loopback port) when it is installed;
-    the workers also fire a schedule every second (``--schedules``), so kills land
-    around fires too.
+    """Crash harness (durably_testing.crash) in both modes — 200 SIGKILLs, then 200
+    SIGSTOP/SIGCONT stalls longer than the lease — on a SQLite file, then on a libSQL
+    server (tursodb on a free loopback port) when it is installed. The workers also
+    fire a schedule every second (``--schedules``), so kills and stalls land around
+    fires too. Each invocation uses fresh idempotency keys, so the second one on a
+    database tests it again.
 
-    Without tursodb (scripts/setup-tursodb.sh, or $DURABLY_TURSODB) the libSQL run is
+    Without tursodb (scripts/setup-tursodb.sh, or $DURABLY_TURSODB) the libSQL runs are
     left out with a warning; in CI (``CI`` set) that is an error. Arguments after
-    ``--`` go to the harness; with a ``--url`` of your own only that database is
-    tested, e.g. ``uv run nox -s crash -- --url http://127.0.0.1:8080 --kills 300``.
+    ``--`` go to every harness invocation; with ``--kills``/``--stalls`` of your own
+    one invocation per database runs instead of the two modes, and with a ``--url``
+    of your own (or $DURABLY_DATABASE_URL, for a URL with a password) only that
+    database is tested, e.g. ``uv run nox -s crash -- --url http://127.0.0.1:8080``.
     """
     import shutil
     import tempfile
 
     _sync(session)
     harness = ["uv", "run", "--frozen", "python", "-m", "durably_testing.crash"]
-    defaults = ["--kills", "200", "--seed", "1", "--schedules"]
-    if "--url" in session.posargs or any(a.startswith("--url=") for a in session.posargs):
-        session.run(*harness, *defaults, *session.posargs, external=True)
+    args = ["--seed", "1", "--schedules", *session.posargs]
+    modes = [["--kills", "200"], ["--kills", "0", "--stalls", "200"]]
+    if any(a.split("=")[0] in ("--kills", "--stalls") for a in session.posargs):
+        modes = [[]]
+    invocations = [[*harness, *mode, *args] for mode in modes]
+    if any(a.split("=")[0] == "--url" for a in session.posargs) or (
+        os.environ.get("DURABLY_DATABASE_URL") and "--url" not in args
+    ):
+        for command in invocations:
+            session.run(*command, external=True)
         return
     directory = Path(tempfile.mkdtemp(prefix="durably-crash-db-"))
     sqlite_url = f"sqlite:///{directory / 'crash.db'}"
-    options = [*defaults, *session.posargs]
-    session.run(*harness, "--url", sqlite_url, *options, external=True)
-    _crash_on_libsql(session, directory, harness, options)
+    for command in invocations:
+        session.run(*command, "--url", sqlite_url, external=True)
+    _crash_on_libsql(session, directory, invocations)
     shutil.rmtree(directory, ignore_errors=True)  # kept when a harness run fails
 
 
-def _crash_on_libsql(
-    session: nox.Session, directory: Path, harness: list[str], options: list[str]
-) -> None:
+def _crash_on_libsql(session: nox.Session, directory: Path, invocations: list[list[str]]) -> None:
     """The harness against a tursodb server started on a free port for this run."""
     sys.path.insert(0, str(ROOT / "tests"))  # the tests' own server helper and CI rule
     from ci_support import in_ci
@@ -140,7 +149,8 @@ def _crash_on_libsql(
     server = TursoServer(binary, directory / "libsql.db").start()
     session.log(f"tursodb serving {directory / 'libsql.db'} on {server.url} (log {server.log})")
     try:
-        session.run(*harness, "--url", server.url, *options, external=True)
+        for command in invocations:
+            session.run(*command, "--url", server.url, external=True)
     finally:
         server.stop()
 

@@ -6,15 +6,18 @@ condition dropped fails the suite's fencing cases."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
+from lock_support import LockHolder, Ticker
 
-from durably import Step, Storage, create_durably, define_job
+from durably import Step, Storage, StorageBusyError, create_durably, define_job
 from durably.plugins import BackendRegistry
+from durably.sql import Executor, SqlStorage
 from durably_testing.conformance import StorageConformance
 from durably_testing.fault_suite import FaultInjectionSuite, OpenStorage
 from durably_testing.stateful import StorageStateMachine
@@ -49,6 +52,50 @@ async def test_example_adapter__runs_a_job_end_to_end(tmp_path: Path) -> None:
     async with create_durably(url, jobs={"double": double}, polling_interval=0.01) as durably:
         result = await durably.jobs.double.trigger_and_wait({"n": 21}, timeout=10)
     assert result.output == 42
+
+
+def example_executor(path: Path, busy_timeout: float) -> Executor:
+    """The example's executor, opened as users open it: through its URL."""
+    storage = BackendRegistry().open(f"sqlite3sync:///{path}", busy_timeout=busy_timeout)
+    assert isinstance(storage, SqlStorage)
+    return storage.executor
+
+
+async def test_example_adapter__waits_for_a_lock_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    # What the guide teaches: a worker whose loop froze on a lock wait would stop
+    # renewing its leases; this executor waits with asyncio.sleep instead.
+    path = tmp_path / "locked.db"
+    executor = example_executor(path, busy_timeout=60)
+    await executor.execute("CREATE TABLE t (a TEXT)")
+    ticker = Ticker()
+    try:
+        with LockHolder(path) as holder:
+            assert await executor.fetch("SELECT count(*) FROM t") == [(0,)]  # WAL: reads go on
+            write = asyncio.ensure_future(executor.execute("INSERT INTO t VALUES ('x')"))
+            batch = asyncio.ensure_future(executor.batch([("INSERT INTO t VALUES ('y')", ())]))
+            await ticker.ticks_while(write, 20)
+            await ticker.ticks_while(batch, 1)
+            holder.release()
+            assert await write == 1
+            assert await batch == [[]]
+        assert await executor.fetch("SELECT a FROM t ORDER BY a") == [("x",), ("y",)]
+    finally:
+        await ticker.stop()
+        await executor.close()
+
+
+async def test_example_adapter__gives_up_after_its_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    executor = example_executor(path, busy_timeout=0.1)
+    await executor.execute("CREATE TABLE t (a TEXT)")
+    try:
+        with LockHolder(path), pytest.raises(StorageBusyError, match="stayed locked"):
+            await executor.execute("INSERT INTO t VALUES ('x')")
+        assert await executor.execute("INSERT INTO t VALUES ('x')") == 1
+    finally:
+        await executor.close()
 
 
 # A copy of the example adapter with ONE guarantee broken: every statement goes

@@ -1,10 +1,12 @@
-"""A crash harness with real processes: SIGKILL workers at random moments, check
-that no checkpointed step ever runs again and that no run is lost.
+"""A crash harness with real processes: SIGKILL workers, or SIGSTOP them for longer
+than their lease and SIGCONT them later, at random moments; check that no
+checkpointed step ever runs again and that no run is lost.
 
 Usable on any database URL a durably backend opens and several processes can
 share (a SQLite file, a libSQL server, your own adapter's)::
 
     python -m durably_testing.crash --url sqlite:////tmp/crash.db --kills 200 --seed 1
+    python -m durably_testing.crash --url sqlite:////tmp/crash.db --kills 0 --stalls 200
 
 or from Python / a test::
 
@@ -14,19 +16,40 @@ or from Python / a test::
     print(report.format())
     assert report.ok, report.problems
 
+A URL that holds a secret (a password, a token) belongs in ``DURABLY_DATABASE_URL``
+rather than on the command line (``--url`` may then be left out); the harness hands
+the URL and the backend options to its workers through their environment, never
+their command line, and prints the URL without its password or query.
+
 What it does
 ------------
 
 The harness process migrates the database and keeps a supply of runs of one job
-(``durably-crash-harness``) triggered. It starts ``workers`` worker processes
-(``python -m durably_testing.crash --worker N …``), each a ``Durably`` with
-short leases (``lease_duration`` 1 s, renewal every 0.25 s) and short polling.
-Then, ``kills`` times: it waits a random delay, SIGKILLs a random worker that is
-up, reaps it and starts a new one. The delays and choices come from a
-``random.Random(seed)``; the processes' own timing is not deterministic, so a
-seed reproduces the schedule, not the exact interleaving. After the last kill it
-stops triggering, waits until every run is finished, stops the workers (SIGTERM)
-and checks.
+(``durably-crash-harness``) triggered, with idempotency keys fresh for each
+invocation and a label naming it (``crash-invocation``), so running it again on
+the same database tests again. It starts
+``workers`` worker processes (``python -m durably_testing.crash --worker N``), each
+a ``Durably`` with short leases (``lease_duration`` 1 s, renewal every 0.25 s) and
+short polling. Then it interrupts them ``kills + stalls`` times, in an order shuffled
+by the seed, each after a random delay (``kill_interval``):
+
+- a **kill** SIGKILLs a random worker that is up, reaps it and starts a new one;
+- a **stall** SIGSTOPs a random worker that is up (while at least one other keeps
+  running) for a random time in ``stall_time`` (by default 1.5 to 3 leases), then
+  SIGCONTs it.
+
+A worker is "up" once it has started its first step (before that, interrupting
+it would test nothing: on a loaded machine a new worker can take seconds to
+start), so a slow machine or backend slows the schedule down instead of emptying
+it. Meanwhile its leases expire and the others take its runs over; when
+  it resumes, its event loop, its renewal timer and its steps go on as after any
+  stall (a GC pause, a swapped-out process, a paused VM, a blocked loop).
+
+The delays and choices come from a ``random.Random(seed)``; the processes' own
+timing is not deterministic, so a seed reproduces the schedule, not the exact
+interleaving. After the last interruption it resumes every stalled worker, stops
+triggering, waits until every run is finished, stops the workers (SIGTERM) and
+checks.
 
 Each run has ``steps`` steps; step ``i`` of trial ``k`` returns a value that is a
 fixed function of ``(seed, k, i)`` and the run's output is ``{"total": …,
@@ -39,11 +62,18 @@ The checks never trust the database under test. The job functions append records
 to per-process JSONL files outside it (opened with ``O_APPEND``; one ``write`` per
 record, which a SIGKILL does not tear; an unparsable line is skipped and can only
 hide a problem, never invent one). Times are ``time.monotonic_ns()``, which on one
-host is a single clock for all processes.
+host is a single clock for all processes. Every record names the process (``p``)
+that wrote it.
 
 - ``start``: the step function writes it first thing, with a token naming this
   execution (process and counter). The step returns ``{"value": v, "x": token}``,
-  so the checkpointed output says *which* execution was checkpointed.
+  so the checkpointed output says *which* execution was checkpointed. It also
+  carries ``d``, when the worker *decided* to call the function: the workers' clock
+  remembers its last reading in each thread, and the engine reads it to check its
+  lease right before calling a step function, in the thread the function starts in
+  (the loop's for a coroutine, the worker thread for a sync function). An engine
+  that calls a sync function without looking at the clock in its thread leaves no
+  ``d``, and the function's own start counts.
 - ``done``: the job writes it after ``await step.run(...)`` returns, with the
   token it got back. ``step.run`` returns only once the checkpoint is committed
   (or when it replays one), so a ``done`` record proves the checkpoint existed at
@@ -67,11 +97,20 @@ the checkpoint instant of a step is bounded from above by the earliest of:
 This bound is never earlier than the commit, so:
 
 ``checkpointed steps re-executed`` (must be 0)
-    ``start`` records of a step later than its checkpoint bound. Each one is a step
-    that began again although its checkpoint was already committed.
+    ``start`` records of a step decided later than its checkpoint bound. Each one
+    is a step that began again although its checkpoint was already committed —
+    e.g. a worker that resumed after a stall and called a step function another
+    worker had checkpointed meanwhile.
 ``in-flight re-executions`` (allowed, counted)
-    further ``start`` records of a step at or before its checkpoint bound: the step
-    was running when its worker was killed (or its lease was lost), so it ran again.
+    further ``start`` records of a step decided at or before its checkpoint bound:
+    the step was running when its worker was killed, stalled or lost its lease,
+    so it ran again.
+``starts delayed past the lease`` (allowed, counted; part of the above)
+    in-flight starts whose function began after the checkpoint bound although the
+    worker decided to call it before: the worker stalled in the microseconds
+    between its lease check and the function's first statement. No lease can
+    prevent that (see "What a stall means" in the semantics); it should be rare
+    (0 in hundreds of stalls; dozens mean something waits between the two).
 ``checkpoints changed`` (must be 0)
     steps whose ``done`` records carry different tokens: a completed step's output
     changed.
@@ -80,9 +119,16 @@ This bound is never earlier than the commit, so:
     cancelled, or still unfinished after ``settle_timeout``).
 ``wrong outputs`` (must be 0)
     completed runs whose output differs from the expected one.
+``coverage`` (at least ``min_coverage``)
+    the share of kills and stalls that hit a worker in the middle of a run that had
+    at least one checkpoint already, i.e. that could have exposed a re-execution.
+    A backend whose workers are interrupted before they do anything (too slow for
+    the intervals) has a low coverage and fails instead of printing OK: lengthen
+    ``kill_interval`` (``--min-gap``/``--max-gap``).
 
 A worker that exits by itself (not killed by the harness) is reported as a
-problem too. ``trials`` is the number of runs triggered and checked.
+problem too. ``trials`` is the number of runs triggered and checked; runs of other
+invocations still in the database are run by the workers but not checked.
 
 Schedules (``--schedules``)
 ---------------------------
@@ -116,18 +162,23 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from durably import (
     JobDefinition,
     RunStatus,
     ScheduleFireEvent,
     Step,
+    StorageError,
+    SystemClock,
     ValidationError,
     create_durably,
     define_job,
@@ -150,9 +201,16 @@ JOB_NAME = "durably-crash-harness"
 TICK_JOB = "durably-crash-harness-tick"
 """The job of the schedule the workers fire with ``schedules=True`` (a slot a second)."""
 
-#: Environment variable that carries backend options (JSON) to the workers, so
-#: secrets such as an auth token stay off the command line.
 OPTIONS_ENV = "DURABLY_CRASH_BACKEND_OPTIONS"
+"""Environment variable with backend options (JSON) for the harness, so that secrets
+such as an auth token stay off the command line."""
+
+URL_ENV = "DURABLY_DATABASE_URL"
+"""Where the harness reads the URL when ``--url`` is not given (a URL with a password
+stays off the command line)."""
+
+_CONFIG_ENV = "DURABLY_CRASH_CONFIG"  # the whole configuration, parent → workers
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _ACTIVE = (RunStatus.PENDING.value, RunStatus.LEASED.value)
 
@@ -164,7 +222,9 @@ class CrashConfig:
     url: str
     #: SIGKILLs to deliver.
     kills: int = 200
-    #: Seed of the kill schedule (delays, victims) and of the step values.
+    #: SIGSTOP … SIGCONT stalls to deliver (each longer than the lease by default).
+    stalls: int = 0
+    #: Seed of the schedule (order, delays, victims, stall times) and of the step values.
     seed: int = 1
     #: Worker processes alive at any moment.
     workers: int = 3
@@ -174,26 +234,40 @@ class CrashConfig:
     steps: int = 6
     #: Each step sleeps a random time up to this many seconds.
     step_time: float = 0.02
-    #: Random delay before each kill is drawn from this range (seconds).
+    #: Random delay before each kill or stall is drawn from this range (seconds).
     kill_interval: tuple[float, float] = (0.02, 0.3)
+    #: How long a stall lasts, drawn from this range (seconds); default 1.5 to 3 leases.
+    stall_time: tuple[float, float] | None = None
+    #: The least share of kills and stalls that must land in a run past its first
+    #: checkpoint (see "coverage"); below it the report fails.
+    min_coverage: float = 0.5
     lease_duration: float = 1.0
     lease_renew_interval: float = 0.25
     polling_interval: float = 0.05
-    #: After the last kill, how long to wait for every run to finish.
+    #: After the last kill or stall, how long to wait for every run to finish.
     settle_timeout: float = 60.0
     #: Keep the records here (default: a temporary directory, removed afterwards
     #: unless the checks fail).
     records_dir: str | None = None
     #: Options for the storage backend (``create_durably(url, **backend_options)``).
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Prefix of this invocation's idempotency keys (default: a fresh random one).
+    invocation: str | None = None
     #: Also fire a schedule every second from the workers, and check its slots.
     schedules: bool = False
+
+    def stall_range(self) -> tuple[float, float]:
+        """``stall_time``, or 1.5 to 3 times ``lease_duration`` when it is not set."""
+        if self.stall_time is not None:
+            return self.stall_time
+        return (1.5 * self.lease_duration, 3.0 * self.lease_duration)
 
 
 @dataclass(frozen=True)
 class CrashReport:
     """The figures of one harness run. ``ok`` when every must-be-zero figure is 0."""
 
+    #: The database URL without password or query.
     url: str
     seed: int
     trials: int
@@ -207,21 +281,51 @@ class CrashReport:
     elapsed: float
     problems: tuple[str, ...] = ()
     records_dir: str | None = None
+    stalls: int = 0
+    #: Kills and stalls that hit a worker in a run past its first checkpoint.
+    interruptions_covered: int = 0
+    #: Distinct runs so interrupted at least once.
+    trials_interrupted_after_checkpoint: int = 0
+    #: In-flight starts whose function began after the checkpoint bound (see module doc).
+    starts_delayed_past_lease: int = 0
+    min_coverage: float = 0.0
     schedule_slots: int = 0
     slots_fired_twice: int = 0
     slots_missed: int = 0
 
     @property
+    def interruptions(self) -> int:
+        """Kills plus stalls."""
+        return self.kills + self.stalls
+
+    @property
+    def coverage(self) -> float:
+        """The share of interruptions that hit a run past its first checkpoint
+        (1.0 when there were none: nothing to cover)."""
+        if not self.interruptions:
+            return 1.0
+        return self.interruptions_covered / self.interruptions
+
+    @property
+    def covered_enough(self) -> bool:
+        """Coverage at least ``min_coverage``: the interruptions could expose bugs."""
+        return self.coverage >= self.min_coverage
+
+    @property
     def ok(self) -> bool:
         """No checkpointed step ran again, none changed, no run was lost, every output
         was right, and nothing else went wrong."""
-        return not self.problems and not (
-            self.checkpointed_steps_reexecuted
-            or self.checkpoints_changed
-            or self.runs_lost
-            or self.wrong_outputs
-            or self.slots_fired_twice
-            or self.slots_missed
+        return (
+            not self.problems
+            and self.covered_enough
+            and not (
+                self.checkpointed_steps_reexecuted
+                or self.checkpoints_changed
+                or self.runs_lost
+                or self.wrong_outputs
+                or self.slots_fired_twice
+                or self.slots_missed
+            )
         )
 
     def format(self) -> str:
@@ -230,9 +334,14 @@ class CrashReport:
             f"durably crash harness: {self.url} (seed {self.seed})",
             f"  trials:                         {self.trials}",
             f"  kills:                          {self.kills}",
+            f"  stalls:                         {self.stalls}",
+            f"  coverage:                       {self.coverage:.0%} of kills and stalls "
+            f"hit a run past its first checkpoint ({self.interruptions_covered} of "
+            f"{self.interruptions}; {self.trials_interrupted_after_checkpoint} runs)",
             f"  checkpointed steps:             {self.checkpointed_steps}",
             f"  checkpointed steps re-executed: {self.checkpointed_steps_reexecuted}",
             f"  in-flight re-executions:        {self.in_flight_reexecutions}",
+            f"  starts delayed past the lease:  {self.starts_delayed_past_lease}",
             f"  checkpoints changed:            {self.checkpoints_changed}",
             f"  runs lost:                      {self.runs_lost}",
             f"  wrong outputs:                  {self.wrong_outputs}",
@@ -244,6 +353,11 @@ class CrashReport:
                 f"  slots fired twice:              {self.slots_fired_twice}",
                 f"  slots missed:                   {self.slots_missed}",
             ]
+        if not self.covered_enough:
+            lines.append(
+                f"  coverage below {self.min_coverage:.0%}: the workers were interrupted "
+                "before they did anything; lengthen the gaps (--min-gap/--max-gap)"
+            )
         if self.problems:
             lines.append("  problems:")
             lines += [f"    - {p}" for p in self.problems[:50]]
@@ -269,6 +383,35 @@ def expected_output(seed: int, trial: int, steps: int) -> dict[str, Any]:
     return {"total": sum(values), "values": values}
 
 
+class _RecordingClock(SystemClock):
+    """The real clock, remembering in each thread when it was last read.
+
+    The engine reads its clock to check the lease right before it calls a step
+    function, on the loop's thread (for a coroutine) or in the function's worker
+    thread (for a sync one), with nothing read in between: the last reading in the
+    thread a step function starts in is when the worker decided to call it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _read(self) -> int:
+        ns = time.time_ns()
+        self._local.ns = ns
+        return ns
+
+    def now(self) -> datetime:
+        return _EPOCH + timedelta(microseconds=self._read() // 1000)
+
+    def now_ms(self) -> datetime:
+        return _EPOCH + timedelta(milliseconds=self._read() // 1_000_000)
+
+    def last_read(self) -> int | None:
+        """Wall-clock ns of this thread's last reading, once (None: none since)."""
+        ns: int | None = getattr(self._local, "ns", None)
+        self._local.ns = None
+        return ns
+
+
 class _Recorder:
     """Appends JSON lines to this process's record file: one ``write`` per record."""
 
@@ -279,6 +422,7 @@ class _Recorder:
         self._rng = random.Random(seed * 7_919 + process)
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
+        self.clock = _RecordingClock()
 
     def token(self) -> str:
         with self._lock:
@@ -289,13 +433,18 @@ class _Recorder:
             return self._rng.uniform(0.0, self.step_time)
 
     def write(self, event: str, run_id: str, index: int, token: str) -> None:
-        line = json.dumps(
-            {"e": event, "run": run_id, "i": index, "x": token, "t": time.monotonic_ns()},
-            separators=(",", ":"),
-        )
+        record: dict[str, Any] = {"e": event, "run": run_id, "i": index, "x": token}
+        record["p"] = self.process
+        record["t"] = now = time.monotonic_ns()
+        if event == "start":
+            decided = self.clock.last_read()
+            if decided is not None:  # the same instant on the monotonic clock
+                record["d"] = now - (time.time_ns() - decided)
+        line = json.dumps(record, separators=(",", ":"))
         os.write(self.fd, (line + "\n").encode())
 
     def fire(self, event: ScheduleFireEvent) -> None:
+        """``schedule:fire`` listener: a slot this worker fired (committed)."""
         line = json.dumps(
             {
                 "e": "fire",
@@ -303,6 +452,7 @@ class _Recorder:
                 "run": event.run_id,
                 "how": event.disposition,
                 "x": f"{self.process}",
+                "p": self.process,
                 "t": time.monotonic_ns(),
             },
             separators=(",", ":"),
@@ -384,7 +534,9 @@ async def _worker_main(config: CrashConfig, index: int, records: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    durably = create_durably(config.url, jobs=_jobs(config, recorder), **_durably_options(config))
+    durably = create_durably(
+        config.url, jobs=_jobs(config, recorder), clock=recorder.clock, **_durably_options(config)
+    )
     durably.on("schedule:fire", recorder.fire)
     try:
         await durably.init()
@@ -398,15 +550,28 @@ async def _worker_main(config: CrashConfig, index: int, records: Path) -> None:
 
 # -- the harness --
 
+Interruption = Literal["kill", "stall"]
+
 
 @dataclass
 class _Worker:
     index: int
     process: subprocess.Popen[bytes]
     ready_file: Path
+    #: While stopped (SIGSTOP): when it resumes, on ``time.monotonic()``, and the
+    #: timer that resumes it.
+    stopped_until: float | None = None
+    resumer: threading.Timer | None = None
 
     def is_ready(self) -> bool:
         return self.ready_file.exists()
+
+    def has_worked(self, records: Path) -> bool:
+        """Has it started a step yet? (Its record file is no longer empty.)"""
+        try:
+            return (records / f"p{self.index}.jsonl").stat().st_size > 0
+        except FileNotFoundError:
+            return False
 
 
 @dataclass
@@ -422,14 +587,19 @@ class _Harness:
     rng: random.Random
     workers: dict[int, _Worker] = field(default_factory=dict)
     deaths: dict[int, int] = field(default_factory=dict)  # process index -> monotonic_ns
+    #: (process index, what, monotonic_ns) of every kill and stall
+    interruptions: list[tuple[int, Interruption, int]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: the harness's own storage errors (its triggers and queries), retried
+    storage_errors: list[str] = field(default_factory=list)
     kills: int = 0
+    stalls: int = 0
     next_index: int = 0
+    resume_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def spawn(self) -> None:
         index = self.next_index
         self.next_index += 1
-        config = self.config
         args = [
             sys.executable,
             "-m",
@@ -438,15 +608,26 @@ class _Harness:
             str(index),
             "--records-dir",
             str(self.records),
-            *_config_args(config),
         ]
+        # The configuration, URL and backend options included, goes through the
+        # environment: a command line is visible to every user of the machine.
         env = dict(os.environ)
-        env[OPTIONS_ENV] = json.dumps(dict(config.backend_options))
+        env[_CONFIG_ENV] = _config_json(self.config)
         with open(self.records / f"p{index}.stderr", "wb") as stderr:
             process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env
             )
         self.workers[index] = _Worker(index, process, self.records / f"p{index}.ready")
+
+    def candidates(self) -> list[_Worker]:
+        """Workers to interrupt: up, not stopped, and past their first step — on a slow
+        machine or backend a new worker takes a while to start working, and one
+        interrupted before then tests nothing (the schedule waits instead)."""
+        return [
+            w
+            for w in self.workers.values()
+            if w.resumer is None and w.is_ready() and w.has_worked(self.records)
+        ]
 
     def reap_exited(self) -> None:
         """Workers that exited by themselves: a problem, replaced by new ones."""
@@ -462,14 +643,54 @@ class _Harness:
             )
             self.spawn()
 
+    def note(self, worker: _Worker, what: str, at: int) -> None:
+        """Keep the schedule beside the records (``harness.jsonl``), to read afterwards."""
+        line = json.dumps({"e": what, "p": worker.index, "t": at}, separators=(",", ":"))
+        with open(self.records / "harness.jsonl", "a") as f:
+            f.write(line + "\n")
+
     def kill(self, worker: _Worker) -> None:
+        at = time.monotonic_ns()
+        self.interruptions.append((worker.index, "kill", at))
+        self.note(worker, "kill", at)
         os.kill(worker.process.pid, signal.SIGKILL)
         worker.process.wait()
         self.deaths[worker.index] = time.monotonic_ns()
         del self.workers[worker.index]
         self.kills += 1
 
+    def stall(self, worker: _Worker, seconds: float) -> None:
+        os.kill(worker.process.pid, signal.SIGSTOP)
+        at = time.monotonic_ns()
+        self.interruptions.append((worker.index, "stall", at))
+        self.note(worker, "stall", at)
+        worker.stopped_until = time.monotonic() + seconds
+        self.stalls += 1
+        # Resumed by a timer thread, not by the harness's loop: that loop may itself
+        # wait on the database, which the stopped worker may hold locked.
+        timer = threading.Timer(seconds, self.resume, (worker,))
+        timer.daemon = True
+        worker.resumer = timer
+        timer.start()
+
+    def resume(self, worker: _Worker) -> None:
+        """SIGCONT a stopped worker (from its timer, or at the end)."""
+        with self.resume_lock:  # its timer thread and the harness may both get here
+            timer, worker.resumer = worker.resumer, None
+        if timer is None:
+            return  # resumed already
+        timer.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.process.pid, signal.SIGCONT)
+        self.note(worker, "resume", time.monotonic_ns())
+        worker.stopped_until = None
+
+    def resume_all(self) -> None:
+        for worker in list(self.workers.values()):
+            self.resume(worker)
+
     def stop_all(self, timeout: float) -> None:
+        self.resume_all()  # a stopped process would not see SIGTERM
         for worker in self.workers.values():
             with contextlib.suppress(ProcessLookupError):
                 worker.process.send_signal(signal.SIGTERM)
@@ -495,8 +716,11 @@ class _Harness:
             del self.workers[worker.index]
 
     def kill_all(self) -> None:
-        """Cleanup after an error: no process outlives the harness."""
+        """Cleanup after an error: no process outlives the harness (SIGKILL ends a
+        stopped process too)."""
         for worker in list(self.workers.values()):
+            if worker.resumer is not None:
+                worker.resumer.cancel()
             with contextlib.suppress(ProcessLookupError):
                 worker.process.kill()
             worker.process.wait()
@@ -512,26 +736,31 @@ def _tail(path: Path, limit: int = 600) -> str:
     return text[-limit:] if text else "(no stderr)"
 
 
-def _config_args(config: CrashConfig) -> list[str]:
-    return [
-        "--url",
-        config.url,
-        "--seed",
-        str(config.seed),
-        "--slots",
-        str(config.slots),
-        "--steps",
-        str(config.steps),
-        "--step-time",
-        repr(config.step_time),
-        "--lease-duration",
-        repr(config.lease_duration),
-        "--lease-renew-interval",
-        repr(config.lease_renew_interval),
-        "--polling-interval",
-        repr(config.polling_interval),
-        *(["--schedules"] if config.schedules else []),
-    ]
+def _config_json(config: CrashConfig) -> str:
+    data = asdict(config)
+    data["backend_options"] = dict(config.backend_options)
+    return json.dumps(data)
+
+
+def _config_from_json(text: str) -> CrashConfig:
+    data = json.loads(text)
+    for name in ("kill_interval", "stall_time"):
+        if data.get(name) is not None:
+            data[name] = tuple(data[name])
+    return CrashConfig(**data)
+
+
+def _redact_url(url: str) -> str:
+    """``url`` as the harness prints it: without a password, and without its query
+    (where a token may be), e.g. ``postgresql://me:***@db:5432/jobs``."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return "<invalid URL>"
+    text, sep, _ = url.partition("?")
+    if password is not None:
+        text = text.replace(f":{password}@", ":***@", 1)
+    return text + ("?***" if sep else "")
 
 
 def _records_dir(path: str | None) -> Path:
@@ -550,14 +779,16 @@ def _check_url(url: str) -> None:
         or lowered in ("sqlite:", "sqlite://")
     ):
         raise ValidationError(
-            f"The crash harness needs a database that several processes share; {url!r} "
-            "lives inside one process. Use a file (sqlite:////tmp/crash.db) or a server URL."
+            f"The crash harness needs a database that several processes share; "
+            f"{_redact_url(url)!r} lives inside one process. Use a file "
+            "(sqlite:////tmp/crash.db) or a server URL."
         )
 
 
 def _check_counts(config: CrashConfig) -> None:
     counts = {
         "kills": (config.kills, 0),
+        "stalls": (config.stalls, 0),
         "workers": (config.workers, 1),
         "slots": (config.slots, 1),
         "steps": (config.steps, 1),
@@ -568,12 +799,25 @@ def _check_counts(config: CrashConfig) -> None:
                 f"The crash harness needs {name} >= {least}, got {value}; "
                 f"pass --{name} {least} or more (CrashConfig({name}=…))"
             )
-    low, high = config.kill_interval
-    if not 0 <= low <= high:
+    if config.stalls and config.workers < 2:
         raise ValidationError(
-            f"kill_interval must be (low, high) with 0 <= low <= high, got {(low, high)}; "
-            "give the shortest and the longest delay before a kill, in seconds "
-            "(--min-gap 0.02 --max-gap 0.3)"
+            f"Stalls need a second worker to take the stalled one's runs over; got "
+            f"workers={config.workers}: pass --workers 2 or more"
+        )
+    ranges = {
+        "kill_interval": (config.kill_interval, "a kill or stall", "--min-gap 0.02 --max-gap 0.3"),
+        "stall_time": (config.stall_range(), "a stall's end", "--min-stall 1.5 --max-stall 3"),
+    }
+    for name, ((low, high), what, flags) in ranges.items():
+        if not 0 <= low <= high:
+            raise ValidationError(
+                f"{name} must be (low, high) with 0 <= low <= high, got {(low, high)}; "
+                f"give the shortest and the longest delay before {what}, in seconds ({flags})"
+            )
+    if not 0 <= config.min_coverage <= 1:
+        raise ValidationError(
+            f"min_coverage is a share between 0 and 1, got {config.min_coverage}; "
+            "pass e.g. --min-coverage 0.5"
         )
 
 
@@ -582,9 +826,12 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
     _check_url(config.url)
     _check_counts(config)
     low, high = config.kill_interval
+    stall_low, stall_high = config.stall_range()
     started = time.monotonic()
     keep = config.records_dir is not None
     records = _records_dir(config.records_dir)
+    invocation = config.invocation or uuid.uuid4().hex[:12]
+    mine = {"crash-invocation": invocation}  # the label of this invocation's runs
     harness = _Harness(config, records, random.Random(config.seed))
     jobs = _jobs(config, None)  # triggered here, run only by the workers
     durably = create_durably(config.url, jobs=jobs, **_durably_options(config))
@@ -601,31 +848,62 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
         target = 2 * config.workers * config.slots
 
         async def feed() -> None:
-            counts = await durably.count_runs(status=list(_ACTIVE), job_name=JOB_NAME)
-            for _ in range(max(target - sum(counts.values()), 0)):
-                number = len(trials)
-                payload = {"seed": config.seed, "trial": number, "steps": config.steps}
-                triggered = await handle.trigger(payload, idempotency_key=f"trial-{number}")
-                trials.append(_Trial(number, triggered.id))
+            try:
+                counts = await durably.count_runs(status=list(_ACTIVE), job_name=JOB_NAME)
+                for _ in range(max(target - sum(counts.values()), 0)):
+                    number = len(trials)
+                    payload = {"seed": config.seed, "trial": number, "steps": config.steps}
+                    key = f"crash-{invocation}-{number}"  # fresh for every invocation
+                    triggered = await handle.trigger(payload, idempotency_key=key, labels=mine)
+                    trials.append(_Trial(number, triggered.id))
+            except StorageError as exc:
+                # e.g. a worker stopped inside a SQLite write transaction holds the lock
+                # past the busy timeout: trigger again next round (the same key, so a
+                # trigger that landed after all is found, not doubled)
+                harness.storage_errors.append(str(exc))
 
         await feed()
         for _ in range(config.workers):
             harness.spawn()
-        while harness.kills < config.kills:
-            await asyncio.sleep(harness.rng.uniform(low, high))
-            harness.reap_exited()
-            await feed()
-            ready = [w for w in harness.workers.values() if w.is_ready()]
-            if not ready:
-                continue
-            harness.kill(harness.rng.choice(ready))
-            harness.spawn()
-        # Settle: no more kills or triggers; every run must finish.
+        kill: Interruption = "kill"
+        stall: Interruption = "stall"
+        interruptions = [kill] * config.kills + [stall] * config.stalls
+        harness.rng.shuffle(interruptions)
+        for action in interruptions:
+            while True:
+                await asyncio.sleep(harness.rng.uniform(low, high))
+                harness.reap_exited()
+                await feed()
+                candidates = harness.candidates()
+                # a stall leaves at least one worker running, to take the runs over
+                if len(candidates) < (2 if action == "stall" else 1):
+                    continue
+                victim = harness.rng.choice(candidates)
+                if action == "kill":
+                    harness.kill(victim)
+                    harness.spawn()
+                else:
+                    harness.stall(victim, harness.rng.uniform(stall_low, stall_high))
+                break
+        # every stall lasts as long as it was drawn
+        ends = [w.stopped_until for w in harness.workers.values() if w.stopped_until]
+        await asyncio.sleep(max([*ends, time.monotonic()]) - time.monotonic())
+        harness.resume_all()
+        # Settle: no more interruptions or triggers; every run must finish.
         deadline = time.monotonic() + config.settle_timeout
         caught_up = durably.clock.now()
         while True:
             harness.reap_exited()
-            counts = await durably.count_runs(status=list(_ACTIVE), job_name=JOB_NAME)
+            try:
+                counts = await durably.count_runs(
+                    status=list(_ACTIVE), job_name=JOB_NAME, labels=mine
+                )
+            except StorageError as exc:
+                harness.storage_errors.append(str(exc))
+                if time.monotonic() <= deadline:
+                    await asyncio.sleep(0.1)
+                    continue
+                counts = {}
             behind = config.schedules and not await _fired_since(durably, caught_up)
             if (not any(counts.values()) and not behind) or time.monotonic() > deadline:
                 break
@@ -633,7 +911,8 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
         await asyncio.to_thread(harness.stop_all, 15.0)
         runs = {t.run_id: await durably.get_run(t.run_id) for t in trials}
         # the counts by status must agree with the runs themselves
-        counted = {s: n for s, n in (await durably.count_runs(job_name=JOB_NAME)).items() if n}
+        counts = await durably.count_runs(job_name=JOB_NAME, labels=mine)
+        counted = {s: n for s, n in counts.items() if n}
         tally = Counter(run.status for run in runs.values() if run is not None)
         if counted != dict(tally):
             harness.problems.append(f"count_runs gave {counted}, the runs are {dict(tally)}")
@@ -641,6 +920,12 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
     finally:
         harness.kill_all()
         await durably.close()
+    if harness.storage_errors:  # not a finding: the workers' storage is what is tested
+        print(
+            f"durably crash harness: {len(harness.storage_errors)} of its own storage "
+            f"calls failed and were retried; the last: {harness.storage_errors[-1]}",
+            file=sys.stderr,
+        )
     report = _analyse(
         config,
         records,
@@ -650,6 +935,8 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
         kills=harness.kills,
         problems=harness.problems,
         elapsed=time.monotonic() - started,
+        stalls=harness.stalls,
+        interruptions=harness.interruptions,
         scheduled=scheduled,
     )
     if report.ok and not keep:
@@ -703,23 +990,33 @@ def _analyse(
     kills: int,
     problems: Sequence[str],
     elapsed: float,
+    stalls: int = 0,
+    interruptions: Sequence[tuple[int, Interruption, int]] = (),
     scheduled: tuple[list[datetime], set[str]] | None = None,
 ) -> CrashReport:
     """The figures, from the records in ``records`` and the final state of the runs.
 
-    ``deaths``: process index → ``monotonic_ns`` after it was reaped."""
+    ``deaths``: process index → ``monotonic_ns`` after it was reaped;
+    ``interruptions``: (process index, kill or stall, ``monotonic_ns``) of each."""
     problems = list(problems)
+    mine = {t.run_id for t in trials}
     entries, torn = _read_records(records)
-    starts: dict[tuple[str, int], list[tuple[int, str]]] = defaultdict(list)
-    dones: dict[tuple[str, int], list[tuple[int, str]]] = defaultdict(list)
     fires: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in entries:
         if entry["e"] == "fire":
             fires[str(entry["slot"])].append(entry)
-            continue
+    entries = [e for e in entries if e["run"] in mine]  # other invocations' runs: not ours
+    # (decided, began, token) of each start; (time, token) of each done
+    starts: dict[tuple[str, int], list[tuple[int, int, str]]] = defaultdict(list)
+    dones: dict[tuple[str, int], list[tuple[int, str]]] = defaultdict(list)
+    for entry in entries:
         key = (str(entry["run"]), int(entry["i"]))
-        (starts if entry["e"] == "start" else dones)[key].append((int(entry["t"]), entry["x"]))
-    reexecuted = in_flight = changed = 0
+        t = int(entry["t"])
+        if entry["e"] == "start":
+            starts[key].append((int(entry.get("d", t)), t, entry["x"]))
+        else:
+            dones[key].append((t, entry["x"]))
+    reexecuted = in_flight = delayed = changed = 0
     for key in sorted(set(starts) | set(dones)):
         done = dones.get(key, [])
         tokens = {token for _, token in done}
@@ -730,15 +1027,18 @@ def _analyse(
         for token in tokens:
             process = int(token.split(":", 1)[0])
             bound = min(bound, deaths.get(process, float("inf")))
+        # judged by when the worker decided to call the function (its lease check)
         before = [s for s in starts.get(key, []) if s[0] <= bound]
         after = [s for s in starts.get(key, []) if s[0] > bound]
         in_flight += max(len(before) - 1, 0)
+        delayed += sum(1 for s in before if s[1] > bound)
         if after:
             reexecuted += len(after)
             problems.append(
                 f"run {key[0]} step-{key[1]}: checkpointed (execution {sorted(tokens)}) and "
-                f"started again by {[token for _, token in after]}"
+                f"started again by {[token for _, _, token in after]}"
             )
+    covered, interrupted_runs = _coverage(entries, interruptions, config.steps)
     lost = wrong = 0
     for trial in trials:
         run = runs.get(trial.run_id)
@@ -766,7 +1066,7 @@ def _analyse(
     if torn:  # never a failure by itself: a torn line can only hide a problem
         print(f"durably crash harness: {torn} torn record line(s) skipped", file=sys.stderr)
     return CrashReport(
-        url=config.url,
+        url=_redact_url(config.url),
         seed=config.seed,
         trials=len(trials),
         kills=kills,
@@ -778,10 +1078,56 @@ def _analyse(
         wrong_outputs=wrong,
         elapsed=elapsed,
         problems=tuple(problems),
+        stalls=stalls,
+        interruptions_covered=covered,
+        trials_interrupted_after_checkpoint=interrupted_runs,
+        starts_delayed_past_lease=delayed,
+        min_coverage=config.min_coverage,
         schedule_slots=len(expected_slots),
         slots_fired_twice=twice,
         slots_missed=missed,
     )
+
+
+def _coverage(
+    entries: Sequence[Mapping[str, Any]],
+    interruptions: Sequence[tuple[int, Interruption, int]],
+    steps: int,
+) -> tuple[int, int]:
+    """How many interruptions hit their process in the middle of a run that had a
+    checkpoint already, and how many distinct runs were so hit.
+
+    A process is in the middle of run R at instant t when the latest record of R
+    before t is its own and is not the last step's ``done``; R had a checkpoint
+    when some ``done`` record of it comes before t."""
+    history: dict[str, list[tuple[int, int | None, bool]]] = defaultdict(list)
+    first_done: dict[str, int] = {}
+    for e in entries:
+        t = int(e["t"])
+        writer = e.get("p")
+        if writer is None and e["e"] == "start":  # a start's token names its writer
+            writer = int(str(e["x"]).split(":", 1)[0])
+        finished = e["e"] == "done" and int(e["i"]) == steps - 1
+        history[str(e["run"])].append((t, writer, finished))
+        if e["e"] == "done":
+            first_done[str(e["run"])] = min(t, first_done.get(str(e["run"]), t))
+    for h in history.values():
+        h.sort(key=lambda r: r[0])
+    times = {run: [r[0] for r in h] for run, h in history.items()}
+    covered = 0
+    hit: set[str] = set()
+    for process, _, at in interruptions:
+        found = False
+        for run, checkpointed in first_done.items():
+            if checkpointed >= at:
+                continue
+            i = bisect_left(times[run], at) - 1
+            _, writer, finished = history[run][i]
+            if writer == process and not finished:
+                found = True
+                hit.add(run)
+        covered += found
+    return covered, len(hit)
 
 
 def run_crash_harness(url: str, **options: Any) -> CrashReport:
@@ -796,12 +1142,19 @@ def run_crash_harness(url: str, **options: Any) -> CrashReport:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m durably_testing.crash",
-        description="SIGKILL durably worker processes at random moments and check that no "
-        "checkpointed step runs again, no run is lost and every output is right.",
+        description="SIGKILL durably worker processes, or SIGSTOP them past their lease and "
+        "SIGCONT them later, at random moments; check that no checkpointed step runs again, "
+        "no run is lost and every output is right.",
     )
     d = CrashConfig(url="")
-    parser.add_argument("--url", required=True, help="database URL shared by the processes")
-    parser.add_argument("--kills", type=int, default=d.kills)
+    parser.add_argument(
+        "--url",
+        default=None,
+        help=f"database URL shared by the processes (default: ${URL_ENV}, the place "
+        "for a URL with a password)",
+    )
+    parser.add_argument("--kills", type=int, default=d.kills, help="SIGKILLs to deliver")
+    parser.add_argument("--stalls", type=int, default=d.stalls, help="SIGSTOP/SIGCONT stalls")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--workers", type=int, default=d.workers)
     parser.add_argument("--slots", type=int, default=d.slots, help="max_concurrent_runs")
@@ -809,6 +1162,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--step-time", type=float, default=d.step_time)
     parser.add_argument("--min-gap", type=float, default=d.kill_interval[0])
     parser.add_argument("--max-gap", type=float, default=d.kill_interval[1])
+    parser.add_argument(
+        "--min-stall", type=float, default=None, help="seconds (default: 1.5 leases)"
+    )
+    parser.add_argument("--max-stall", type=float, default=None, help="seconds (default: 3 leases)")
+    parser.add_argument("--min-coverage", type=float, default=d.min_coverage)
     parser.add_argument("--lease-duration", type=float, default=d.lease_duration)
     parser.add_argument("--lease-renew-interval", type=float, default=d.lease_renew_interval)
     parser.add_argument("--polling-interval", type=float, default=d.polling_interval)
@@ -832,21 +1190,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m durably_testing.crash``: run the harness (or, with ``--worker``, one
     of its worker processes); the exit status is 0 when the report is ok."""
     args = _parser().parse_args(argv)
+    if args.worker is not None:  # the harness passes everything in the environment
+        if args.records_dir is None or _CONFIG_ENV not in os.environ:
+            raise SystemExit(
+                "--worker is how the harness starts its workers, with --records-dir and "
+                f"${_CONFIG_ENV}; run python -m durably_testing.crash --url … instead"
+            )
+        config = _config_from_json(os.environ[_CONFIG_ENV])
+        asyncio.run(_worker_main(config, args.worker, Path(args.records_dir)))
+        return 0
+    url = args.url or os.environ.get(URL_ENV)
+    if not url:
+        raise SystemExit(f"python -m durably_testing.crash: pass --url, or set ${URL_ENV}")
     options: dict[str, Any] = json.loads(os.environ.get(OPTIONS_ENV) or "{}")
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--option takes KEY=VALUE, got {item!r}")
         options[key] = value
+    stall_time = None
+    if args.min_stall is not None or args.max_stall is not None:
+        default_low, default_high = CrashConfig(
+            url, lease_duration=args.lease_duration
+        ).stall_range()
+        stall_time = (
+            default_low if args.min_stall is None else args.min_stall,
+            default_high if args.max_stall is None else args.max_stall,
+        )
     config = CrashConfig(
-        url=args.url,
+        url=url,
         kills=args.kills,
+        stalls=args.stalls,
         seed=args.seed,
         workers=args.workers,
         slots=args.slots,
         steps=args.steps,
         step_time=args.step_time,
         kill_interval=(args.min_gap, args.max_gap),
+        stall_time=stall_time,
+        min_coverage=args.min_coverage,
         lease_duration=args.lease_duration,
         lease_renew_interval=args.lease_renew_interval,
         polling_interval=args.polling_interval,
@@ -855,11 +1237,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend_options=options,
         schedules=args.schedules,
     )
-    if args.worker is not None:
-        if args.records_dir is None:
-            raise SystemExit("--worker needs --records-dir")
-        asyncio.run(_worker_main(config, args.worker, Path(args.records_dir)))
-        return 0
     try:
         report = asyncio.run(crash_harness(config))
     except ValidationError as exc:  # a bad URL or figure: the message says what to pass
