@@ -676,7 +676,7 @@ async def test_step_run__steps_that_never_suspend_still_let_the_loop_run(
     # a trivial coroutine step (and the SQLite fast path) completes without giving the
     # event loop a turn: the runtime must yield now and then, or a long loop of such
     # steps would starve lease renewal, in-process cancel and other slots
-    from durably._step import YIELD_EVERY
+    from durably._execution import YIELD_EVERY
 
     ticks = 0
     stop = asyncio.Event()

@@ -1,19 +1,22 @@
-"""Executing one claimed run: replay, lease renewal, progress/log writes, completion."""
+"""Executing one claimed run: its checkpoints (``step.run``), lease renewal, progress
+and log writes, completion."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import pydantic
 from pydantic_core import PydanticSerializationError
 
-from ._errors import LeaseLostError, StorageError, ValidationError
+from ._errors import LeaseLostError, StepOutputError, StorageError, ValidationError
 from ._events import (
     LogWriteEvent,
     RunCompleteEvent,
@@ -21,16 +24,26 @@ from ._events import (
     RunLeasedEvent,
     RunLeaseRenewedEvent,
     RunProgressEvent,
+    StepCancelEvent,
+    StepCompleteEvent,
+    StepFailEvent,
+    StepStartEvent,
 )
 from ._job import JobDefinition
 from ._logging import LEVELS, job_logger, step_log_extra
 from ._records import LogLevel, NewLog, NewStep, Progress, Run, RunStatus, StepRecord, StepStatus
 from ._services import Services
-from ._step import Step, error_message
+from ._step import UNSET, Step
 from ._validate import check_progress, check_text, describe_pydantic_error
 from .codec import NonFiniteNumberError
 
 StopReason = Literal["cancelled", "lease-lost", "shutdown"]
+
+#: Steps between two forced yields to the event loop. A step whose function never
+#: suspends (a trivial coroutine, a replay) completes without giving the loop a turn
+#: (the SQLite fast path does not suspend either), so a long loop of them would
+#: starve lease renewal, in-process cancel and other slots. A yield costs ~4 µs.
+YIELD_EVERY = 16
 
 #: A step function is called only while at least this fraction of ``lease_duration``
 #: is left on the lease (by durably's clock); closer to the deadline the lease is
@@ -45,6 +58,9 @@ class Execution:
 
     def __init__(self, services: Services, run: Run) -> None:
         self.services = services
+        # bound once, not wrapped: a step reads the clock twice and makes an id
+        self.now = services.now
+        self.new_id = services.new_id
         self.storage = services.storage
         self.codec = services.codec
         self.bus = services.bus
@@ -55,7 +71,9 @@ class Execution:
         #: A step may start without renewing before this instant (the deadline less
         #: the margin); kept beside ``lease_expires_at`` so the check is one comparison.
         self.fresh_until: datetime = self.lease_expires_at - self._margin
+        #: Checkpoints by step name: loaded at the start, added to as steps complete.
         self.completed: dict[str, StepRecord] = {}
+        self._next_index = 0
         self.cancel_flag = threading.Event()
         self.current_step: str | None = None
         self.failed_step_name: str | None = None
@@ -71,31 +89,10 @@ class Execution:
         self._renewal: asyncio.Future[bool] | None = None
         self._job_logger: logging.Logger | None = None  # on the first step.log
 
-    # -- helpers used by Step --
-
-    def now(self) -> datetime:
-        return self.services.now()
-
-    def new_id(self, at: datetime | None = None) -> str:
-        return self.services.new_id(at)
+    # -- shared by the parts below --
 
     def report_error(self, exc: BaseException, context: str) -> None:
         self.services.report_error(exc, context, self.run.id)
-
-    def remember(self, name: str, index: int, output: Any, record: NewStep) -> None:
-        self.completed.setdefault(
-            name,
-            StepRecord(
-                id=record.id,
-                run_id=self.run.id,
-                name=name,
-                index=index,
-                status=StepStatus.COMPLETED,
-                output=output,
-                started_at=record.started_at,
-                completed_at=record.completed_at,
-            ),
-        )
 
     def lease_lost(self, detail: str) -> LeaseLostError:
         self.request_stop("lease-lost", cancel_task=False)
@@ -113,6 +110,197 @@ class Execution:
         if cancel_task and self._task is not None and not self._task.done():
             self._task.cancel()
 
+    # -- steps --
+
+    async def checkpoint(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        returns: Any = UNSET,
+    ) -> Any:
+        """``step.run``: ``name``'s stored result when the run has one (a replay: ``fn``
+        is not called); else ``fn(*args, **kwargs)``, its result persisted under
+        ``name`` before it is returned. The value returned is always the stored one,
+        decoded: restored to ``returns`` (or ``fn``'s return annotation) when given."""
+        index = self.open_step(name)
+        if index % YIELD_EVERY == YIELD_EVERY - 1:
+            await asyncio.sleep(0)
+        codec = self.codec
+        tp, is_coroutine = codec.step_function(fn)
+        if returns is not UNSET:
+            tp = returns
+        done = self.completed.get(name)
+        if done is not None:
+            if tp is None:
+                return done.output
+            try:
+                return codec.to_typed(tp, done.output)
+            except pydantic.ValidationError as exc:
+                raise _unreadable(name, tp, done.output, exc) from None
+        started = self.now()
+        if started >= self.fresh_until or self.cancel_flag.is_set() or self.flush_needed():
+            started = await self._ready_to_start(name, index)
+        # From here to fn's call nothing awaits: a stall in between is what the lease
+        # margin covers (a sync fn is checked once more in its thread).
+        t0 = time.perf_counter()
+        self.current_step = name
+        bus = self.bus
+        if bus.wants("step:start"):
+            # stamped with the clock reading the lease was checked with
+            bus.emit_run(StepStartEvent, self.run, at=started, step_name=name, step_index=index)
+        try:
+            if is_coroutine:
+                result = await fn(*args, **kwargs)
+            else:
+                result = await asyncio.to_thread(self._call_while_leased, fn, args, kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+        except (asyncio.CancelledError, _NotStarted) as exc:
+            self.current_step = None
+            bus.emit_run(StepCancelEvent, self.run, step_name=name, step_index=index)
+            if isinstance(exc, _NotStarted):
+                self.lost_context = "lease-renewal"
+                raise self.lease_lost(f"step {name!r} was not started") from None
+            raise
+        except Exception as exc:
+            self.current_step = None
+            await self._step_failed(name, index, started, exc)
+            raise
+        self.current_step = None
+        try:
+            # read back before it is written: a value that does not (a serializer that does
+            # not round-trip) would fail every replay of the checkpoint
+            text, native, typed = codec.step_result(tp, result)
+        except (TypeError, pydantic.ValidationError) as exc:
+            raise self._unstorable(name, index, tp, result, exc) from None
+        completed = self.now()
+        record = NewStep(
+            id=self.new_id(completed),
+            name=name,
+            index=index,
+            status=StepStatus.COMPLETED,
+            output_json=text,
+            started_at=started,
+            completed_at=completed,
+        )
+        if not await self.storage.persist_step(self.run.id, self.generation, record, completed):
+            raise self.lease_lost(f"step {name!r} was not saved")
+        self._saved(record, native, t0)
+        return native if tp is None else typed
+
+    def open_step(self, name: str) -> int:
+        """Check a step's name and give the step the run's next index (a replayed
+        step takes one too: indexes follow the job's code, not what is stored)."""
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"Step name must be a non-empty string, got {name!r}")
+        check_text("Step name", name)
+        index = self._next_index
+        self._next_index = index + 1
+        return index
+
+    async def _ready_to_start(self, name: str, index: int) -> datetime:
+        """Before a step's function is called, when it cannot start at once: the run
+        is stopping, buffered progress and logs go first, or the lease is short (the
+        loop was stalled, or renewals are slow: another worker may own the run
+        already, so renew first, or never call the function). The start time."""
+        if self.cancel_flag.is_set():
+            raise asyncio.CancelledError
+        if self.flush_needed():
+            await self.flush()
+        started = self.now()
+        if started >= self.fresh_until:
+            started = await self.secure_lease(name)
+        return started
+
+    def _call_while_leased(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A sync step function, called in its worker thread unless the lease expired
+        while the call waited for the thread (a loaded machine, a stalled process)."""
+        if self.expired():
+            raise _NotStarted
+        return fn(*args, **kwargs)
+
+    def _unstorable(
+        self, name: str, index: int, tp: Any, result: Any, exc: Exception
+    ) -> StepOutputError:
+        """A step returned what cannot be stored, or what does not read back as its type
+        once stored: the step fails with this error."""
+        self.failed_step_name = name
+        if isinstance(exc, pydantic.ValidationError):
+            problem = (
+                f"does not read back as {_type_name(tp)} once stored as JSON "
+                f"({describe_pydantic_error(exc)}); check the type's serializers"
+            )
+        else:
+            problem = (
+                f"cannot be stored as JSON ({exc}). Return JSON-compatible data (dict, list, "
+                "str, finite number, bool, None), a pydantic model or a dataclass, or pass "
+                "returns=<type>"
+            )
+        err = StepOutputError(
+            name, f"Step {name!r} returned a value of type {type(result).__name__} that {problem}."
+        )
+        self.bus.emit_run(StepFailEvent, self.run, step_name=name, step_index=index, error=str(err))
+        return err
+
+    def _saved(self, record: NewStep, native: Any, t0: float) -> None:
+        """A completed step (``native``: its output, decoded) was persisted: remember it
+        (a later step of the same name replays it) and announce it."""
+        run = self.run
+        self.completed.setdefault(
+            record.name,
+            StepRecord(
+                id=record.id,
+                run_id=run.id,
+                name=record.name,
+                index=record.index,
+                status=StepStatus.COMPLETED,
+                output=native,
+                started_at=record.started_at,
+                completed_at=record.completed_at,
+            ),
+        )
+        self.failed_step_name = None
+        if self.bus.wants("step:complete"):
+            self.bus.emit_run(
+                StepCompleteEvent,
+                run,
+                step_name=record.name,
+                step_index=record.index,
+                output=native,
+                duration=(time.perf_counter() - t0) * 1000.0,
+            )
+
+    async def _step_failed(self, name: str, index: int, started: datetime, exc: Exception) -> None:
+        """A step's function raised: the failure is stored (unless the lease or the
+        database is what failed) and announced; the run fails with it."""
+        self.failed_step_name = name
+        message = error_message(exc)
+        if not isinstance(exc, LeaseLostError | StorageError):
+            completed = self.now()
+            record = NewStep(
+                id=self.new_id(),
+                name=name,
+                index=index,
+                status=StepStatus.FAILED,
+                error=message,
+                started_at=started,
+                completed_at=completed,
+            )
+            try:
+                saved = await self.storage.persist_step(
+                    self.run.id, self.generation, record, completed
+                )
+            except StorageError as store_exc:
+                self.report_error(store_exc, "step-failure")
+            else:
+                if not saved:  # fenced out: another worker owns the run; say nothing more
+                    raise self.lease_lost(f"the failure of step {name!r} was not saved")
+        self.bus.emit_run(StepFailEvent, self.run, step_name=name, step_index=index, error=message)
+
     # -- progress and logs: recorded at once, written in the background --
 
     def _on_loop(self) -> bool:
@@ -127,14 +315,7 @@ class Execution:
             return
         progress = Progress(current=current, total=total, message=message)
         self._pending_progress = progress
-        run = self.run
-        self.bus.emit(
-            RunProgressEvent,
-            run_id=run.id,
-            job_name=run.job_name,
-            labels=run.labels,
-            progress=progress,
-        )
+        self.bus.emit_run(RunProgressEvent, self.run, progress=progress)
         self._schedule_flush()
 
     def log(self, level: LogLevel, message: str, data: dict[str, Any]) -> None:
@@ -181,12 +362,9 @@ class Execution:
                     created_at=self.now(),
                 )
             )
-        run = self.run
-        self.bus.emit(
+        self.bus.emit_run(
             LogWriteEvent,
-            run_id=run.id,
-            job_name=run.job_name,
-            labels=run.labels,
+            self.run,
             step_name=step_name,
             level=level,
             message=message,
@@ -263,11 +441,9 @@ class Execution:
             for record in await self.storage.get_completed_steps(self.run.id):
                 self.completed.setdefault(record.name, record)
             run = self.run
-            self.bus.emit(
+            self.bus.emit_run(
                 RunLeasedEvent,
-                run_id=run.id,
-                job_name=run.job_name,
-                labels=run.labels,
+                run,
                 input=run.input,
                 lease_owner=run.lease_owner or services.owner,
                 lease_expires_at=self.lease_expires_at,
@@ -359,13 +535,10 @@ class Execution:
             self.stop_reason = "lease-lost"
             await self._after_stop()
             return
-        run = self.run
         if self.bus.wants("run:complete"):
-            self.bus.emit(
+            self.bus.emit_run(
                 RunCompleteEvent,
-                run_id=run.id,
-                job_name=run.job_name,
-                labels=run.labels,
+                self.run,
                 output=self.codec.decode(text),
                 duration=(time.perf_counter() - t0) * 1000.0,
             )
@@ -383,15 +556,7 @@ class Execution:
             self.stop_reason = "lease-lost"
             await self._after_stop()
             return
-        run = self.run
-        self.bus.emit(
-            RunFailEvent,
-            run_id=run.id,
-            job_name=run.job_name,
-            labels=run.labels,
-            error=error,
-            failed_step_name=failed_step_name,
-        )
+        self.bus.emit_run(RunFailEvent, self.run, error=error, failed_step_name=failed_step_name)
 
     async def flush_quietly(self) -> None:
         with contextlib.suppress(LeaseLostError):
@@ -472,11 +637,9 @@ class Execution:
             self.fresh_until = expires - self._margin
         run = self.run
         if self.bus.wants("run:lease-renewed"):
-            self.bus.emit(
+            self.bus.emit_run(
                 RunLeaseRenewedEvent,
-                run_id=run.id,
-                job_name=run.job_name,
-                labels=run.labels,
+                run,
                 lease_owner=run.lease_owner or services.owner,
                 lease_expires_at=expires,
             )
@@ -497,6 +660,32 @@ class Execution:
                 self.lost_context = "lease-renewal"
                 self.request_stop("lease-lost")
                 return
+
+
+def error_message(exc: BaseException) -> str:
+    """The text stored as a run's or step's error: always storable (a lone surrogate,
+    e.g. from an undecodable file name, is written as ``\\udcff``, and U+0000, which
+    PostgreSQL text cannot hold, as ``\\x00``, or the failure could never be recorded)."""
+    text = str(exc) or type(exc).__name__
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or repr(tp)
+
+
+def _unreadable(name: str, tp: Any, stored: Any, exc: pydantic.ValidationError) -> StepOutputError:
+    """A checkpoint's stored result does not fit the step's type any more."""
+    return StepOutputError(
+        name,
+        f"Step {name!r}: its stored result {stored!r} does not fit the step's "
+        f"type {_type_name(tp)} ({describe_pydantic_error(exc)}); the step's type "
+        "changed since it ran, or an older release stored it (NaN as null)",
+    )
+
+
+class _NotStarted(Exception):
+    """A sync step's thread started after the lease had expired: fn was not called."""
 
 
 class _RenewalAbandoned(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -50,11 +51,13 @@ class Services:
     #: Runs executing in this process, by id (for in-process cancel).
     active: dict[str, Execution] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self._now_ms = now_ms_reader(self.clock)
+    #: The clock's time at the database's precision (milliseconds): a function bound
+    #: once (the system clock's own ``now_ms``), not a method around it, because the
+    #: per-step path reads it twice.
+    now: Callable[[], datetime] = field(init=False, repr=False)
 
-    def now(self) -> datetime:
-        return self._now_ms()
+    def __post_init__(self) -> None:
+        self.now = now_ms_reader(self.clock)
 
     def new_id(self, at: datetime | None = None) -> str:
         t = at or self.clock.now()
