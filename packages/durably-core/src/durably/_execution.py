@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import pydantic
-from pydantic_core import PydanticSerializationError
 
 from ._errors import LeaseLostError, StepOutputError, StorageError, ValidationError
 from ._events import (
@@ -34,7 +33,13 @@ from ._logging import LEVELS, job_logger, step_log_extra
 from ._records import LogLevel, NewLog, NewStep, Progress, Run, RunStatus, StepRecord, StepStatus
 from ._services import Services
 from ._step import UNSET, Step
-from ._validate import check_progress, check_text, describe_pydantic_error
+from ._validate import (
+    check_progress,
+    check_text,
+    decode_validated,
+    describe_pydantic_error,
+    encode_validated,
+)
 from .codec import NonFiniteNumberError
 
 StopReason = Literal["cancelled", "lease-lost", "shutdown"]
@@ -431,12 +436,9 @@ class Execution:
                 await self._fail(f"Unknown job: {self.run.job_name}")
                 return
             try:
-                payload = self._decode_input(job)
-            except pydantic.ValidationError as exc:
-                await self._fail(f"Invalid input: {describe_pydantic_error(exc)}")
-                return
-            except Exception as exc:  # a validator raising something else: same outcome
-                await self._fail(f"Invalid input: {type(exc).__name__}: {exc}")
+                payload = decode_validated(self.codec, job.input, self.run.input)
+            except ValidationError as exc:
+                await self._fail(f"Invalid input: {exc}")
                 return
             for record in await self.storage.get_completed_steps(self.run.id):
                 self.completed.setdefault(record.name, record)
@@ -466,11 +468,6 @@ class Execution:
             self.cancel_flag.set()
             if services.active.get(self.run.id) is self:
                 del services.active[self.run.id]
-
-    def _decode_input(self, job: JobDefinition[Any, Any]) -> Any:
-        if job.input is None:
-            return self.run.input
-        return self.codec.to_typed(job.input, self.run.input)
 
     async def _settle(self, job: JobDefinition[Any, Any], t0: float) -> None:
         task = self._task
@@ -508,19 +505,9 @@ class Execution:
 
     async def _complete(self, job: JobDefinition[Any, Any], value: Any, t0: float) -> None:
         try:
-            if job.output is None:
-                text = self.codec.encode(value)
-            else:
-                adapter = self.codec.adapter(job.output)
-                text = self.codec.dump(adapter, adapter.validate_python(value))
-        except pydantic.ValidationError as exc:
-            await self._fail(f"Invalid output: {describe_pydantic_error(exc)}")
-            return
-        except (TypeError, PydanticSerializationError) as exc:
-            await self._fail(f"Invalid output: not JSON-serializable ({exc})")
-            return
-        except Exception as exc:  # a validator raising something else: same outcome
-            await self._fail(f"Invalid output: {type(exc).__name__}: {exc}")
+            text = encode_validated(self.codec, job.output, value)
+        except ValidationError as exc:
+            await self._fail(f"Invalid output: {exc}")
             return
         await self.flush_quietly()
         now = self.now()

@@ -6,14 +6,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import pydantic
-
 from ._errors import NotFoundError, ValidationError
 from ._events import LogWriteEvent
 from ._job import JobDefinition
 from ._records import Disposition, Progress, Run
 from ._trigger import TriggerResult, Triggers
-from ._validate import describe_pydantic_error
+from ._validate import decode_validated
 
 if TYPE_CHECKING:
     from ._app import Durably
@@ -145,17 +143,15 @@ class JobHandle(Generic[I, O]):
         """A stored output restored to the job's output type. ``ValidationError`` when
         it does not fit (the type changed, or an older release stored NaN as null)."""
         tp = self.definition.output
-        if tp is None:
-            return output  # type: ignore[no-any-return]
         try:
-            return self._triggers.codec.to_typed(tp, output)  # type: ignore[no-any-return]
-        except pydantic.ValidationError as exc:
+            return decode_validated(self._triggers.codec, tp, output)  # type: ignore[no-any-return]
+        except ValidationError as exc:
             raise ValidationError(
                 f"The stored output of job {self.name!r} does not fit its output type "
-                f"{getattr(tp, '__name__', tp)} ({describe_pydantic_error(exc)}); the type "
-                "changed since the run completed, or an older release stored it (NaN as "
-                "null). get_run(id).output holds the stored value."
-            ) from None
+                f"{getattr(tp, '__name__', tp)} ({exc}); the type changed since the run "
+                "completed, or an older release stored it (NaN as null). get_run(id).output "
+                "holds the stored value."
+            ) from exc.__cause__
 
     async def get_run(self, run_id: str) -> Run | None:
         """The run, if it exists and belongs to this job."""

@@ -76,6 +76,19 @@ def encode_validated(codec: Codec, tp: Any, value: Any) -> str:
         raise ValidationError(f"{type(exc).__name__}: {exc}") from exc
 
 
+def decode_validated(codec: Codec, tp: Any, value: Any) -> Any:
+    """A stored JSON value restored to ``tp`` (``None``: the value as it is). A
+    ``ValidationError`` says why, for the caller to prefix with what the value was."""
+    if tp is None:
+        return value
+    try:
+        return codec.to_typed(tp, value)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(describe_pydantic_error(exc)) from None
+    except Exception as exc:  # a user validator raising something else: same outcome
+        raise ValidationError(f"{type(exc).__name__}: {exc}") from exc
+
+
 def check_text(what: str, value: str) -> str:
     """``value`` if it can be stored as text (UTF-8): a lone surrogate cannot."""
     try:
