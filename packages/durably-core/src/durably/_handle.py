@@ -1,4 +1,4 @@
-"""Job handles (``durably.jobs.<key>``) and what triggering returns."""
+"""Job handles (``durably.jobs.<key>``) and what ``trigger_and_wait`` returns."""
 
 from __future__ import annotations
 
