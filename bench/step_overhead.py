@@ -1,0 +1,109 @@
+"""The engine's own cost per step, without a database: CPU µs per ``step.run``.
+
+A run of N trivial ``async def`` steps on the memory backend whose ``persist_step``
+accepts without doing anything, so what is timed is durably's per-step path
+alone (name check, replay lookup, lease check, events, encoding, the record):
+what a change to ``Step`` / ``Execution.checkpoint`` adds or saves. Also the same
+steps replayed (a second execution of the run, every step already checkpointed).
+
+Measured in CPU time of the loop's thread (``time.thread_time``), which a busy
+machine disturbs far less than wall time; minimum and median over the rounds. To
+compare two versions of the code, run them alternately, several times each:
+
+    uv run python bench/step_overhead.py [--steps N] [--rounds R]
+    PYTHONPATH=/path/to/other/packages/durably-core/src uv run python bench/step_overhead.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from datetime import datetime
+from typing import Any
+
+from _bench import emit, header, print_table
+
+from durably import NewStep, Step, create_durably, define_job
+from durably_testing.memory import MemoryStorage
+
+
+class AcceptingStorage(MemoryStorage):
+    """Memory storage whose step writes succeed without work, so they cost ~nothing."""
+
+    async def persist_step(
+        self, run_id: str, generation: int, step: NewStep, now: datetime
+    ) -> bool:
+        return True
+
+
+async def trivial() -> int:
+    return 1
+
+
+@define_job("overhead")
+async def overhead_job(step: Step, payload: dict[str, Any]) -> float:
+    n = payload["steps"]
+    t0 = time.thread_time()
+    for i in range(n):
+        await step.run(f"s{i}", trivial)
+    return time.thread_time() - t0
+
+
+async def one_round(n: int) -> float:
+    async with create_durably(AcceptingStorage(), jobs={"overhead": overhead_job}) as durably:
+        result = await durably.jobs.overhead.trigger_and_wait({"steps": n})
+    return result.output / n * 1e6
+
+
+async def replay_round(n: int) -> float:
+    """µs per replayed step: the run's first execution checkpoints N steps and
+    fails; after retry() the second replays them all."""
+    cpu: list[float] = []
+
+    @define_job("replay")
+    async def replay_job(step: Step, payload: dict[str, Any]) -> None:
+        t0 = time.thread_time()
+        for i in range(n):
+            await step.run(f"s{i}", trivial)
+        cpu.append(time.thread_time() - t0)
+        if len(cpu) == 1:
+            raise RuntimeError("run again")
+
+    async with create_durably(MemoryStorage(), jobs={"replay": replay_job}) as durably:
+        run = await durably.jobs.replay.trigger({})
+        while not await durably.process_one():
+            pass
+        await durably.retry(run.id)
+        while not await durably.process_one():
+            pass
+    return cpu[1] / n * 1e6
+
+
+async def main(n: int, rounds: int) -> None:
+    header(f"engine overhead per step: {n} trivial steps, {rounds} rounds, no database")
+    await one_round(n)  # warm-up: validators, caches
+    ran = [await one_round(n) for _ in range(rounds)]
+    replayed = [await replay_round(n) for _ in range(rounds)]
+    for figure, samples in (("CPU µs per step", ran), ("CPU µs per replayed step", replayed)):
+        emit(
+            "overhead",
+            figure,
+            min(samples),
+            "µs",
+            median=statistics.median(samples),
+            steps=n,
+            rounds=rounds,
+            samples=[round(x, 2) for x in samples],
+            note="minimum of the rounds; thread CPU time, no database",
+        )
+    print_table()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    asyncio.run(main(args.steps, args.rounds))
