@@ -26,6 +26,7 @@ TIMEOUT = 10.0
 RUN_ROUTES = [
     ("GET", "/run"),
     ("GET", "/steps"),
+    ("GET", "/attempts"),
     ("POST", "/retrigger"),
     ("POST", "/cancel"),
     ("DELETE", "/run"),

@@ -183,6 +183,7 @@ _CLEAR = [
     "DELETE FROM durably_logs",
     "DELETE FROM durably_run_labels",
     "DELETE FROM durably_waits",
+    "DELETE FROM durably_step_attempts",
     "DELETE FROM durably_runs",
     "DELETE FROM durably_schedules",
 ]

@@ -18,7 +18,7 @@ from lock_support import LockHolder, Ticker
 from durably import Step, Storage, StorageBusyError, create_durably, define_job
 from durably.plugins import BackendRegistry
 from durably.sql import Executor, SqlStorage
-from durably_testing.conformance import StorageConformance
+from durably_testing.conformance import FENCED_WRITES, StorageConformance
 from durably_testing.fault_suite import FaultInjectionSuite, OpenStorage
 from durably_testing.stateful import StorageStateMachine
 
@@ -144,7 +144,7 @@ EXPECTED_FAILURES = {
     *(
         f"test_fenced_write__refused_without_the_lease[{scenario}-{write}]"
         for scenario in ("reclaimed", "wrong_generation")
-        for write in ("persist_step", "update_progress", "append_logs", "complete_run", "fail_run")
+        for write in FENCED_WRITES
     ),
     "test_renew_lease__refused_with_wrong_generation",
     "test_renew_lease__refused_after_reclaim",

@@ -22,6 +22,8 @@ from durably import (
 )
 
 EXPECTED_ALL = [
+    "Attempt",
+    "AttemptStatus",
     "BlockingCallError",
     "CatchUp",
     "Clock",
@@ -39,6 +41,7 @@ EXPECTED_ALL = [
     "LogLevel",
     "LogRecord",
     "LogWriteEvent",
+    "NewAttempt",
     "NewLog",
     "NewRun",
     "NewSchedule",

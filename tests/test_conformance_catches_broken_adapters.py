@@ -36,7 +36,7 @@ from durably_testing.memory import MemoryStorage
 async def decide_then_write(store, operation, *args, **kwargs):
     """Run ``operation`` on a copy of the store's state, yield to the event loop,
     then write what it changed: a read, an await, a write."""
-    tables = ("_runs", "_steps", "_logs", "_waits", "_payload_texts")
+    tables = ("_runs", "_steps", "_logs", "_waits", "_payload_texts", "_attempts")
 
     def snap(table):  # the waits of each run are a dict of their own: copied too
         return {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}

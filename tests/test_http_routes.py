@@ -459,11 +459,12 @@ async def test_auth__hook_order_per_route(durably: Durably) -> None:
         rec.calls.clear()
         await c.get(f"/run?runId={run_id}", headers=h)
         await c.get(f"/steps?runId={run_id}", headers=h)
+        await c.get(f"/attempts?runId={run_id}", headers=h)
         await c.post(f"/cancel?runId={run_id}", headers=h)
         await c.post(f"/retrigger?runId={run_id}", headers=h)
         await c.delete(f"/run?runId={run_id}", headers=h)
         ops = [call[3] for call in rec.calls if call[0] == "on_run_access"]
-        assert ops == ["read", "steps", "cancel", "retrigger", "delete"]
+        assert ops == ["read", "steps", "attempts", "cancel", "retrigger", "delete"]
         assert all(call[2] == run_id for call in rec.calls if call[0] == "on_run_access")
         rec.calls.clear()
         await c.get("/runs?jobName=add&status=pending&label.org=a&limit=5&offset=1", headers=h)

@@ -288,10 +288,16 @@ async def test_schema_created_by_node_equals_ours(tmp_path: Path) -> None:
             "WHERE name != 'durably_py_schema_versions' ORDER BY rowid",
         )
 
-    # what the Python-side migrations add: durably_waits with its indexes, two
-    # columns (with an index) at the end of durably_runs, durably_schedules
-    added_objects = {"durably_waits", "idx_durably_runs_status_wake", "durably_schedules"}
-    added_columns = ", waiting_on_wait_id TEXT, wake_at TEXT)"
+    # what the Python-side migrations add: durably_waits with its indexes, three
+    # columns (with an index) at the end of durably_runs, durably_schedules,
+    # durably_step_attempts
+    added_objects = {
+        "durably_waits",
+        "idx_durably_runs_status_wake",
+        "durably_schedules",
+        "durably_step_attempts",
+    }
+    added_columns = ", waiting_on_wait_id TEXT, wake_at TEXT, attempt INTEGER NOT NULL DEFAULT 1)"
 
     def without_python_additions(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         out = []

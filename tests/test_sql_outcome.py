@@ -12,9 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from durably import (
+    AttemptStatus,
+    NewAttempt,
     NewLog,
     NewRun,
     NewStep,
@@ -198,6 +201,76 @@ async def test_fenced_write__lost_answer_after_the_lease_moved_on_is_refused(
     ex.lose(when)
     assert not await s.complete_run(run_id, 1, '"late"', T0, delete_steps=False)
     assert (await s.get_run(run_id)).status == RunStatus.CANCELLED
+
+
+def attempt(n: int, status: AttemptStatus = AttemptStatus.FAILED) -> NewAttempt:
+    return NewAttempt(
+        id=rid(n),
+        step_name="s",
+        step_index=0,
+        attempt=1,
+        status=status,
+        error="boom" if status is AttemptStatus.FAILED else None,
+        started_at=T0,
+        completed_at=None if status is AttemptStatus.STARTED else T0,
+        next_attempt_at=T0 + timedelta(seconds=9) if status is AttemptStatus.FAILED else None,
+    )
+
+
+@WHEN
+async def test_record_attempt__written_once(storage: Any, when: str) -> None:
+    s, ex = storage
+    run_id = await leased(s)
+    ex.lose(when)
+    assert await s.record_attempt(run_id, 1, attempt(5, AttemptStatus.STARTED), T0)
+    ex.lose(when)
+    assert await s.record_attempt(run_id, 1, attempt(5), T0)  # settled
+    [record] = await s.get_attempts(run_id)
+    assert (record.id, record.status, record.error) == (rid(5), AttemptStatus.FAILED, "boom")
+
+
+@WHEN
+async def test_record_attempt__back_off_applied_once(storage: Any, when: str) -> None:
+    s, ex = storage
+    run_id = await leased(s)
+    wake = T0 + timedelta(seconds=9)
+    ex.lose(when)
+    assert await s.record_attempt(run_id, 1, attempt(5), T0, wake_at=wake)
+    run = await s.get_run(run_id)
+    assert (run.status, run.wake_at, run.lease_generation) == (RunStatus.WAITING, wake, 1)
+    assert [a.id for a in await s.get_attempts(run_id)] == [rid(5)]
+
+
+@WHEN
+async def test_persist_step__with_its_attempt_written_once(storage: Any, when: str) -> None:
+    s, ex = storage
+    run_id = await leased(s)
+    step = NewStep(
+        id=rid(9),
+        name="s",
+        index=0,
+        status=StepStatus.FAILED,
+        error="boom",
+        started_at=T0,
+        completed_at=T0,
+    )
+    final = msgspec.structs.replace(attempt(5), next_attempt_at=None)
+    ex.lose(when)
+    assert await s.persist_step(run_id, 1, step, T0, attempt=final)
+    assert [x.status for x in await s.get_steps(run_id)] == [StepStatus.FAILED]
+    assert [a.id for a in await s.get_attempts(run_id)] == [rid(5)]
+
+
+@WHEN
+async def test_schedule_retry__applied_once(storage: Any, when: str) -> None:
+    s, ex = storage
+    run_id = await leased(s)
+    wake = T0 + timedelta(seconds=9)
+    ex.lose(when)
+    waiting = await s.schedule_retry(run_id, 1, "boom", wake, T0)
+    assert waiting is not None
+    assert (waiting.status, waiting.attempt, waiting.wake_at) == (RunStatus.WAITING, 2, wake)
+    assert await s.get_run(run_id) == waiting
 
 
 async def test_claim__lost_answer_is_raised(storage: Any) -> None:

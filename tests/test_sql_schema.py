@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from durably import (
+    AttemptStatus,
+    NewAttempt,
     NewRun,
     NewWait,
     Progress,
@@ -82,6 +84,7 @@ async def reference_only(path: Path) -> None:
 RUNS_COLUMNS_ADDED = [
     (19, "waiting_on_wait_id", "TEXT", 0, None, 0),
     (20, "wake_at", "TEXT", 0, None, 0),
+    (21, "attempt", "INTEGER", 1, "1", 0),
 ]
 OBJECTS_ADDED = [
     ("table", "durably_waits"),
@@ -91,7 +94,12 @@ OBJECTS_ADDED = [
     ("table", "durably_schedules"),
     ("index", "sqlite_autoindex_durably_schedules_1"),
     ("index", "idx_durably_schedules_upcoming"),
+    ("table", "durably_step_attempts"),
+    ("index", "sqlite_autoindex_durably_step_attempts_1"),
+    ("index", "idx_durably_step_attempts_run_started"),
 ]
+#: What the Python-side migrations add at the end of durably_runs' DDL.
+RUNS_DDL_ADDED = ", waiting_on_wait_id TEXT, wake_at TEXT, attempt INTEGER NOT NULL DEFAULT 1)"
 
 
 def full_schema() -> list[tuple[Any, ...]]:
@@ -101,7 +109,7 @@ def full_schema() -> list[tuple[Any, ...]]:
     for row in FIXTURE["sqlite_master"]:
         row = tuple(row)
         if row[1] == "durably_runs":
-            sql = row[3][:-1] + ", waiting_on_wait_id TEXT, wake_at TEXT)"
+            sql = row[3][:-1] + RUNS_DDL_ADDED
             row = (*row[:3], sql)
         rows.append(row)
     return [*rows, PY_TABLE]
@@ -156,6 +164,22 @@ async def test_schema__columns_types_notnull_defaults(tmp_path: Path) -> None:
         "timing_known",
         "kind",
     ]
+    attempts = [c[1] for c in query(db, "PRAGMA table_info(durably_step_attempts)")]
+    # the reference's names (its main branch), then Python's attempt and next_attempt_at
+    assert attempts == [
+        "id",
+        "run_id",
+        "step_name",
+        "step_index",
+        "lease_generation",
+        "status",
+        "metadata",
+        "error",
+        "started_at",
+        "completed_at",
+        "attempt",
+        "next_attempt_at",
+    ]
 
 
 async def test_schema__indexes_unique_and_partial(tmp_path: Path) -> None:
@@ -173,6 +197,8 @@ async def test_schema__indexes_unique_and_partial(tmp_path: Path) -> None:
     assert indexes["idx_durably_runs_status_created"] == (0, 0)
     assert indexes["idx_durably_waits_run_name"] == (1, 0)
     assert indexes["idx_durably_runs_status_wake"] == (0, 0)
+    attempts = query(db, "PRAGMA index_info(idx_durably_step_attempts_run_started)")
+    assert [r[2] for r in attempts] == ["run_id", "started_at"]
     cols = [r[2] for r in query(db, "PRAGMA index_info(idx_durably_steps_run_index)")]
     assert cols == ["run_id", "index"]
 
@@ -324,7 +350,7 @@ async def test_py_migrations__database_where_the_reference_made_waits_first(
     storage = await migrated(db)
     try:
         runs = [c[1] for c in query(db, "PRAGMA table_info(durably_runs)")]
-        assert runs[-2:] == ["waiting_on_wait_id", "wake_at"]
+        assert runs[-3:] == ["waiting_on_wait_id", "wake_at", "attempt"]
         waits = [c[1] for c in query(db, "PRAGMA table_info(durably_waits)")]
         assert waits[-1] == "kind"
         now = datetime(2026, 1, 1, tzinfo=UTC)
@@ -340,6 +366,53 @@ async def test_py_migrations__database_where_the_reference_made_waits_first(
         waiting = await storage.suspend_run(run.id, 1, wait.id, now)
         assert waiting is not None
         assert waiting.status is RunStatus.WAITING
+    finally:
+        await storage.close()
+
+
+async def test_py_migrations__database_where_the_reference_made_step_attempts_first(
+    tmp_path: Path,
+) -> None:
+    """The reference's main branch has durably_step_attempts (its columns, without
+    Python's attempt and next_attempt_at): migrating such a database adds those, and
+    attempt records work on it."""
+    db = tmp_path / "d.db"
+    await reference_only(db)
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TABLE durably_step_attempts (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
+        "step_name TEXT NOT NULL, step_index INTEGER NOT NULL, lease_generation INTEGER NOT "
+        "NULL, status TEXT NOT NULL, metadata TEXT, error TEXT, started_at TEXT NOT NULL, "
+        "completed_at TEXT)"
+    )
+    conn.commit()
+    conn.close()
+    storage = await migrated(db)
+    try:
+        columns = [c[1] for c in query(db, "PRAGMA table_info(durably_step_attempts)")]
+        assert columns[-2:] == ["attempt", "next_attempt_at"]
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        new = NewRun(id="01J00000000000000000000001", job_name="j", input_json="{}", created_at=now)
+        await storage.enqueue(new)
+        run = await storage.claim_next("w", now, now.replace(minute=1))
+        assert run is not None
+        attempt = NewAttempt(
+            id="01J00000000000000000000002",
+            step_name="fetch",
+            step_index=0,
+            attempt=2,
+            status=AttemptStatus.FAILED,
+            error="boom",
+            started_at=now,
+            completed_at=now,
+            next_attempt_at=now.replace(second=5),
+        )
+        assert await storage.record_attempt(run.id, 1, attempt, now, wake_at=now.replace(second=5))
+        [stored] = await storage.get_attempts(run.id)
+        assert (stored.attempt, stored.next_attempt_at) == (2, now.replace(second=5))
+        waiting = await storage.get_run(run.id)
+        assert waiting is not None
+        assert (waiting.status, waiting.attempt) == (RunStatus.WAITING, 1)
     finally:
         await storage.close()
 

@@ -49,10 +49,13 @@ from ._events import (
 from ._handle import JobHandle, Jobs, RunResult
 from ._job import JobDefinition, define_job
 from ._records import (
+    Attempt,
+    AttemptStatus,
     Disposition,
     EnqueueResult,
     LogLevel,
     LogRecord,
+    NewAttempt,
     NewLog,
     NewRun,
     NewSignal,
@@ -88,6 +91,8 @@ from ._trigger import TriggerResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attempt",
+    "AttemptStatus",
     "BlockingCallError",
     "CatchUp",
     "Clock",
@@ -105,6 +110,7 @@ __all__ = [
     "LogLevel",
     "LogRecord",
     "LogWriteEvent",
+    "NewAttempt",
     "NewLog",
     "NewRun",
     "NewSchedule",

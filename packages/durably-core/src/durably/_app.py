@@ -33,7 +33,7 @@ from ._events import (
 from ._execution import Execution
 from ._handle import JobHandle, Jobs, check_job_key
 from ._job import JobDefinition
-from ._records import LogRecord, Run, RunFilter, RunStatus, StepRecord
+from ._records import Attempt, LogRecord, Run, RunFilter, RunStatus, StepRecord
 from ._scheduler import Scheduler
 from ._schedules import Schedules
 from ._services import Services, Settings
@@ -274,6 +274,13 @@ class Durably:
         ``persist_logs=False``)."""
         await self._ready()
         return await self._services.storage.get_logs(run_id)
+
+    async def get_attempts(self, run_id: str) -> list[Attempt]:
+        """The run's attempt records, oldest first: every failed attempt of a step
+        (with ``record_attempts=True``, every attempt, from before its call). They stay
+        until the run is deleted or purged, whatever ``preserve_steps`` says."""
+        await self._ready()
+        return await self._services.storage.get_attempts(run_id)
 
     # -- control --
 

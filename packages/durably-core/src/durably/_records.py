@@ -34,6 +34,16 @@ class StepStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class AttemptStatus(StrEnum):
+    """An attempt record's status: ``started`` (written before the call, with
+    ``record_attempts=True``; left so when the worker stopped during the call),
+    ``completed`` or ``failed``."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
 class WaitStatus(StrEnum):
     """``pending`` until a result is recorded (``resolved``), or the run ends first
     (``closed`` when it completes or fails, ``cancelled`` when it is cancelled)."""
@@ -119,8 +129,12 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     #: While ``waiting``: the wait the run is suspended on (**(py)** cleared on resume).
     waiting_on_wait_id: str | None = None
     #: While ``waiting``: when the run becomes claimable again — the awaited wait's
-    #: deadline, or the time its result arrived; ``None``: not before a signal.
+    #: deadline, the time its result arrived, or the time of a retry; ``None``: not
+    #: before a signal.
     wake_at: datetime | None = None
+    #: **(py)** The run's attempt: 1, one more with each automatic retry of the whole
+    #: run (``define_job(run_retry=…)``), 1 again after ``retry()``.
+    attempt: int = 1
 
     @property
     def is_terminal(self) -> bool:
@@ -187,6 +201,44 @@ class NewStep(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     started_at: datetime
     completed_at: datetime | None = None
+
+
+class Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    """One invocation of a step's function: every failed one is recorded (with
+    ``record_attempts=True`` every one, from before the call).
+
+    ``attempt`` counts the invocations of one series: 1, then one more after each
+    failure that is retried, back to 1 for a series that starts after the step's last
+    attempt failed. ``next_attempt_at``: when the next attempt of a failed one is due
+    (``None``: it was the last)."""
+
+    id: str
+    run_id: str
+    step_name: str
+    step_index: int
+    attempt: int
+    status: AttemptStatus
+    #: The lease generation of the execution that made it.
+    lease_generation: int
+    error: str | None = None
+    started_at: datetime
+    completed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+
+
+class NewAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """An attempt to record (fenced): inserted, or — same ``id`` — the record it
+    replaces (a ``started`` one settled)."""
+
+    id: str
+    step_name: str
+    step_index: int
+    attempt: int
+    status: AttemptStatus
+    error: str | None = None
+    started_at: datetime
+    completed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
 
 
 class NewLog(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,10 +8,11 @@ conformance suite in ``durably_testing.conformance`` checks them):
 - Time is never read inside storage: every ``now`` is an argument.
 - Fenced operations (``renew_lease``, ``persist_step``, ``update_progress``,
   ``append_logs``, ``complete_run``, ``fail_run``, ``prepare_wait``,
-  ``wait_result``, ``suspend_run``) apply only while the run is ``leased`` with the
-  given ``lease_generation`` and return ``False``/``None`` (writing nothing)
-  otherwise; ``renew_lease`` also requires the lease to be unexpired.
-- The rules of statuses and waits are those of :mod:`durably.lifecycle`.
+  ``wait_result``, ``suspend_run``, ``record_attempt``, ``schedule_retry``) apply
+  only while the run is ``leased`` with the given ``lease_generation`` and return
+  ``False``/``None`` (writing nothing) otherwise; ``renew_lease`` also requires the
+  lease to be unexpired.
+- The rules of statuses, waits and retries are those of :mod:`durably.lifecycle`.
 - Driver errors are raised as :class:`durably.StorageError` subclasses with the
   driver's exception chained; no driver exception type escapes.
 - Schedules (``create_schedule`` … ``fire_schedule``) are written only by
@@ -29,8 +30,10 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from ._records import (
+    Attempt,
     EnqueueResult,
     LogRecord,
+    NewAttempt,
     NewLog,
     NewRun,
     NewSignal,
@@ -138,10 +141,18 @@ class Storage(Protocol):
     # -- fenced writes by the lease holder --
 
     async def persist_step(
-        self, run_id: str, generation: int, step: NewStep, now: datetime
+        self,
+        run_id: str,
+        generation: int,
+        step: NewStep,
+        now: datetime,
+        *,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         """Insert a step row; a completed one also advances the run's
-        ``current_step_index`` (to ``index + 1``) and ``completed_step_count``."""
+        ``current_step_index`` (to ``index + 1``) and ``completed_step_count``.
+        ``attempt``: also record that attempt (as ``record_attempt`` does), in the same
+        atomic step — all or nothing."""
         ...
 
     async def update_progress(
@@ -166,12 +177,46 @@ class Storage(Protocol):
         delete_steps: bool,
     ) -> bool:
         """Mark completed (lease cleared; pending waits ``closed``). ``delete_steps`` also
-        removes its steps and logs (never its waits: they go with the run)."""
+        removes its steps and logs (never its waits or attempt records: they go with the
+        run)."""
         ...
 
     async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
         """Mark failed with ``error`` (lease cleared, ``completed_at`` set; pending waits
         ``closed``); its steps stay."""
+        ...
+
+    # -- retries --
+
+    async def record_attempt(
+        self,
+        run_id: str,
+        generation: int,
+        attempt: NewAttempt,
+        now: datetime,
+        *,
+        wake_at: datetime | None = None,
+    ) -> bool:
+        """Fenced: store ``attempt`` as one of the run's attempt records (with the
+        lease ``generation``) — inserted, or replacing the record of the same id
+        (``status``, ``error``, ``completed_at``, ``next_attempt_at``; a ``started``
+        record settled). With ``wake_at``, in the same atomic step, the run waits for
+        the step's next attempt (``lifecycle.backed_off``: ``waiting`` on no wait, lease
+        released, claimable at ``wake_at``). False, writing nothing, without the lease."""
+        ...
+
+    async def schedule_retry(
+        self, run_id: str, generation: int, error: str, wake_at: datetime, now: datetime
+    ) -> Run | None:
+        """Fenced: the run's attempt failed with ``error`` and the whole run is tried
+        again at ``wake_at`` (``lifecycle.retry_scheduled``: ``waiting``, lease released,
+        ``attempt`` + 1). The updated run, or ``None`` without the lease (nothing
+        written)."""
+        ...
+
+    async def get_attempts(self, run_id: str) -> list[Attempt]:
+        """The run's attempt records, oldest first (``started_at``, then ``id``). They
+        stay when a completed run's steps are deleted, and go with the run."""
         ...
 
     # -- durable waits --
@@ -236,20 +281,22 @@ class Storage(Protocol):
         ...
 
     async def retry_run(self, run_id: str, now: datetime) -> Run | None:
-        """Failed or cancelled → pending, keeping id, input, completed steps and
+        """Failed or cancelled → pending (``lifecycle.retried``: ``started_at`` cleared,
+        ``attempt`` 1), keeping id, input, completed steps, attempt records and
         resolved waits (waits that ended with the run are pending again).
         ``None`` when absent or in another status. May raise ``ConflictError`` when
         another run of the same job and concurrency key is already pending."""
         ...
 
     async def delete_run(self, run_id: str) -> Run | None:
-        """Delete a terminal run with its steps, logs, labels and waits; the deleted run,
-        or ``None`` when absent or not terminal (nothing deleted)."""
+        """Delete a terminal run with its steps, logs, labels, waits and attempt records;
+        the deleted run, or ``None`` when absent or not terminal (nothing deleted)."""
         ...
 
     async def purge_runs(self, completed_before: datetime, limit: int) -> int:
         """Delete up to ``limit`` terminal runs with ``completed_at`` before the cutoff,
-        oldest first, with their steps, logs, labels and waits. Returns how many."""
+        oldest first, with their steps, logs, labels, waits and attempt records. Returns
+        how many."""
         ...
 
     # -- schedules (compare-and-set on ``revision``; see the module docstring) --

@@ -1,5 +1,6 @@
 """The run lifecycle as pure rules: statuses, transitions, claimability, fencing,
-and the rules of durable waits (preparation, suspension, signals, deadlines).
+the rules of durable waits (preparation, suspension, signals, deadlines) and of
+retries (a step's attempt series, a run waiting for its next attempt).
 
 No I/O and no clock reads: "now" is always an argument. The memory backend
 applies these functions directly; the SQL backend expresses the same rules as
@@ -19,6 +20,7 @@ __all__ = [
     "RETRYABLE_STATUSES",
     "STATUS_ALIASES",
     "TERMINAL_STATUSES",
+    "backed_off",
     "can_cancel",
     "can_delete",
     "can_renew",
@@ -34,10 +36,12 @@ __all__ = [
     "holds_lease",
     "is_claimable",
     "is_terminal",
+    "next_attempt",
     "pending_conflicts",
     "released",
     "renewed",
     "retried",
+    "retry_scheduled",
     "signal_decision",
     "signalled",
     "step_completed",
@@ -58,6 +62,8 @@ from types import MappingProxyType
 import msgspec
 
 from ._records import (
+    Attempt,
+    AttemptStatus,
     Progress,
     Run,
     RunStatus,
@@ -264,7 +270,9 @@ def cancelled(run: Run, now: datetime) -> Run:
 
 
 def retried(run: Run, now: datetime) -> Run:
-    """Back to pending with the same id, input and completed steps."""
+    """Back to pending with the same id, input and completed steps; a new start: the
+    next claim sets ``started_at`` (a run deadline counts from it) and the run's
+    ``attempt`` is 1 again."""
     return msgspec.structs.replace(
         run,
         status=RunStatus.PENDING,
@@ -272,8 +280,10 @@ def retried(run: Run, now: datetime) -> Run:
         error=None,
         lease_owner=None,
         lease_expires_at=None,
+        started_at=None,
         completed_at=None,
         updated_at=now,
+        attempt=1,
     )
 
 
@@ -282,6 +292,53 @@ def released(run: Run, now: datetime) -> Run:
     return msgspec.structs.replace(
         run, status=RunStatus.PENDING, lease_owner=None, lease_expires_at=None, updated_at=now
     )
+
+
+# -- retries --
+
+
+def backed_off(run: Run, wake_at: datetime, now: datetime) -> Run:
+    """The lease holder waits for a step's next attempt at ``wake_at`` without holding
+    a slot: ``waiting`` (on no wait), the lease released; claimable at ``wake_at``."""
+    return msgspec.structs.replace(
+        run,
+        status=RunStatus.WAITING,
+        lease_owner=None,
+        lease_expires_at=None,
+        waiting_on_wait_id=None,
+        wake_at=wake_at,
+        updated_at=now,
+    )
+
+
+def retry_scheduled(run: Run, error: str, wake_at: datetime, now: datetime) -> Run:
+    """The run's attempt failed with ``error`` and the whole run is tried again at
+    ``wake_at``: ``waiting`` until then (lease released), ``attempt`` one more, the
+    error kept for whoever looks at it meanwhile."""
+    return msgspec.structs.replace(
+        backed_off(run, wake_at, now), error=error, attempt=run.attempt + 1
+    )
+
+
+def next_attempt(attempts: Iterable[Attempt], step_name: str) -> tuple[int, datetime | None]:
+    """The number of the next attempt of step ``step_name`` and when it is due
+    (``None``: at once), from the run's attempt records in their order.
+
+    A failed attempt with a ``next_attempt_at`` continues its series (number + 1, due
+    then); a ``started`` one was interrupted (the worker stopped during the call): its
+    number runs again, at once; a completed one, or a failed one that was the last,
+    ends the series (the next call starts a new one at 1)."""
+    number, due = 1, None
+    for record in attempts:
+        if record.step_name != step_name:
+            continue
+        if record.status is AttemptStatus.STARTED:
+            number, due = record.attempt, None
+        elif record.status is AttemptStatus.FAILED and record.next_attempt_at is not None:
+            number, due = record.attempt + 1, record.next_attempt_at
+        else:
+            number, due = 1, None
+    return number, due
 
 
 # -- durable waits --

@@ -12,8 +12,11 @@ from typing import Any
 import msgspec
 
 from durably import (
+    Attempt,
+    AttemptStatus,
     LogLevel,
     LogRecord,
+    NewAttempt,
     NewLog,
     NewRun,
     NewSignal,
@@ -32,7 +35,7 @@ from durably import (
 #: The suite's fixed origin of time: aware UTC, millisecond precision.
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
-Snapshot = tuple[Run | None, list[StepRecord], list[LogRecord]]
+Snapshot = tuple[Run | None, list[StepRecord], list[LogRecord], list[Attempt]]
 
 
 def js(value: Any) -> str:
@@ -118,6 +121,34 @@ class ConformanceBase:
             created_at=created_at or self.at(2),
         )
 
+    def new_attempt(
+        self,
+        step_name: str = "fetch",
+        attempt: int = 1,
+        *,
+        index: int = 0,
+        status: AttemptStatus = AttemptStatus.FAILED,
+        error: str | None = "boom",
+        started: float = 1,
+        next_at: float | None = None,
+    ) -> NewAttempt:
+        """An attempt record; times in seconds from ``T0`` (a failed or completed one
+        ends half a second after it started)."""
+        started_at = self.at(started)
+        return NewAttempt(
+            id=self.new_id(),
+            step_name=step_name,
+            step_index=index,
+            attempt=attempt,
+            status=status,
+            error=error if status is AttemptStatus.FAILED else None,
+            started_at=started_at,
+            completed_at=None
+            if status is AttemptStatus.STARTED
+            else started_at + timedelta(milliseconds=500),
+            next_attempt_at=None if next_at is None else self.at(next_at),
+        )
+
     def new_wait(
         self,
         name: str,
@@ -181,10 +212,17 @@ class ConformanceBase:
             await storage.get_run(run_id),
             await storage.get_steps(run_id),
             await storage.get_logs(run_id),
+            await storage.get_attempts(run_id),
         )
 
     async def ids(self, storage: Storage, query: RunFilter | None = None) -> list[str]:
         return [r.id for r in await storage.get_runs(query or RunFilter())]
+
+    async def run_of(self, storage: Storage, run_id: str) -> Run:
+        """The stored run (it must exist)."""
+        run = await storage.get_run(run_id)
+        assert run is not None
+        return run
 
     async def status_of(self, storage: Storage, run_id: str) -> RunStatus:
         run = await storage.get_run(run_id)

@@ -51,7 +51,15 @@ NUL_TEXT = "nul \x00 text"
 #: Where user-supplied text reaches storage when a run is triggered.
 ENQUEUE_TEXT = ("job_name", "idempotency_key", "concurrency_key", "label_key", "label_value")
 #: Where user-supplied text reaches storage while a run executes (fenced writes).
-EXECUTION_TEXT = ("step_name", "step_error", "log_message", "progress_message", "run_error")
+EXECUTION_TEXT = (
+    "step_name",
+    "step_error",
+    "log_message",
+    "progress_message",
+    "run_error",
+    "attempt_error",
+    "retry_error",
+)
 
 #: Every operation of the protocol, as called on a closed storage.
 OPERATIONS_AFTER_CLOSE = STORAGE_OPERATIONS
@@ -164,7 +172,7 @@ class ErrorMappingCases(ConformanceBase):
                 f"U+0000 in {field} raised {_named(exc)}; store it exactly, or raise "
                 "durably.ValidationError (chaining the driver's exception)"
             ) from exc
-        stored, steps, logs = await self.snapshot(storage, run.id)
+        stored, steps, logs, attempts = await self.snapshot(storage, run.id)
         assert stored is not None
         texts: dict[str, list[str | None]] = {
             "step_name": [s.name for s in steps],
@@ -172,6 +180,8 @@ class ErrorMappingCases(ConformanceBase):
             "log_message": [entry.message for entry in logs],
             "progress_message": [stored.progress.message if stored.progress else None],
             "run_error": [stored.error],
+            "attempt_error": [a.error for a in attempts],
+            "retry_error": [stored.error],
         }
         found = texts[field]
         assert NUL_TEXT in found, f"U+0000 in {field} was stored, but not exactly: {found!r}"
@@ -192,9 +202,17 @@ class ErrorMappingCases(ConformanceBase):
                 return storage.update_progress(run.id, 1, Progress(1, 2, text), now)
             if field == "run_error":
                 return storage.fail_run(run.id, 1, text, now)
+            if field == "attempt_error":
+                return storage.record_attempt(run.id, 1, self.new_attempt(error=text), now)
+            if field == "retry_error":
+                return self._retried(storage.schedule_retry(run.id, 1, text, self.at(9), now))
             raise AssertionError(field)
 
         return write
+
+    @staticmethod
+    async def _retried(call: Awaitable[Run | None]) -> bool:
+        return await call is not None
 
     async def test_text__lone_surrogate_lookups_find_nothing_or_raise_a_durably_error(
         self, storage: Storage
@@ -303,6 +321,9 @@ class ErrorMappingCases(ConformanceBase):
             "get_waits": lambda: storage.get_waits(run.id),
             "get_wait": lambda: storage.get_wait(run.id, "w"),
             "next_wake_at": lambda: storage.next_wake_at(now),
+            "record_attempt": lambda: storage.record_attempt(run.id, 1, self.new_attempt(), now),
+            "schedule_retry": lambda: storage.schedule_retry(run.id, 1, "boom", later, now),
+            "get_attempts": lambda: storage.get_attempts(run.id),
             "create_schedule": lambda: storage.create_schedule(schedule),
             "update_schedule": lambda: storage.update_schedule(schedule, 1, now),
             "delete_schedule": lambda: storage.delete_schedule("s"),

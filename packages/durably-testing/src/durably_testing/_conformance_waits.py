@@ -57,11 +57,6 @@ class WaitCases(ConformanceBase):
         assert wait is not None
         return wait
 
-    async def run_of(self, storage: Storage, run_id: str) -> Run:
-        run = await storage.get_run(run_id)
-        assert run is not None
-        return run
-
     # -- prepare_wait --
 
     async def test_prepare_wait__creates_a_pending_wait(self, storage: Storage) -> None:

@@ -56,6 +56,7 @@ from typing import Any, ClassVar
 import pytest
 
 from durably import (
+    AttemptStatus,
     ConflictError,
     LogRecord,
     NewRun,
@@ -70,6 +71,7 @@ from durably import (
 )
 from durably.plugins import BackendRegistry
 
+from ._conformance_attempts import AttemptCases
 from ._conformance_base import ConformanceBase, js
 from ._conformance_concurrency import ConcurrencyCases
 from ._conformance_errors import ErrorMappingCases
@@ -81,7 +83,17 @@ __all__ = ["Reopen", "StorageConformance"]
 Reopen = Callable[[Storage], Awaitable[Storage]]
 """``reopen(old)`` closes ``old`` and returns a fresh, migrated storage over the same data."""
 
-FENCED_WRITES = ("persist_step", "update_progress", "append_logs", "complete_run", "fail_run")
+FENCED_WRITES = (
+    "persist_step",
+    "update_progress",
+    "append_logs",
+    "complete_run",
+    "fail_run",
+    "record_attempt",
+    "record_attempt_and_back_off",
+    "persist_step_with_attempt",
+    "schedule_retry",
+)
 LOST_LEASE_SCENARIOS = ("reclaimed", "cancelled", "released", "finished", "wrong_generation")
 
 NESTED: dict[str, Any] = {
@@ -96,12 +108,13 @@ NESTED: dict[str, Any] = {
 
 
 class StorageConformance(
-    WaitCases, ScheduleCases, ConcurrencyCases, ErrorMappingCases, ConformanceBase
+    WaitCases, AttemptCases, ScheduleCases, ConcurrencyCases, ErrorMappingCases, ConformanceBase
 ):
     """Base class of the adapter conformance suite (see the module docstring).
 
     The cases of single operations are here; those of durable waits come from
-    ``WaitCases``, those of schedules (compare-and-set, fires that apply once) from
+    ``WaitCases``, those of retries (attempt records, runs waiting for their next
+    attempt) from ``AttemptCases``, those of schedules (compare-and-set, fires that apply once) from
     ``ScheduleCases``, those of operations run at the same time (atomicity) from
     ``ConcurrencyCases``, and those of errors that must be durably's own (no driver
     exception escapes) from ``ErrorMappingCases``."""
@@ -193,6 +206,20 @@ class StorageConformance(
             )
         if kind == "fail_run":
             return await storage.fail_run(run_id, generation, "late failure", now)
+        if kind == "record_attempt":
+            return await storage.record_attempt(run_id, generation, self.new_attempt(), now)
+        if kind == "record_attempt_and_back_off":
+            attempt = self.new_attempt(next_at=100)
+            return await storage.record_attempt(
+                run_id, generation, attempt, now, wake_at=self.at(100)
+            )
+        if kind == "persist_step_with_attempt":
+            step = self.new_step("late", 5, output={"late": True})
+            attempt = self.new_attempt("late", 2, index=5, status=AttemptStatus.COMPLETED)
+            return await storage.persist_step(run_id, generation, step, now, attempt=attempt)
+        if kind == "schedule_retry":
+            run = await storage.schedule_retry(run_id, generation, "late", self.at(100), now)
+            return run is not None
         raise AssertionError(kind)
 
     # -- basics --
@@ -977,11 +1004,12 @@ class StorageConformance(
         assert retried.completed_step_count == 1
         assert await storage.get_run(run.id) == retried
         assert [s.name for s in await storage.get_completed_steps(run.id)] == ["a"]
+        assert (retried.started_at, retried.attempt) == (None, 1)
         again = await storage.claim_next("w2", self.at(21), self.at(51))
         assert again is not None
         assert again.id == run.id
         assert again.lease_generation == 2
-        assert again.started_at == self.at(10)
+        assert again.started_at == self.at(21), "a retried run starts anew at its next claim"
 
     async def test_retry_run__cancelled_back_to_pending(self, storage: Storage) -> None:
         run = await self.lease(storage)
@@ -1029,7 +1057,7 @@ class StorageConformance(
         deleted = await storage.delete_run(run.id)
         assert deleted is not None
         assert deleted == failed
-        assert await self.snapshot(storage, run.id) == (None, [], [])
+        assert await self.snapshot(storage, run.id) == (None, [], [], [])
         assert await self.ids(storage, RunFilter(labels={"t": "1"})) == []
         again = await storage.enqueue(self.new_run(idempotency_key="k"))
         assert again.disposition == "created"  # the key is free again
@@ -1084,7 +1112,7 @@ class StorageConformance(
         assert await storage.append_logs(run.id, 1, [self.new_log("x")], self.at(1))
         assert await storage.fail_run(run.id, 1, "boom", self.at(2))
         assert await storage.purge_runs(self.at(3), 10) == 1
-        assert await self.snapshot(storage, run.id) == (None, [], [])
+        assert await self.snapshot(storage, run.id) == (None, [], [], [])
         again = await storage.enqueue(self.new_run(idempotency_key="k"))
         assert again.disposition == "created"
 

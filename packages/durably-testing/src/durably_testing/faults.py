@@ -39,8 +39,10 @@ from enum import StrEnum
 from typing import TypeVar
 
 from durably import (
+    Attempt,
     EnqueueResult,
     LogRecord,
+    NewAttempt,
     NewLog,
     NewRun,
     NewSchedule,
@@ -106,6 +108,9 @@ STORAGE_OPERATIONS: tuple[str, ...] = (
     "get_waits",
     "get_wait",
     "next_wake_at",
+    "record_attempt",
+    "schedule_retry",
+    "get_attempts",
     "create_schedule",
     "update_schedule",
     "delete_schedule",
@@ -383,10 +388,21 @@ class FaultyStorage:
         )
 
     async def persist_step(
-        self, run_id: str, generation: int, step: NewStep, now: datetime
+        self,
+        run_id: str,
+        generation: int,
+        step: NewStep,
+        now: datetime,
+        *,
+        attempt: NewAttempt | None = None,
     ) -> bool:
+        if attempt is None:
+            return await self._invoke(
+                "persist_step", lambda: self.inner.persist_step(run_id, generation, step, now)
+            )
         return await self._invoke(
-            "persist_step", lambda: self.inner.persist_step(run_id, generation, step, now)
+            "persist_step",
+            lambda: self.inner.persist_step(run_id, generation, step, now, attempt=attempt),
         )
 
     async def update_progress(
@@ -460,6 +476,31 @@ class FaultyStorage:
         return await self._invoke(
             "suspend_run", lambda: self.inner.suspend_run(run_id, generation, wait_id, now)
         )
+
+    async def record_attempt(
+        self,
+        run_id: str,
+        generation: int,
+        attempt: NewAttempt,
+        now: datetime,
+        *,
+        wake_at: datetime | None = None,
+    ) -> bool:
+        return await self._invoke(
+            "record_attempt",
+            lambda: self.inner.record_attempt(run_id, generation, attempt, now, wake_at=wake_at),
+        )
+
+    async def schedule_retry(
+        self, run_id: str, generation: int, error: str, wake_at: datetime, now: datetime
+    ) -> Run | None:
+        return await self._invoke(
+            "schedule_retry",
+            lambda: self.inner.schedule_retry(run_id, generation, error, wake_at, now),
+        )
+
+    async def get_attempts(self, run_id: str) -> list[Attempt]:
+        return await self._invoke("get_attempts", lambda: self.inner.get_attempts(run_id))
 
     async def signal_wait(
         self, run_id: str, name: str, signal: NewSignal, now: datetime

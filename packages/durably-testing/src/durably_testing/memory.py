@@ -20,9 +20,11 @@ from typing import Any
 import msgspec
 
 from durably import (
+    Attempt,
     ConflictError,
     EnqueueResult,
     LogRecord,
+    NewAttempt,
     NewLog,
     NewRun,
     NewSignal,
@@ -118,6 +120,12 @@ def _check_new_step(step: NewStep) -> None:
     _storable(step.output_json, f"The output of step {step.name!r}")
 
 
+def _check_new_attempt(attempt: NewAttempt) -> None:
+    _storable(attempt.id, "The attempt id")
+    _storable(attempt.step_name, "The step name of an attempt")
+    _storable(attempt.error, f"The error of an attempt of step {attempt.step_name!r}")
+
+
 def _check_new_log(log: NewLog) -> None:
     _storable(log.id, "The log entry id")
     _storable(log.step_name, "The step name of a log entry")
@@ -209,6 +217,8 @@ class MemoryStorage(MemorySchedules):
         #: The JSON text of each accepted payload, by wait id: a duplicate signal is
         #: recognised by its text, as a SQL backend compares the stored column.
         self._payload_texts: dict[str, str] = {}
+        #: Each run's attempt records by id, in the order they were first written.
+        self._attempts: dict[str, dict[str, Attempt]] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryStorage:
@@ -343,10 +353,18 @@ class MemoryStorage(MemorySchedules):
         return run
 
     async def persist_step(
-        self, run_id: str, generation: int, step: NewStep, now: datetime
+        self,
+        run_id: str,
+        generation: int,
+        step: NewStep,
+        now: datetime,
+        *,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         now = _ts(now)
         _check_new_step(step)
+        if attempt is not None:
+            _check_new_attempt(attempt)
         run = self._held(run_id, generation)
         if run is None:
             return False
@@ -372,6 +390,8 @@ class MemoryStorage(MemorySchedules):
             completed_at=_ts_opt(step.completed_at),
         )
         self._steps[run_id] = [*steps, record]
+        if attempt is not None:
+            self._put_attempt(run_id, generation, attempt)
         if step.status is StepStatus.COMPLETED:
             self._runs[run_id] = life.step_completed(run, step.index, now)
         return True
@@ -477,6 +497,7 @@ class MemoryStorage(MemorySchedules):
         del self._runs[run_id]
         self._forget_children(run_id)
         self._forget_waits(run_id)
+        self._attempts.pop(run_id, None)
         return _fresh(run)
 
     async def purge_runs(self, completed_before: datetime, limit: int) -> int:
@@ -495,11 +516,74 @@ class MemoryStorage(MemorySchedules):
             del self._runs[run.id]
             self._forget_children(run.id)
             self._forget_waits(run.id)
+            self._attempts.pop(run.id, None)
         return len(doomed)
 
     def _forget_children(self, run_id: str) -> None:
         self._steps.pop(run_id, None)
         self._logs.pop(run_id, None)
+
+    # -- retries --
+
+    def _put_attempt(self, run_id: str, generation: int, new: NewAttempt) -> None:
+        """Insert the record, or settle the one of the same id (its outcome fields)."""
+        attempts = self._attempts.setdefault(run_id, {})
+        existing = attempts.get(new.id)
+        if existing is None:
+            attempts[new.id] = Attempt(
+                id=new.id,
+                run_id=run_id,
+                step_name=new.step_name,
+                step_index=new.step_index,
+                attempt=new.attempt,
+                status=new.status,
+                lease_generation=generation,
+                error=new.error,
+                started_at=_ts(new.started_at),
+                completed_at=_ts_opt(new.completed_at),
+                next_attempt_at=_ts_opt(new.next_attempt_at),
+            )
+        else:
+            attempts[new.id] = msgspec.structs.replace(
+                existing,
+                status=new.status,
+                error=new.error,
+                completed_at=_ts_opt(new.completed_at),
+                next_attempt_at=_ts_opt(new.next_attempt_at),
+            )
+
+    async def record_attempt(
+        self,
+        run_id: str,
+        generation: int,
+        attempt: NewAttempt,
+        now: datetime,
+        *,
+        wake_at: datetime | None = None,
+    ) -> bool:
+        now = _ts(now)
+        _check_new_attempt(attempt)
+        run = self._held(run_id, generation)
+        if run is None:
+            return False
+        self._put_attempt(run_id, generation, attempt)
+        if wake_at is not None:
+            self._runs[run_id] = life.backed_off(run, _ts(wake_at), now)
+        return True
+
+    async def schedule_retry(
+        self, run_id: str, generation: int, error: str, wake_at: datetime, now: datetime
+    ) -> Run | None:
+        _storable(error, f"The error of run {run_id}")
+        run = self._held(run_id, generation)
+        if run is None:
+            return None
+        updated = life.retry_scheduled(run, error, _ts(wake_at), _ts(now))
+        self._runs[run_id] = updated
+        return _fresh(updated)
+
+    async def get_attempts(self, run_id: str) -> list[Attempt]:
+        return sorted(self._attempts.get(run_id, {}).values(), key=lambda a: (a.started_at, a.id))
 
     # -- durable waits --
 

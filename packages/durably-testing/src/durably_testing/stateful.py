@@ -4,9 +4,11 @@
 of the :class:`durably.Storage` operations — enqueue (idempotency and concurrency
 keys, coalesce, batches), claim, renew, release of expired leases, fenced step /
 progress / log / completion / failure writes with current and stale generations,
-cancel, retry, delete, purge, queries, and durable waits (prepare, suspend,
+cancel, retry, delete, purge, queries, durable waits (prepare, suspend,
 signals with their ids and payloads, reads of results; deadlines, signals and
-cancellation racing) — with time moved only by the machine.
+cancellation racing), and retries (``_stateful_attempts``: attempt records written
+and settled, runs waiting for a step's next attempt or for a retry of the whole
+run) — with time moved only by the machine.
 After every operation it checks:
 
 - every storage gives the same observable result (records compared whole);
@@ -20,8 +22,9 @@ After every operation it checks:
   twice), a lease generation never decreases, a completed step's output never
   changes, one run per idempotency key, at most one live-leased run per
   concurrency key, at most one pending run per (job, concurrency key); a waiting run
-  holds no lease and is suspended on one of its own waits; a wait's result, once
-  recorded, never changes; a finished run has no pending wait.
+  holds no lease and is suspended on one of its own waits, or waits for a retry at
+  its ``wake_at``; a wait's result, once recorded, never changes; a finished run has
+  no pending wait.
 
 An adapter author subclasses it and opens storages::
 
@@ -60,6 +63,7 @@ from hypothesis.stateful import (
 )
 
 from durably import (
+    Attempt,
     ConflictError,
     EnqueueResult,
     LogRecord,
@@ -82,6 +86,7 @@ from durably import (
     WaitKind,
 )
 
+from ._stateful_attempts import AttemptRules
 from ._stateful_schedules import ScheduleRules
 
 __all__ = [
@@ -199,10 +204,13 @@ class ModelRun:
     completed_at: datetime | None = None
     waiting_on_wait_id: str | None = None
     wake_at: datetime | None = None
+    attempt: int = 1
     steps: list[ModelStep] = field(default_factory=list)
     logs: list[tuple[str | None, str, str]] = field(default_factory=list)
     #: By name, in preparation order.
     waits: dict[str, ModelWait] = field(default_factory=dict)
+    #: Attempt records by id, as ``observe_attempt`` gives them.
+    attempts: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def observable(self) -> dict[str, Any]:
         """The fields a storage must return exactly so (``updated_at`` is left out:
@@ -228,6 +236,7 @@ class ModelRun:
             "created_at": self.created_at,
             "waiting_on_wait_id": self.waiting_on_wait_id,
             "wake_at": self.wake_at,
+            "attempt": self.attempt,
         }
 
 
@@ -371,8 +380,15 @@ class LifecycleModel:
             count += 1
         return count
 
-    def persist_step(self, run_id: str, generation: int, step: ModelStep) -> bool:
-        """``persist_step`` (fenced); a second completed step of one name is a conflict."""
+    def persist_step(
+        self,
+        run_id: str,
+        generation: int,
+        step: ModelStep,
+        attempt: tuple[Any, ...] | None = None,
+    ) -> bool:
+        """``persist_step`` (fenced); a second completed step of one name is a conflict.
+        With ``attempt`` (an ``observe_attempt`` view), that record too, or nothing."""
         run = self._holder(run_id, generation)
         if run is None:
             return False
@@ -382,7 +398,56 @@ class LifecycleModel:
             run.current_step_index = step.index + 1
             run.completed_step_count += 1
         run.steps.append(step)
+        if attempt is not None:
+            self._put_attempt(run, attempt)
         return True
+
+    # -- retries --
+
+    @staticmethod
+    def _put_attempt(run: ModelRun, attempt: tuple[Any, ...]) -> None:
+        """Insert the record, or settle the one of its id: its status, error, end and
+        next attempt change; the rest stays as first written."""
+        old = run.attempts.get(attempt[0])
+        run.attempts[attempt[0]] = attempt if old is None else (*old[:6], *attempt[6:])
+
+    def record_attempt(
+        self,
+        run_id: str,
+        generation: int,
+        attempt: tuple[Any, ...],
+        wake_at: datetime | None,
+    ) -> bool:
+        """``record_attempt`` (fenced); with ``wake_at`` the run waits, on no wait, for
+        the step's next attempt, its lease released."""
+        run = self._holder(run_id, generation)
+        if run is None:
+            return False
+        self._put_attempt(run, attempt)
+        if wake_at is not None:
+            run.status = WAITING
+            run.lease_owner = None
+            run.lease_expires_at = None
+            run.waiting_on_wait_id = None
+            run.wake_at = wake_at
+        return True
+
+    def schedule_retry(
+        self, run_id: str, generation: int, error: str, wake_at: datetime
+    ) -> str | None:
+        """``schedule_retry`` (fenced): the id of the run now waiting for its next
+        attempt, or ``None``."""
+        run = self._holder(run_id, generation)
+        if run is None:
+            return None
+        run.status = WAITING
+        run.lease_owner = None
+        run.lease_expires_at = None
+        run.waiting_on_wait_id = None
+        run.wake_at = wake_at
+        run.error = error
+        run.attempt += 1
+        return run.id
 
     def update_progress(
         self, run_id: str, generation: int, progress: tuple[float, float | None, str | None]
@@ -463,6 +528,8 @@ class LifecycleModel:
         run.lease_owner = None
         run.lease_expires_at = None
         run.completed_at = None
+        run.started_at = None  # a new start: the next claim sets it
+        run.attempt = 1
         for wait in run.waits.values():  # those that ended with the run come back
             if wait.status in (CANCELLED, CLOSED):
                 wait.status = PENDING
@@ -647,7 +714,32 @@ def observe_run(run: Run) -> dict[str, Any]:
         "created_at": run.created_at,
         "waiting_on_wait_id": run.waiting_on_wait_id,
         "wake_at": run.wake_at,
+        "attempt": run.attempt,
     }
+
+
+def observe_attempt(attempt: Attempt) -> tuple[Any, ...]:
+    """An attempt record as plain values: what its first write fixes (id, step name
+    and index, number, start, lease generation), then what settling it changes."""
+    return (
+        attempt.id,
+        attempt.step_name,
+        attempt.step_index,
+        attempt.attempt,
+        attempt.started_at,
+        attempt.lease_generation,
+        attempt.status.value,
+        attempt.error,
+        attempt.completed_at,
+        attempt.next_attempt_at,
+    )
+
+
+def observe_attempts(attempts: list[Attempt]) -> list[tuple[Any, ...]]:
+    """Attempt records oldest first (ties by id)."""
+    keys = [(a.started_at, a.id) for a in attempts]
+    assert keys == sorted(keys), f"attempt records not oldest first: {keys}"
+    return [observe_attempt(a) for a in attempts]
 
 
 def observe_wait(wait: Wait) -> tuple[Any, ...]:
@@ -699,6 +791,11 @@ def observe_logs(logs: list[LogRecord]) -> list[tuple[Any, ...]]:
 Outcome = tuple[Any, ...]
 
 
+def _started(view: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The order of attempt records: ``started_at``, then id."""
+    return (view[4], view[0])
+
+
 # --------------------------------------------------------------------------
 # The machine
 # --------------------------------------------------------------------------
@@ -715,7 +812,7 @@ def _has_runs(machine: StorageStateMachine) -> bool:
     return bool(machine.known)
 
 
-class StorageStateMachine(ScheduleRules, RuleBasedStateMachine):
+class StorageStateMachine(AttemptRules, ScheduleRules, RuleBasedStateMachine):
     """Drives the storages of :meth:`open_storages` (see the module docstring)."""
 
     #: Compare every result with :class:`LifecycleModel` (else only backends with each other).
@@ -1075,8 +1172,12 @@ class StorageStateMachine(ScheduleRules, RuleBasedStateMachine):
             started_at=now,
             completed_at=now,
         )
+        # sometimes with the attempt's record (record_attempts=True, or a last failure)
+        attempt = self.attempt_for(data, run_id, name, index, step.status, gen)
         got = self._agree(
-            "persist_step", self._on_all(lambda s: s.persist_step(run_id, gen, step, now)), bool
+            "persist_step",
+            self._on_all(lambda s: s.persist_step(run_id, gen, step, now, attempt=attempt)),
+            bool,
         )
         self._dirty.add(run_id)
         model_step = ModelStep(
@@ -1087,7 +1188,16 @@ class StorageStateMachine(ScheduleRules, RuleBasedStateMachine):
             error=step.error,
             started_at=now,
         )
-        self._expect("persist_step", got, lambda: self.model.persist_step(run_id, gen, model_step))
+        self._expect(
+            "persist_step",
+            got,
+            lambda: self.model.persist_step(
+                run_id,
+                gen,
+                model_step,
+                None if attempt is None else self.attempt_view(attempt, gen),
+            ),
+        )
 
     @precondition(_has_runs)
     @rule(
@@ -1343,7 +1453,12 @@ class StorageStateMachine(ScheduleRules, RuleBasedStateMachine):
         return data.draw(st.sampled_from(WAIT_NAMES), label="wait")
 
     def _awaited(self) -> list[str]:
-        return [i for i, r in self.model.runs.items() if r.status == WAITING]
+        """Runs suspended on a wait (not those waiting for a retry)."""
+        return [
+            i
+            for i, r in self.model.runs.items()
+            if r.status == WAITING and r.waiting_on_wait_id is not None
+        ]
 
     @precondition(lambda self: bool(self._awaited()))
     @rule(
@@ -1496,6 +1611,11 @@ class StorageStateMachine(ScheduleRules, RuleBasedStateMachine):
             f"get_waits({run_id})", self._on_all(lambda s: s.get_waits(run_id)), observe_waits
         )
         self._check_waits(run_id, waits[1])
+        attempts = self._agree(
+            f"get_attempts({run_id})",
+            self._on_all(lambda s: s.get_attempts(run_id)),
+            observe_attempts,
+        )
         for name, outcome in completed.items():
             for step in outcome[1]:
                 assert step.status is StepStatus.COMPLETED, step
@@ -1524,6 +1644,12 @@ class StorageStateMachine(ScheduleRules, RuleBasedStateMachine):
                 ]
             )
             assert waits[1] == model_waits, f"waits of {run_id}: {waits[1]} != {model_waits}"
+            model_attempts = (
+                [] if model_run is None else sorted(model_run.attempts.values(), key=_started)
+            )
+            assert attempts[1] == model_attempts, (
+                f"attempt records of {run_id}: {attempts[1]} != model {model_attempts}"
+            )
 
     def _check_waits(self, run_id: str, waits: list[tuple[Any, ...]]) -> None:
         """A wait's result never changes; a waiting run is suspended on one of its own
@@ -1531,7 +1657,11 @@ class StorageStateMachine(ScheduleRules, RuleBasedStateMachine):
         run = self._on_all(lambda s: s.get_run(run_id))
         found = next(iter(run.values()))[1]
         ids = {w[0] for w in waits}
-        if found is not None and found.status is RunStatus.WAITING:
+        if (
+            found is not None
+            and found.status is RunStatus.WAITING
+            and found.waiting_on_wait_id is not None  # else: waiting for a retry
+        ):
             assert found.waiting_on_wait_id in ids, (
                 f"run {run_id} waits on {found.waiting_on_wait_id}, not one of its waits {ids}"
             )
@@ -1574,7 +1704,8 @@ class StorageStateMachine(ScheduleRules, RuleBasedStateMachine):
             else:
                 assert (run.lease_owner, run.lease_expires_at) == (None, None), run
             if run.status is RunStatus.WAITING:
-                assert run.waiting_on_wait_id is not None, run
+                # on a wait, or for a retry at a time
+                assert run.waiting_on_wait_id is not None or run.wake_at is not None, run
             else:
                 assert (run.waiting_on_wait_id, run.wake_at) == (None, None), run
             if run.status is RunStatus.PENDING and run.concurrency_key is not None:

@@ -26,7 +26,7 @@ T = TypeVar("T")
 MaybeAwaitable: TypeAlias = T | Awaitable[T]
 
 RunOperation = Literal[
-    "read", "subscribe", "steps", "retrigger", "cancel", "delete", "logs", "retry"
+    "read", "subscribe", "steps", "attempts", "retrigger", "cancel", "delete", "logs", "retry"
 ]
 """What a run-level route does with the run, as passed to ``Auth.on_run_access``
 (``logs`` and ``retry``: routes of the dashboard, ``create_handler(dashboard=True)``)."""

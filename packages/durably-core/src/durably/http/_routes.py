@@ -46,6 +46,7 @@ from ._request import (
     values,
 )
 from ._serialize import (
+    client_attempt,
     client_run,
     client_schedule,
     client_step,
@@ -111,6 +112,7 @@ class _Handler:
             ("GET", "/runs"): self.runs,
             ("GET", "/run"): self.run,
             ("GET", "/steps"): self.steps,
+            ("GET", "/attempts"): self.attempts,
             ("GET", "/runs/subscribe"): self.runs_subscribe,
             ("POST", "/trigger"): self.trigger,
             ("POST", "/retrigger"): self.retrigger,
@@ -254,6 +256,11 @@ class _Handler:
         run = await self.run_access(request, ctx, "steps")
         steps = await self.durably.get_steps(run.id)
         return json_response([client_step(s) for s in steps])
+
+    async def attempts(self, request: Request, ctx: Any) -> Response:
+        run = await self.run_access(request, ctx, "attempts")
+        attempts = await self.durably.get_attempts(run.id)
+        return json_response([client_attempt(a) for a in attempts])
 
     async def retrigger(self, request: Request, ctx: Any) -> Response:
         run = await self.run_access(request, ctx, "retrigger")

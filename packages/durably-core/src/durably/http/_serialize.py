@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pydantic
 
-from .. import Event, Progress, Run, ScheduleRecord, StepRecord
+from .. import Attempt, Event, Progress, Run, ScheduleRecord, StepRecord
 from .._events import EVENT_CLASSES
 from .._records import progress_data
 
@@ -112,6 +112,23 @@ def client_step(step: StepRecord) -> dict[str, Any]:
         "error": step.error,
         "startedAt": iso(step.started_at),
         "completedAt": iso(step.completed_at),
+    }
+
+
+def client_attempt(attempt: Attempt) -> dict[str, Any]:
+    """An attempt record for ``GET /attempts`` (Python only): every field, camelCase."""
+    return {
+        "id": attempt.id,
+        "runId": attempt.run_id,
+        "stepName": attempt.step_name,
+        "stepIndex": attempt.step_index,
+        "attempt": attempt.attempt,
+        "status": str(attempt.status),
+        "leaseGeneration": attempt.lease_generation,
+        "error": attempt.error,
+        "startedAt": iso(attempt.started_at),
+        "completedAt": iso(attempt.completed_at),
+        "nextAttemptAt": iso(attempt.next_attempt_at),
     }
 
 

@@ -1,7 +1,7 @@
 """What every statement of ``SqlStorage`` shares: the column lists it selects, the
 lease fence its writes carry, and the functions that map a row to a
-:class:`durably.Run`, :class:`durably.StepRecord`, :class:`durably.LogRecord` or
-:class:`durably.Wait`."""
+:class:`durably.Run`, :class:`durably.StepRecord`, :class:`durably.LogRecord`,
+:class:`durably.Wait` or :class:`durably.Attempt`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import msgspec
 
 from .._errors import StorageCorruptError
 from .._records import (
+    Attempt,
+    AttemptStatus,
     LogRecord,
     Progress,
     Run,
@@ -28,7 +30,7 @@ RUN_COLUMNS = (
     "id, job_name, input, status, idempotency_key, concurrency_key, labels, "
     "current_step_index, completed_step_count, progress, output, error, lease_owner, "
     "lease_expires_at, lease_generation, started_at, completed_at, created_at, updated_at, "
-    "waiting_on_wait_id, wake_at"
+    "waiting_on_wait_id, wake_at, attempt"
 )
 STEP_COLUMNS = 'id, run_id, name, "index", status, output, error, started_at, completed_at'
 LOG_COLUMNS = "id, run_id, step_name, level, message, data, created_at"
@@ -107,6 +109,7 @@ def to_run(row: Row) -> Run:
         updated_at=parse_ts(row[18]),
         waiting_on_wait_id=row[19],
         wake_at=_ts(row[20]),
+        attempt=row[21],
     )
 
 
@@ -155,4 +158,27 @@ def to_wait(row: Row) -> Wait:
         suspended_at=_ts(row[11]),
         resolved_at=_ts(row[12]),
         first_resumed_at=_ts(row[13]),
+    )
+
+
+ATTEMPT_COLUMNS = (
+    "id, run_id, step_name, step_index, attempt, status, lease_generation, error, "
+    "started_at, completed_at, next_attempt_at"
+)
+_ATTEMPT_STATUS = {s.value: s for s in AttemptStatus}
+
+
+def to_attempt(row: Row) -> Attempt:
+    return Attempt(
+        id=row[0],
+        run_id=row[1],
+        step_name=row[2],
+        step_index=row[3],
+        attempt=row[4],
+        status=_ATTEMPT_STATUS[row[5]],
+        lease_generation=row[6],
+        error=row[7],
+        started_at=parse_ts(row[8]),
+        completed_at=_ts(row[9]),
+        next_attempt_at=_ts(row[10]),
     )

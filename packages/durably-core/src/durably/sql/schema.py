@@ -34,6 +34,7 @@ from .._errors import SchemaVersionError
 from .executor import ConstraintViolation, Executor, Statement
 
 __all__ = [
+    "ATTEMPTS",
     "PY_MIGRATIONS",
     "PY_SCHEMA_VERSION",
     "PY_VERSIONS_DDL",
@@ -198,7 +199,34 @@ SCHEDULES = Migration(
 A new table only, which a Node 0.15 worker never reads."""
 
 
-PY_MIGRATIONS: tuple[Migration, ...] = (WAITS, SCHEDULES)
+ATTEMPTS = Migration(
+    3,
+    "retries: durably_step_attempts, durably_runs.attempt",
+    (
+        "CREATE TABLE IF NOT EXISTS durably_step_attempts (id TEXT PRIMARY KEY, "
+        "run_id TEXT NOT NULL, step_name TEXT NOT NULL, step_index INTEGER NOT NULL, "
+        "lease_generation INTEGER NOT NULL, status TEXT NOT NULL, metadata TEXT, "
+        "error TEXT, started_at TEXT NOT NULL, completed_at TEXT, "
+        "attempt INTEGER NOT NULL DEFAULT 1, next_attempt_at TEXT)",
+        "CREATE INDEX IF NOT EXISTS idx_durably_step_attempts_run_started "
+        "ON durably_step_attempts (run_id, started_at)",
+    ),
+    columns=(
+        ("durably_runs", "attempt", "INTEGER NOT NULL DEFAULT 1"),
+        # when the reference created durably_step_attempts (without Python's columns)
+        ("durably_step_attempts", "attempt", "INTEGER NOT NULL DEFAULT 1"),
+        ("durably_step_attempts", "next_attempt_at", "TEXT"),
+    ),
+)
+"""Python migration 3, retries (``Retry``, ``define_job(retry=…, run_retry=…)``): one
+row per recorded attempt of a step, and the run's attempt number. The table, its
+columns and its index are named as on the reference's main branch (its
+``durably_step_attempts``, unreleased as of 0.15); ``attempt`` and
+``next_attempt_at`` are Python's (a retry's series and when its next attempt is due),
+as is ``durably_runs.attempt``. A Node 0.15 worker never reads the table, and names
+its columns when it inserts a run, so its runs get ``attempt`` 1."""
+
+PY_MIGRATIONS: tuple[Migration, ...] = (WAITS, SCHEDULES, ATTEMPTS)
 """Python-only migrations, oldest first (versions 1, 2, …)."""
 
 PY_SCHEMA_VERSION = max((m.version for m in PY_MIGRATIONS), default=0)

@@ -26,6 +26,7 @@ from .._errors import ConflictError, StorageOutcomeUnknownError
 from .._records import (
     EnqueueResult,
     LogRecord,
+    NewAttempt,
     NewLog,
     NewRun,
     NewStep,
@@ -39,6 +40,7 @@ from .._records import (
 )
 from .._timefmt import format_ts
 from ..lifecycle import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, TERMINAL_STATUSES
+from ._attempts import DELETE_ATTEMPTS, SqlAttempts, attempt_write
 from ._outcome import resolved
 from ._rows import (
     FENCE,
@@ -204,7 +206,8 @@ _CANCEL_WAITS = END_WAITS.format(
 _CLOSE_WAITS = END_WAITS.format(guard=HELD)
 _RETRY = (
     "UPDATE durably_runs SET status = 'pending', output = NULL, error = NULL, "
-    "lease_owner = NULL, lease_expires_at = NULL, completed_at = NULL, updated_at = ? "
+    "lease_owner = NULL, lease_expires_at = NULL, started_at = NULL, completed_at = NULL, "
+    "updated_at = ?, attempt = 1 "
     f"WHERE id = ? AND status IN {status_list(RETRYABLE_STATUSES)} RETURNING {RUN_COLUMNS}"
 )
 _IS_TERMINAL = f"EXISTS (SELECT 1 FROM durably_runs WHERE id = ? AND status IN {_TERMINAL})"
@@ -213,6 +216,7 @@ _DELETE_RUN: tuple[str, ...] = (
     f"DELETE FROM durably_logs WHERE run_id = ? AND {_IS_TERMINAL}",
     f"DELETE FROM durably_run_labels WHERE run_id = ? AND {_IS_TERMINAL}",
     f"DELETE FROM durably_waits WHERE run_id = ? AND {_IS_TERMINAL}",
+    DELETE_ATTEMPTS.format(runs=f"= ? AND {_IS_TERMINAL}"),
     f"DELETE FROM durably_runs WHERE id = ? AND status IN {_TERMINAL} RETURNING {RUN_COLUMNS}",
 )
 _PURGE_IDS = (
@@ -224,6 +228,7 @@ _PURGE: tuple[str, ...] = (
     f"DELETE FROM durably_logs WHERE run_id IN ({_PURGE_IDS})",
     f"DELETE FROM durably_run_labels WHERE run_id IN ({_PURGE_IDS})",
     f"DELETE FROM durably_waits WHERE run_id IN ({_PURGE_IDS})",
+    DELETE_ATTEMPTS.format(runs=f"IN ({_PURGE_IDS})"),
     f"DELETE FROM durably_runs WHERE id IN ({_PURGE_IDS}) RETURNING id",
 )
 
@@ -293,11 +298,12 @@ def _where(query: RunFilter) -> tuple[str, list[SqlValue]]:
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-class SqlStorage(SqlWaits, ScheduleSql):
+class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
     """:class:`durably.Storage` over an :class:`~durably.sql.Executor` (SQLite dialect).
 
-    The durable-wait operations are in :mod:`durably.sql._waits`, the schedule
-    operations in :mod:`durably.sql._schedules`."""
+    The durable-wait operations are in :mod:`durably.sql._waits`, the retry
+    operations in :mod:`durably.sql._attempts`, the schedule operations in
+    :mod:`durably.sql._schedules`."""
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
@@ -549,15 +555,29 @@ class SqlStorage(SqlWaits, ScheduleSql):
     # -- fenced writes by the lease holder --
 
     async def persist_step(
-        self, run_id: str, generation: int, step: NewStep, now: datetime
+        self,
+        run_id: str,
+        generation: int,
+        step: NewStep,
+        now: datetime,
+        *,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         async def landed() -> bool | None:
+            # one batch: the step row there means its attempt record is too
             return await self._landed(_LANDED_STEP, (step.id, generation, run_id))
 
-        return await resolved(lambda: self._persist_step(run_id, generation, step, now), landed)
+        return await resolved(
+            lambda: self._persist_step(run_id, generation, step, now, attempt), landed
+        )
 
     async def _persist_step(
-        self, run_id: str, generation: int, step: NewStep, now: datetime
+        self,
+        run_id: str,
+        generation: int,
+        step: NewStep,
+        now: datetime,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         now_s = format_ts(now)
         completed = step.completed_at
@@ -577,6 +597,10 @@ class SqlStorage(SqlWaits, ScheduleSql):
             generation,
         )
         try:
+            if attempt is not None:
+                return await self._persist_with_attempt(
+                    run_id, generation, step, insert, attempt, now_s
+                )
             if step.status is not StepStatus.COMPLETED:
                 return await self.executor.execute(_INSERT_STEP, insert) > 0
             advance: Params = (step.index + 1, now_s, run_id, generation)
@@ -596,6 +620,27 @@ class SqlStorage(SqlWaits, ScheduleSql):
                 ) from exc
             raise
         return bool(results[2] and results[2][0][0])
+
+    async def _persist_with_attempt(
+        self,
+        run_id: str,
+        generation: int,
+        step: NewStep,
+        insert: Params,
+        attempt: NewAttempt,
+        now_s: str,
+    ) -> bool:
+        """The step row and the attempt's record in one batch. Every statement carries
+        the fence, evaluated on a run row none of them changes but the last."""
+        statements: list[Statement] = [
+            (_INSERT_STEP, insert),
+            attempt_write(run_id, generation, attempt),
+        ]
+        if step.status is StepStatus.COMPLETED:
+            statements.append((_ADVANCE, (step.index + 1, now_s, run_id, generation)))
+        statements.append((_CHANGES, ()))
+        results = await self.executor.batch(statements)
+        return bool(results[-1] and results[-1][0][0])
 
     async def update_progress(
         self, run_id: str, generation: int, progress: Progress, now: datetime
