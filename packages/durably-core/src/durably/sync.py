@@ -46,7 +46,7 @@ from ._events import ErrorHandler, Event, Listener, LogWriteEvent
 from ._handle import JobHandle, RunResult
 from ._job import JobDefinition
 from ._loop_thread import LoopThread
-from ._records import LogRecord, Progress, Run, RunStatus, StepRecord
+from ._records import Attempt, LogRecord, Progress, Run, RunStatus, StepRecord
 from ._services import Settings
 from ._storage import Storage
 from ._trigger import TriggerResult
@@ -416,6 +416,10 @@ class SyncDurably:
     def get_logs(self, run_id: str) -> list[LogRecord]:
         """The run's stored ``step.log`` entries, oldest first."""
         return self._run("get_logs()", lambda d: d.get_logs(run_id))
+
+    def get_attempts(self, run_id: str) -> list[Attempt]:
+        """The run's attempt records, oldest first."""
+        return self._run("get_attempts()", lambda d: d.get_attempts(run_id))
 
     # -- control --
 
