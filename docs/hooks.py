@@ -43,6 +43,7 @@ PUBLIC_MODULES = (
     "durably.cli",
     "durably.http",
     "durably.lifecycle",
+    "durably.otel",
     "durably.plugins",
     "durably.sql",
     "durably.sync",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: Real-time safety bound for ``eventually``: a backend doing I/O in threads needs the
 #: loop to spin a little longer than ``settle()``; a hang fails instead of blocking.
@@ -46,3 +50,13 @@ def recorder(d: Any, event_type: str = "*") -> list[Any]:
     events: list[Any] = []
     d.on(event_type, events.append)
     return events
+
+
+def at_once(call: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``call(item)`` for every item, each in a thread of its own, all started before
+    any is waited for (many callers at once); the results in the items' order, the
+    first error raised."""
+    items = list(items)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        futures = [pool.submit(call, item) for item in items]
+        return [f.result() for f in futures]

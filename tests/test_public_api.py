@@ -83,7 +83,8 @@ PUBLIC = {
         "create_handler",
         "scoped_key",
     ],
-    "durably.sync": ["SyncDurably", "SyncJobHandle", "SyncJobs", "create_durably"],
+    "durably.otel": ["Instrumentation", "instrument"],
+    "durably.sync": ["SyncDurably", "SyncJobHandle", "SyncJobs", "SyncSchedules", "create_durably"],
     "durably.plugins": [
         "BackendRegistry",
         "ENTRY_POINT_GROUP",

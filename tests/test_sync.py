@@ -19,6 +19,7 @@ from typing import Any, assert_type
 
 import pydantic
 import pytest
+from engine_support import at_once
 from process_support import run_captured
 
 import durably
@@ -34,7 +35,9 @@ from durably import (
     WaitTimeoutError,
     define_job,
 )
-from durably.sync import SyncDurably, SyncJobHandle, create_durably
+from durably._schedules import Schedules
+from durably.sync import SyncDurably, SyncJobHandle, SyncSchedules, create_durably
+from durably_testing.clock import ManualClock
 
 
 class AddIn(pydantic.BaseModel):
@@ -147,23 +150,11 @@ def test_trigger_and_wait__a_failing_callback_is_logged_and_the_wait_goes_on(
 
 def test_many_threads_trigger_and_wait_at_once(make: Any) -> None:
     """32 threads share one instance (4 slots): each gets its own run's output."""
-    outputs: dict[int, int] = {}
-    errors: list[BaseException] = []
     with make(jobs={"add": add}, max_concurrent_runs=4) as d:
-
-        def client(n: int) -> None:
-            try:
-                outputs[n] = d.jobs.add.trigger_and_wait({"n": n}, timeout=120).output.total
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(32)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        assert outputs == {n: n * (n - 1) // 2 for n in range(32)}
+        outputs = at_once(
+            lambda n: d.jobs.add.trigger_and_wait({"n": n}, timeout=120).output.total, range(32)
+        )
+        assert outputs == [n * (n - 1) // 2 for n in range(32)]
         assert d.count_runs()[RunStatus.COMPLETED] == 32
 
 
@@ -172,19 +163,7 @@ def test_many_threads_trigger_while_another_process_style_worker_runs_them(url: 
     web = create_durably(url, jobs={"add": add})
     worker = create_durably(url, jobs={"add": add}, polling_interval=0.05)
     try:
-        ids: list[str] = []
-        lock = threading.Lock()
-
-        def client(n: int) -> None:
-            run_id = web.jobs.add.trigger({"n": n}).id
-            with lock:
-                ids.append(run_id)
-
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        ids = at_once(lambda n: web.jobs.add.trigger({"n": n}).id, range(16))
         assert not web.running
         assert web.count_runs()[RunStatus.PENDING] == 16
         worker.start()
@@ -287,6 +266,23 @@ def test_register_on_and_subscribe(make: Any) -> None:
     assert "step:complete" in types
     assert seen == [("run:complete", "durably-sync")]
     assert list(d.subscribe(result.id)) == []  # finished: ends at once
+
+
+def test_schedules__the_run_time_api_without_await(make: Any) -> None:
+    clock = ManualClock()
+    d = make(jobs={"add": add}, clock=clock)
+    created = d.schedules.create("minutely", d.jobs.add, cron="* * * * *", input={"n": 2})
+    assert created.job_name == "add"
+    assert [s.name for s in d.schedules.list()] == ["minutely"]
+    assert len(d.schedules.next_fire_times(created, 3)) == 3
+    assert d.schedules.pause("minutely").status == "paused"
+    assert d.schedules.resume("minutely").status == "active"
+    clock.set(clock.now() + timedelta(minutes=2))
+    (fired,) = d.schedules.fire_due()  # catch_up="latest": the last slot only
+    assert d.process_one() is True
+    assert d.get_run(fired.id).output == {"total": 1}
+    assert d.schedules.delete("minutely").name == "minutely"
+    assert d.schedules.get("minutely") is None
 
 
 def test_inside_a_running_loop__every_blocking_call_is_refused(make: Any) -> None:
@@ -428,13 +424,21 @@ def test_create_durably__takes_exactly_the_async_arguments() -> None:
     assert _parameters(create_durably) == _parameters(durably.create_durably)
 
 
-#: Async methods the blocking API leaves out, and why.
-NOT_MIRRORED: dict[str, str] = {}
+#: Public methods the blocking API leaves out, and why.
+NOT_MIRRORED: dict[str, str] = {
+    "declare": "Schedules.declare: called by register()",
+    "sync": "Schedules.sync: called by the scheduler",
+    "tick": "Schedules.tick: the scheduler's round (fire_due is the public one)",
+}
 
 
 @pytest.mark.parametrize(
     ("sync_cls", "async_cls"),
-    [(SyncDurably, durably.Durably), (SyncJobHandle, durably.JobHandle)],
+    [
+        (SyncDurably, durably.Durably),
+        (SyncJobHandle, durably.JobHandle),
+        (SyncSchedules, Schedules),
+    ],
 )
 def test_every_public_method_has_its_blocking_twin(sync_cls: type, async_cls: type) -> None:
     """When the async API grows a method (e.g. ``signal``), this fails until the

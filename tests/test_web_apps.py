@@ -20,6 +20,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
+from engine_support import at_once
 
 from durably import RunStatus
 from durably.sync import SyncDurably, create_durably
@@ -71,18 +72,9 @@ def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
 
 def many_at_once(base: str, users: list[str]) -> list[str]:
     """One thread per user POSTs /reports at once; the run ids, in the users' order."""
-    answers: dict[str, tuple[int, Any]] = {}
-
-    def post(user: str) -> None:
-        answers[user] = http("POST", f"{base}/reports", {"user": user, "days": 2})
-
-    threads = [threading.Thread(target=post, args=(u,)) for u in users]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert {code for code, _ in answers.values()} == {202}, answers
-    return [answers[u][1]["id"] for u in users]
+    answers = at_once(lambda u: http("POST", f"{base}/reports", {"user": u, "days": 2}), users)
+    assert {code for code, _ in answers} == {202}, answers
+    return [body["id"] for _, body in answers]
 
 
 # -- Flask --

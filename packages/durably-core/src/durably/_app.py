@@ -33,6 +33,7 @@ from ._events import (
 from ._execution import Execution
 from ._handle import JobHandle, Jobs, check_job_key
 from ._job import JobDefinition
+from ._observe import TRACE_LABELS
 from ._records import Attempt, LogRecord, Run, RunFilter, RunStatus, StepRecord
 from ._scheduler import Scheduler
 from ._schedules import Schedules
@@ -334,7 +335,9 @@ class Durably:
             raise NotFoundError(
                 f"Job {old.job_name!r} is not registered here; register it to retrigger its runs"
             )
-        options: dict[str, Any] = {"labels": old.labels}
+        # the old run's trace context stays with it: the new run joins the caller's
+        labels = {k: v for k, v in old.labels.items() if k not in TRACE_LABELS}
+        options: dict[str, Any] = {"labels": labels}
         if old.concurrency_key is not None:
             options["concurrency_key"] = old.concurrency_key
         result = await self._triggers.trigger(definition, old.input, **options)

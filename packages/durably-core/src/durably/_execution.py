@@ -30,6 +30,7 @@ from ._events import (
 )
 from ._job import JobDefinition
 from ._logging import LEVELS, job_logger, step_log_extra
+from ._observe import RunObservation, RunOutcome
 from ._records import LogLevel, NewLog, NewStep, Progress, Run, RunStatus, StepRecord, StepStatus
 from ._services import Services
 from ._step import UNSET, Step
@@ -93,6 +94,11 @@ class Execution:
         self._flush_task: asyncio.Task[bool] | None = None
         self._renewal: asyncio.Future[bool] | None = None
         self._job_logger: logging.Logger | None = None  # on the first step.log
+        #: The instrumentation's view of this execution, if instrumented.
+        self.observation: RunObservation | None = None
+        #: How it ended, once decided (the stop reason otherwise).
+        self.outcome: RunOutcome | None = None
+        self._error: str | None = None
 
     # -- shared by the parts below --
 
@@ -138,6 +144,8 @@ class Execution:
             tp = returns
         done = self.completed.get(name)
         if done is not None:
+            if self.observation is not None:
+                self.observation.replayed(name, index, done)
             if tp is None:
                 return done.output
             try:
@@ -430,6 +438,9 @@ class Execution:
         self.services.active[self.run.id] = self
         t0 = time.perf_counter()
         renewal: asyncio.Task[None] | None = None
+        if services.observer is not None:
+            # in this task's context, before the job's task copies it
+            self.observation = services.observer.run_started(self.run)
         try:
             job = services.jobs.get(self.run.job_name)
             if job is None:
@@ -459,6 +470,7 @@ class Execution:
                 raise
             await self._settle(job, t0)
         except StorageError as exc:
+            self.outcome = "storage-error"
             self.report_error(exc, "run-execution")
         finally:
             if renewal is not None:
@@ -468,6 +480,9 @@ class Execution:
             self.cancel_flag.set()
             if services.active.get(self.run.id) is self:
                 del services.active[self.run.id]
+            if self.observation is not None:
+                outcome = self.outcome or self.stop_reason or "unfinished"
+                self.observation.finished(outcome, self._error)
 
     async def _settle(self, job: JobDefinition[Any, Any], t0: float) -> None:
         task = self._task
@@ -486,6 +501,7 @@ class Execution:
             self.stop_reason = "lease-lost"
             await self._after_stop()
         elif isinstance(exc, StorageError):
+            self.outcome = "storage-error"
             self.report_error(exc, "run-execution")
         else:
             await self._fail(error_message(exc), self.failed_step_name)
@@ -522,6 +538,7 @@ class Execution:
             self.stop_reason = "lease-lost"
             await self._after_stop()
             return
+        self.outcome = "completed"
         if self.bus.wants("run:complete"):
             self.bus.emit_run(
                 RunCompleteEvent,
@@ -543,6 +560,7 @@ class Execution:
             self.stop_reason = "lease-lost"
             await self._after_stop()
             return
+        self.outcome, self._error = "failed", error
         self.bus.emit_run(RunFailEvent, self.run, error=error, failed_step_name=failed_step_name)
 
     async def flush_quietly(self) -> None:

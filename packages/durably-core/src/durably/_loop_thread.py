@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import os
 import threading
 from collections.abc import Coroutine
@@ -65,8 +66,12 @@ class LoopThread:
         return threading.current_thread() is self._thread
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` on the loop; its result comes back through the future."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Schedule ``coro`` on the loop, in a copy of the caller's context (its
+        context variables — the current trace span, for one — as an ``await`` in the
+        caller would see them); its result comes back through the future."""
+        return asyncio.run_coroutine_threadsafe(
+            _in_context(contextvars.copy_context(), coro), self.loop
+        )
 
     def stop(self) -> None:
         """Stop the loop, let its last tasks and the default executor finish, and join
@@ -74,3 +79,8 @@ class LoopThread:
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()
+
+
+async def _in_context(context: contextvars.Context, coro: Coroutine[Any, Any, T]) -> T:
+    # a task of its own runs in the given context; cancelling this one cancels it
+    return await asyncio.get_running_loop().create_task(coro, context=context)

@@ -20,6 +20,7 @@ from .codec import Codec
 if TYPE_CHECKING:
     from ._execution import Execution
     from ._job import JobDefinition
+    from ._observe import Observer
 
 
 def default_owner() -> str:
@@ -50,6 +51,8 @@ class Services:
     jobs: dict[str, JobDefinition[Any, Any]] = field(default_factory=dict)
     #: Runs executing in this process, by id (for in-process cancel).
     active: dict[str, Execution] = field(default_factory=dict)
+    #: Instrumentation (``durably.otel``), if any: see ``_observe``.
+    observer: Observer | None = None
 
     #: The clock's time at the database's precision (milliseconds): a function bound
     #: once (the system clock's own ``now_ms``), not a method around it, because the

@@ -76,7 +76,22 @@ class Triggers:
     async def trigger(
         self, definition: JobDefinition[Any, Any], input: Any, **options: Any
     ) -> TriggerResult:
-        new, coalesce = self._new_run(definition, input, options)
+        observer = self._services.observer
+        if observer is None:
+            return await self._trigger(definition, input, options, None)
+        with observer.triggering(definition.name, 1) as observation:
+            result = await self._trigger(definition, input, options, observation.labels)
+            observation.done([result])
+            return result
+
+    async def _trigger(
+        self,
+        definition: JobDefinition[Any, Any],
+        input: Any,
+        options: Mapping[str, Any],
+        extra_labels: Mapping[str, str] | None,
+    ) -> TriggerResult:
+        new, coalesce = self._new_run(definition, input, options, extra_labels=extra_labels)
         await self._ready()
         enq = await self._services.storage.enqueue(new, coalesce=coalesce)
         result = TriggerResult(enq.run, enq.disposition)
@@ -88,6 +103,20 @@ class Triggers:
     ) -> list[TriggerResult]:
         if isinstance(items, str | bytes) or not isinstance(items, Sequence):
             raise ValidationError("batch_trigger() takes a list of inputs or (input, options)")
+        observer = self._services.observer
+        if observer is None:
+            return await self._batch(definition, items, None)
+        with observer.triggering(definition.name, len(items)) as observation:
+            results = await self._batch(definition, items, observation.labels)
+            observation.done(results)
+            return results
+
+    async def _batch(
+        self,
+        definition: JobDefinition[Any, Any],
+        items: Sequence[Any],
+        extra_labels: Mapping[str, str] | None,
+    ) -> list[TriggerResult]:
         prepared: list[tuple[NewRun, bool]] = []
         for i, item in enumerate(items):
             if isinstance(item, tuple):
@@ -98,7 +127,11 @@ class Triggers:
                 input, options = item
             else:
                 input, options = item, {}
-            prepared.append(self._new_run(definition, input, options, where=f"Item {i}: "))
+            prepared.append(
+                self._new_run(
+                    definition, input, options, where=f"Item {i}: ", extra_labels=extra_labels
+                )
+            )
         if not prepared:
             return []
         await self._ready()
@@ -114,8 +147,11 @@ class Triggers:
         input: Any,
         options: Mapping[str, Any],
         where: str = "",
+        extra_labels: Mapping[str, str] | None = None,
     ) -> tuple[NewRun, bool]:
-        """The run to enqueue and whether to coalesce; ``where`` prefixes every error."""
+        """The run to enqueue and whether to coalesce; ``where`` prefixes every error.
+        ``extra_labels`` (an observer's: the trace context) join the checked labels;
+        the labels given win."""
         services = self._services
         options = {k: v for k, v in options.items() if v is not None}
         unknown = set(options) - OPTIONS
@@ -136,6 +172,8 @@ class Triggers:
             labels = validate_labels(options.get("labels"), None, self._labels_adapter)
         except ValidationError as exc:
             raise ValidationError(f"{where}{exc}") from None
+        if extra_labels:
+            labels = {**extra_labels, **labels}
         now = services.now()
         run = NewRun(
             id=services.new_id(now),

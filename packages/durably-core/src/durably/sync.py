@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import builtins
 import concurrent.futures
 import functools
 import logging
@@ -47,11 +48,12 @@ from ._handle import JobHandle, RunResult
 from ._job import JobDefinition
 from ._loop_thread import LoopThread
 from ._records import Attempt, LogRecord, Progress, Run, RunStatus, StepRecord
+from ._schedule import CatchUp, ScheduleRecord
 from ._services import Settings
 from ._storage import Storage
 from ._trigger import TriggerResult
 
-__all__ = ["SyncDurably", "SyncJobHandle", "SyncJobs", "create_durably"]
+__all__ = ["SyncDurably", "SyncJobHandle", "SyncJobs", "SyncSchedules", "create_durably"]
 
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741 - a job's input and output types, as in durably's handles
@@ -188,6 +190,8 @@ class SyncDurably:
         _on_exit(functools.partial(_close_when_exiting, weakref.ref(self)))
         #: The registered jobs' handles: ``durably.jobs.<key>`` and ``durably.jobs["key"]``.
         self.jobs = SyncJobs(self)
+        #: The stored cron schedules (``create``, ``pause``, ``resume``, ``delete``, ``list``).
+        self.schedules = SyncSchedules(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self.running else "idle"
@@ -652,6 +656,77 @@ class SyncJobHandle(Generic[I, O]):
     def decode_output(self, output: Any) -> O:
         """A stored output restored to the job's output type (``JobHandle.decode_output``)."""
         return self._handle(self._durably._runtime.durably).decode_output(output)
+
+
+class SyncSchedules:
+    """``durably.schedules`` of a :class:`SyncDurably`: the run-time schedule API
+    (``Durably.schedules``) without ``await``."""
+
+    def __init__(self, durably: SyncDurably) -> None:
+        self._durably = durably
+
+    def create(
+        self,
+        name: str,
+        job: JobDefinition[Any, Any] | JobHandle[Any, Any] | SyncJobHandle[Any, Any] | str,
+        *,
+        cron: str,
+        timezone: str = "UTC",
+        input: Any = None,
+        labels: Mapping[str, str] | None = None,
+        catch_up: CatchUp = "latest",
+        max_catch_up: int = 10,
+        slot_field: str | None = None,
+        paused: bool = False,
+        replace: bool = False,
+    ) -> ScheduleRecord:
+        """Store a schedule that fires ``job`` at every slot of ``cron``
+        (``Schedules.create``)."""
+        target = job.definition if isinstance(job, SyncJobHandle) else job
+        return self._durably._run(
+            "schedules.create()",
+            lambda d: d.schedules.create(
+                name,
+                target,
+                cron=cron,
+                timezone=timezone,
+                input=input,
+                labels=labels,
+                catch_up=catch_up,
+                max_catch_up=max_catch_up,
+                slot_field=slot_field,
+                paused=paused,
+                replace=replace,
+            ),
+        )
+
+    def pause(self, name: str) -> ScheduleRecord:
+        """Stop firing ``name``."""
+        return self._durably._run("schedules.pause()", lambda d: d.schedules.pause(name))
+
+    def resume(self, name: str) -> ScheduleRecord:
+        """Fire ``name`` again, from its first slot after now."""
+        return self._durably._run("schedules.resume()", lambda d: d.schedules.resume(name))
+
+    def delete(self, name: str) -> ScheduleRecord:
+        """Delete ``name`` (its runs stay); returns the deleted schedule."""
+        return self._durably._run("schedules.delete()", lambda d: d.schedules.delete(name))
+
+    def get(self, name: str) -> ScheduleRecord | None:
+        """The schedule ``name``, or ``None``."""
+        return self._durably._run("schedules.get()", lambda d: d.schedules.get(name))
+
+    def list(self, *, job_name: str | Sequence[str] | None = None) -> builtins.list[ScheduleRecord]:
+        """Every schedule (of ``job_name``), by name, with its next fire time."""
+        return self._durably._run("schedules.list()", lambda d: d.schedules.list(job_name=job_name))
+
+    def next_fire_times(self, schedule: ScheduleRecord, count: int = 5) -> builtins.list[datetime]:
+        """The next ``count`` slots of a schedule (computed here, no database)."""
+        return self._durably._runtime.durably.schedules.next_fire_times(schedule, count)
+
+    def fire_due(self) -> builtins.list[TriggerResult]:
+        """Fire now every due slot of the registered jobs' schedules."""
+        return self._durably._run("schedules.fire_due()", lambda d: d.schedules.fire_due())
 
 
 async def _awaited(make: Callable[[], Awaitable[T]]) -> T:
