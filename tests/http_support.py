@@ -31,6 +31,9 @@ RUN_ROUTES = [
     ("POST", "/cancel"),
     ("DELETE", "/run"),
     ("GET", "/subscribe"),
+    ("GET", "/waits"),
+    ("GET", "/wait"),
+    ("POST", "/signal"),
 ]
 #: Every route of the handler.
 ROUTES = [
@@ -105,7 +108,19 @@ async def boom(step: Step, payload: BoomIn) -> None:
     await step.run("explode", explode)
 
 
-JOBS = {"add": add, "gated": gated, "boom": boom}
+class Answer(BaseModel):
+    ok: bool
+
+
+@define_job("ask")
+async def ask(step: Step, payload: dict[str, Any]) -> dict[str, Any]:
+    """Waits for a signal to its wait ``answer`` (an ``Answer``), an hour at most."""
+    wait = await step.prepare_wait("answer", timeout=3600, payload=Answer, metadata=payload)
+    result = await step.wait_for(wait)
+    return {"outcome": result.outcome, "ok": None if result.payload is None else result.payload.ok}
+
+
+JOBS = {"add": add, "gated": gated, "boom": boom, "ask": ask}
 
 
 def free_socket(sndbuf: int | None = None) -> socket.socket:

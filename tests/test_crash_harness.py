@@ -34,6 +34,7 @@ from durably_testing.crash import (
     _Trial,
     expected_output,
     run_crash_harness,
+    signal_value,
 )
 
 pytestmark = pytest.mark.slow
@@ -53,6 +54,10 @@ def test_crash_harness__kills_on_a_sqlite_file_lose_nothing(tmp_path: Path) -> N
     assert report.checkpoints_changed == 0
     assert report.runs_lost == 0
     assert report.wrong_outputs == 0
+    # every run waited for a signal (a third slept first): none lost, none wrong
+    assert report.signals == report.trials
+    assert report.wrong_signals == 0
+    assert report.signalled_before_suspension + report.suspensions == report.trials
     assert report.ok
     assert report.records_dir is None  # removed after a clean run
 
@@ -237,7 +242,7 @@ def _write(records: Path, process: int, *entries: tuple[str, str, int, str, int]
 def _analyse_records(
     records: Path, deaths: dict[int, int], runs: dict[str, Any] | None = None
 ) -> CrashReport:
-    config = CrashConfig("sqlite:///unused.db", seed=1, steps=1, min_coverage=0)
+    config = CrashConfig("sqlite:///unused.db", seed=1, steps=1, min_coverage=0, waits=False)
     trials = [_Trial(0, "r")]
     if runs is None:
         runs = {"r": _Done(expected_output(1, 0, 1))}
@@ -269,6 +274,14 @@ def test_checks__committed_before_the_kill_without_done_record(tmp_path: Path) -
     _write(tmp_path, 1, ("start", "r", 0, "1:1", 300), ("done", "r", 0, "0:1", 400))
     report = _analyse_records(tmp_path, deaths={0: 200, 1: 500})
     assert report.checkpointed_steps_reexecuted == 1
+    assert not report.ok
+
+
+def test_checks__a_wrong_signal_is_counted(tmp_path: Path) -> None:
+    right = json.dumps({"v": signal_value(1, 0)})
+    _write(tmp_path, 0, ("got", "r", -1, right, 100), ("got", "r", -1, '{"v": -1}', 200))
+    report = _analyse_records(tmp_path, deaths={})
+    assert report.wrong_signals == 1
     assert not report.ok
 
 

@@ -45,6 +45,10 @@ class Gate:
         await step.run("wait", self.release.wait)
 
 
+async def waiter(step: Step, payload: Any) -> Any:
+    return (await step.wait_for(await step.prepare_wait("answer"))).payload
+
+
 def gate_steps_started(events: list[Any]) -> int:
     return sum(1 for e in events if e.type == "step:start" and e.job_name == "gate")
 
@@ -56,6 +60,7 @@ async def produce_every_event(make_durably: Any, clock: ManualClock) -> tuple[An
         "bad": define_job("bad", run=bad),
         "gate": define_job("gate", run=gate.job),
         "tick": define_job("tick", run=good),
+        "waiter": define_job("waiter", run=waiter),
     }
     d = make_durably(jobs, lease_duration=30, lease_renew_interval=5)
     events = recorder(d)
@@ -75,6 +80,11 @@ async def produce_every_event(make_durably: Any, clock: ManualClock) -> tuple[An
     await eventually(lambda: any(e.type == "run:lease-renewed" for e in events), "a renewal")
     await d.cancel(blocked.id)
     await task
+    # run:waiting, then wait:signal
+    waiting = await d.jobs.waiter.trigger({})
+    assert await d.process_one()
+    await d.signal(waiting.id, "answer", 42)
+    assert await d.process_one()
     # run:delete
     await d.delete_run(ok.id)
     # worker:error: a run whose lease expires under a stalled worker
@@ -120,7 +130,7 @@ async def test_events__run_events_carry_run_id_job_name_labels(
             continue
         assert isinstance(e.run_id, str)
         assert e.run_id
-        assert e.job_name in ("good", "bad", "gate", "tick")
+        assert e.job_name in ("good", "bad", "gate", "tick", "waiter")
         assert isinstance(e.labels, dict)
     good_events = [e for e in events if getattr(e, "job_name", None) == "good"]
     assert all(e.labels == {"l": "1"} for e in good_events)

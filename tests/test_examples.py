@@ -448,3 +448,66 @@ def test_flask_app__flask_run_triggers_and_the_cli_command_runs_the_worker(
     web = start("-m", "flask", "--app", app, "run", "--port", str(port))
     web.wait_for(r"Running on http://127\.0\.0\.1")
     check_recipe(web, worker, f"http://127.0.0.1:{port}")
+
+
+# -- approval.py, reminder.py --
+
+
+def test_approval__a_run_waits_across_processes_for_a_human(start: Starter) -> None:
+    requested = run(start, "approval.py", "request", "120", "team dinner")
+    found = re.search(r"^requested: run (\w+)$", requested, re.M)
+    assert found, requested
+    run_id = found[1]
+    first = run(start, "approval.py", "worker")
+    assert f"answer with `approval.py approve {run_id} <name>`" in first
+    assert "worker: processed 1 run(s)" in first
+    status = run(start, "approval.py", "status", run_id)
+    assert status.strip() == "status: waiting; output: None; decision: pending (None)"
+    assert run(start, "approval.py", "approve", run_id, "ann").strip() == "answer: accepted"
+    assert run(start, "approval.py", "approve", run_id, "ann").strip() == "answer: duplicate"
+    second = run(start, "approval.py", "worker")
+    assert "paying 120 for 'team dinner'" in second
+    assert "asking for approval" not in second, "the notification step was replayed"
+    status = run(start, "approval.py", "status", run_id)
+    assert status.strip() == (
+        "status: completed; output: {'status': 'paid', 'by': 'ann'}; decision: resolved (signal)"
+    )
+    code, refused = start("approval.py", "reject", run_id, "bob").finish()
+    assert code == 1
+    assert "answer refused: Wait 'decision'" in refused
+    assert "another signal's result" in refused
+
+
+def test_approval__nobody_answers_in_time(start: Starter) -> None:
+    requested = run(start, "approval.py", "request", "9", "coffee", APPROVAL_TIMEOUT="1")
+    found = re.search(r"^requested: run (\w+)$", requested, re.M)
+    assert found, requested
+    done = run(start, "approval.py", "worker", "--until", found[1], APPROVAL_TIMEOUT="1")
+    assert "nobody answered in time: escalated" in done
+    assert f"worker: run {found[1]} finished: {{'status': 'escalated', 'by': None}}" in done
+
+
+def test_reminder__sleeping_runs_hold_no_slot_and_wake_on_time(start: Starter) -> None:
+    output = run(start, "reminder.py", "demo", REMINDER_SCALE="0.5")
+    sent = re.findall(r"^  reminder: '([^']+)' \(([\d.]+) s after its time\)$", output, re.M)
+    assert [text for text, _ in sent] == ["stretch", "stand up", "tea"], output
+    # on time: the worker (one slot, a 30 s polling interval) woke at each deadline
+    assert all(float(late) < 5 for _, late in sent), output
+    report = re.search(r"^while they sleep: report for ann done at ([\d.]+) s$", output, re.M)
+    assert report, output
+    finished = re.search(r"^all sent at ([\d.]+) s; still waiting: 0$", output, re.M)
+    assert finished, output
+    assert float(report[1]) < float(finished[1])
+
+
+def test_reminder__no_worker_alive_at_the_deadline(start: Starter) -> None:
+    scheduled = run(start, "reminder.py", "remind", "water the plants", "0.3")
+    assert re.search(r"^scheduled: run \w+$", scheduled, re.M), scheduled
+    first = run(start, "reminder.py", "worker")  # starts it; it sleeps, the worker exits
+    assert "reminder:" not in first
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # later workers: the first to start after the deadline sends it
+        later = run(start, "reminder.py", "worker")
+        if "reminder: 'water the plants'" in later:
+            break
+        assert time.monotonic() < deadline, later

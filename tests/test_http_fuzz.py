@@ -28,7 +28,7 @@ from durably.http import Auth, create_handler
 pytestmark = pytest.mark.slow
 
 METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD", "TRACE", "BREW"]
-PARAMS = ["runId", "jobName", "status", "limit", "offset", "label.tenant", "label.org"]
+PARAMS = ["runId", "jobName", "status", "limit", "offset", "label.tenant", "label.org", "name"]
 
 
 @dataclass
@@ -55,6 +55,9 @@ async def _seed(d: Durably) -> list[str]:
         await d.cancel(cancelled)
         ids.append(cancelled)
         ids.append((await add.trigger({"a": 3, "b": 4}, labels={"tenant": tenant})).id)
+        asked = (await d.jobs["ask"].trigger({"q": 1}, labels={"tenant": tenant})).id
+        assert await d.process_one()  # waiting for a signal to its wait "answer"
+        ids.append(asked)
     return ids
 
 
@@ -125,10 +128,15 @@ trigger_body = st.fixed_dictionaries(
 @st.composite
 def bodies(draw: st.DrawFn) -> bytes:
     kind = draw(
-        mostly(st.just("trigger"), st.sampled_from(["json", "deep", "bytes", "empty", "big"]))
+        mostly(
+            st.sampled_from(["trigger", "signal"]),
+            st.sampled_from(["json", "deep", "bytes", "empty", "big"]),
+        )
     )
     if kind == "trigger":
         return json.dumps(draw(trigger_body)).encode()
+    if kind == "signal":
+        return json.dumps(draw(signal_body)).encode()
     if kind == "json":
         return json.dumps(draw(json_value)).encode()
     if kind == "deep":
@@ -147,6 +155,7 @@ def query_values(draw: st.DrawFn, run_ids: list[str]) -> str:
     return draw(
         st.sampled_from(run_ids)
         | st.sampled_from(["add", "boom", "pending", "completed", "running", "", "-0", " 7x"])
+        | st.just("answer")
         | st.integers(min_value=-(2**80), max_value=2**80).map(str)
         | st.text(max_size=12)
     )
@@ -172,6 +181,15 @@ def query_strings(draw: st.DrawFn, run_ids: list[str]) -> bytes:
     if draw(st.integers(0, 7)) == 0:  # raw garbage: bad escapes, bytes that are not UTF-8
         query += draw(st.sampled_from([b"&%zz", b"&runId=%ED%A0%80", b"&label.%ff=1", b"&&=&"]))
     return query
+
+
+signal_body = st.fixed_dictionaries(
+    {"name": mostly(st.just("answer"), json_value | st.just("nope"))},
+    optional={
+        "payload": mostly(st.fixed_dictionaries({"ok": st.booleans()}), json_value),
+        "signalId": mostly(st.sampled_from(["s1", "s2"]), json_leaf),
+    },
+)
 
 
 @st.composite

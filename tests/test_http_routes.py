@@ -32,6 +32,7 @@ CLIENT_RUN_KEYS = {
     "createdAt",
     "isTerminal",
     "isActive",
+    "isWaiting",
 }
 STATUS_LIST = "pending, leased, waiting, completed, failed, cancelled"
 

@@ -19,6 +19,7 @@ below), its packages are installed by ``scripts/setup-interop.sh`` into
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -401,3 +402,49 @@ async def test_python_triggers__node_executes__python_reads(tmp_path: Path) -> N
     expected["run"]["output"] = {**expected["run"]["output"], "by": "node"}
     assert normalize_python(seen) == expected
     assert without_by(raw_rows(db, run_id)) == without_by(raw_rows(reference_db, ref_id))
+
+
+@define_job("interop-wait")
+async def interop_wait(step: Step, payload: Any) -> Any:
+    async def before() -> int:
+        return 1
+
+    first = await step.run("before", before)
+    result = await step.wait_for(await step.prepare_wait("go"))
+    return {"before": first, "got": result.payload}
+
+
+@pytest.mark.usefixtures("node_ready")
+async def test_node_worker__leaves_a_waiting_python_run_alone(tmp_path: Path) -> None:
+    """A Node 0.15 worker sharing the database never claims (nor touches) a run that
+    waits; Python resumes it afterwards."""
+    db = tmp_path / "shared.db"
+
+    def python() -> Durably:
+        return create_durably(
+            f"sqlite:///{db}",
+            jobs={"w": interop_wait, "interop_job": interop_job},
+            polling_interval=0.05,
+        )
+
+    async with python() as d:
+        waiting_id = (await d.jobs.w.trigger({})).id
+        run = await d.get_run(waiting_id)
+        for _ in range(2000):
+            run = await d.get_run(waiting_id)
+            if run is not None and run.status == "waiting":
+                break
+            await asyncio.sleep(0.01)
+        assert run is not None
+        assert run.status == "waiting"
+    row = f"SELECT * FROM durably_runs WHERE id = '{waiting_id}'"
+    before = query(db, row)
+    node_run = node("trigger", str(db), json.dumps(INPUT))["run"]["id"]
+    done = node("work", str(db), node_run)
+    assert done["run"]["status"] == "completed"
+    assert node("get", str(db), waiting_id)["run"]["status"] == "waiting"
+    assert query(db, row) == before, "the Node worker changed the waiting run"
+    async with python() as d:
+        await d.signal(waiting_id, "go", {"from": "python"})
+        finished = await d.wait_for_run(waiting_id, timeout=20)
+        assert finished.output == {"before": 1, "got": {"from": "python"}}

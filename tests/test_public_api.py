@@ -36,6 +36,7 @@ PUBLIC = {
         "expected_output",
         "main",
         "run_crash_harness",
+        "signal_value",
         "step_value",
     ],
     "durably_testing.faults": [
@@ -79,6 +80,7 @@ PUBLIC = {
         "RunOperation",
         "RunsFilter",
         "RunsSubscribeFilter",
+        "SignalRequest",
         "TriggerRequest",
         "create_handler",
         "scoped_key",

@@ -12,6 +12,7 @@ from ._errors import (
     RunCancelledError,
     RunFailedError,
     SchemaVersionError,
+    SignalRejectedError,
     StepOutputError,
     StorageAuthError,
     StorageBusyError,
@@ -40,10 +41,12 @@ from ._events import (
     RunTriggerEvent,
     ScheduleFireEvent,
     ScheduleSkipEvent,
+    RunWaitingEvent,
     StepCancelEvent,
     StepCompleteEvent,
     StepFailEvent,
     StepStartEvent,
+    WaitSignalEvent,
     WorkerErrorEvent,
 )
 from ._handle import JobHandle, Jobs, RunResult
@@ -86,6 +89,7 @@ from ._schedules import Schedules
 from ._step import Step, StepLog
 from ._storage import Storage
 from ._trigger import TriggerResult
+from ._waits import SignalReceipt, WaitHandle, WaitResult
 
 #: The package version: the one place it is written (its pyproject.toml reads it).
 __version__ = "0.1.0"
@@ -143,9 +147,12 @@ __all__ = [
     "ScheduleSkipEvent",
     "ScheduleStatus",
     "Schedules",
+    "RunWaitingEvent",
     "SchemaVersionError",
     "SignalDisposition",
     "SignalOutcome",
+    "SignalReceipt",
+    "SignalRejectedError",
     "Step",
     "StepCancelEvent",
     "StepCompleteEvent",
@@ -168,8 +175,11 @@ __all__ = [
     "UnknownBackendError",
     "ValidationError",
     "Wait",
+    "WaitHandle",
     "WaitKind",
     "WaitOutcome",
+    "WaitResult",
+    "WaitSignalEvent",
     "WaitStatus",
     "WaitTimeoutError",
     "WorkerErrorEvent",

@@ -17,6 +17,7 @@ from ._errors import (
     NotFoundError,
     RunCancelledError,
     RunFailedError,
+    SignalRejectedError,
     ValidationError,
     WaitTimeoutError,
 )
@@ -29,12 +30,23 @@ from ._events import (
     Listener,
     RunCancelEvent,
     RunDeleteEvent,
+    WaitSignalEvent,
 )
 from ._execution import Execution
 from ._handle import JobHandle, Jobs, check_job_key
 from ._job import JobDefinition
 from ._observe import TRACE_LABELS
-from ._records import Attempt, LogRecord, Run, RunFilter, RunStatus, StepRecord
+from ._records import (
+    Attempt,
+    LogRecord,
+    NewSignal,
+    Run,
+    RunFilter,
+    RunStatus,
+    SignalOutcome,
+    StepRecord,
+    Wait,
+)
 from ._scheduler import Scheduler
 from ._schedules import Schedules
 from ._services import Services, Settings
@@ -51,6 +63,7 @@ from ._validate import (
     positive_number,
     validate_labels,
 )
+from ._waits import SignalReceipt, canonical_json
 from ._worker import Worker, claim
 from .lifecycle import STATUS_ALIASES, can_retrigger
 from .plugins import BackendRegistry
@@ -269,6 +282,87 @@ class Durably:
         steps were deleted, see ``preserve_steps``)."""
         await self._ready()
         return await self._services.storage.get_steps(run_id)
+
+    async def get_waits(self, run_id: str) -> list[Wait]:
+        """The run's durable waits, oldest first."""
+        await self._ready()
+        return await self._services.storage.get_waits(run_id)
+
+    async def get_wait(self, run_id: str, name: str) -> Wait | None:
+        """The run's wait called ``name``, or ``None``."""
+        await self._ready()
+        return await self._services.storage.get_wait(run_id, name)
+
+    async def signal(
+        self, run_id: str, name: str, payload: Any = None, *, signal_id: str | None = None
+    ) -> SignalReceipt:
+        """Deliver ``payload`` to the wait ``name`` of run ``run_id``: it becomes the
+        wait's result, and a run suspended on it resumes (at once in this process,
+        at the next poll elsewhere). A signal that comes before the run suspends is
+        kept. Idempotent: the same ``signal_id`` (or none) with the same payload
+        again is a ``"duplicate"`` receipt.
+
+        Raises ``NotFoundError`` (no such run or wait — not prepared yet?) and
+        ``SignalRejectedError`` (a ``ConflictError``) when the wait cannot take it:
+        another signal is its result, its deadline has passed (it timed out), its
+        run finished or was cancelled, or it is a ``step.sleep`` timer."""
+        for what, value in (("run_id", run_id), ("name", name)):
+            if not isinstance(value, str) or not value:
+                raise ValidationError(f"signal(): {what} must be a non-empty string, got {value!r}")
+            check_text(f"signal() {what}", value)
+        if signal_id is not None:
+            if not isinstance(signal_id, str) or not signal_id:
+                raise ValidationError(
+                    f"signal(): signal_id must be a non-empty string or None, got {signal_id!r}"
+                )
+            check_text("signal() signal_id", signal_id)
+        services = self._services
+        text = canonical_json(services.codec, payload, f"signal(): the payload for wait {name!r}")
+        await self._ready()
+        signal = NewSignal(signal_id=signal_id, payload_json=text)
+        outcome = await services.storage.signal_wait(run_id, name, signal, services.now())
+        return await self._receipt(run_id, name, outcome)
+
+    async def _receipt(self, run_id: str, name: str, outcome: SignalOutcome) -> SignalReceipt:
+        wait = outcome.wait
+        if wait is None:
+            raise NotFoundError(
+                f"Run {run_id} has no wait named {name!r}: the run does not exist, or has "
+                "not prepared the wait yet (step.prepare_wait) — signal it once it has",
+                run_id=run_id,
+            )
+        disposition = outcome.disposition
+        if disposition == "accepted":
+            bus = self._services.bus
+            if bus.wants("wait:signal"):
+                run = await self._services.storage.get_run(run_id)
+                if run is not None:
+                    bus.emit_run(
+                        WaitSignalEvent,
+                        run,
+                        wait_id=wait.id,
+                        wait_name=wait.name,
+                        signal_id=wait.signal_id,
+                        payload=wait.payload,
+                    )
+            self._worker.notify()  # a run suspended on it is claimable now
+            return SignalReceipt("accepted", wait)
+        if disposition == "duplicate":
+            return SignalReceipt("duplicate", wait)
+        messages = {
+            "conflict": f"already has another signal's result (signal id {wait.signal_id!r}); "
+            "a wait takes one signal",
+            "expired": f"timed out at its deadline ({wait.deadline_at}); the signal came too "
+            "late and was not recorded",
+            "closed": "belongs to a run that finished or was cancelled; it takes no signal",
+            "timer": "is a timer (step.sleep): it ends at its deadline and takes no signal",
+        }
+        raise SignalRejectedError(
+            f"Wait {name!r} of run {run_id} {messages.get(disposition, disposition)}",
+            run_id=run_id,
+            reason=disposition,
+            wait=wait,
+        )
 
     async def get_logs(self, run_id: str) -> list[LogRecord]:
         """The run's stored ``step.log`` entries, oldest first (none with

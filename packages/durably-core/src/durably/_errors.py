@@ -8,6 +8,7 @@ mapped to :class:`StorageError` subclasses with the original chained as
     ├── ValidationError          bad input, labels or options; nothing was written
     ├── NotFoundError            no run (or job) with that id / name
     ├── ConflictError            the operation does not apply to the run's status
+    │   └── SignalRejectedError  a signal the wait cannot take (another signal's, late…)
     ├── LeaseLostError           this worker no longer owns the run; it wrote nothing
     ├── RunFailedError           trigger_and_wait / wait_for_run: the run failed
     ├── RunCancelledError        trigger_and_wait / wait_for_run: the run was cancelled
@@ -29,6 +30,8 @@ mapped to :class:`StorageError` subclasses with the original chained as
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class DurablyError(Exception):
@@ -63,6 +66,18 @@ class ConflictError(DurablyError):
         super().__init__(message)
         self.run_id = run_id
         self.status = status
+
+
+class SignalRejectedError(ConflictError):
+    """``Durably.signal`` was refused; ``reason`` says why and ``wait`` is the wait as it
+    is: ``"conflict"`` (another signal is its result), ``"expired"`` (its deadline
+    passed: it timed out), ``"closed"`` (its run finished or was cancelled),
+    ``"timer"`` (a ``step.sleep`` timer takes no signal)."""
+
+    def __init__(self, message: str, *, run_id: str, reason: str, wait: Any) -> None:
+        super().__init__(message, run_id=run_id)
+        self.reason = reason
+        self.wait = wait
 
 
 class LeaseLostError(DurablyError):

@@ -104,6 +104,27 @@ class RunDeleteEvent(RunEvent, frozen=True, kw_only=True, tag="run:delete"):
     """``run:delete``: the run was deleted (``Durably.delete_run``)."""
 
 
+class RunWaitingEvent(RunEvent, frozen=True, kw_only=True, tag="run:waiting"):
+    """``run:waiting``: the run suspended on a durable wait (lease and worker slot
+    released). ``wake_at``: when it becomes claimable again by itself (the wait's
+    deadline, or now when the result is already there), ``None``: only a signal
+    wakes it. Its resumption is an ordinary ``run:leased``."""
+
+    wait_id: str
+    wait_name: str
+    wake_at: datetime | None = None
+
+
+class WaitSignalEvent(RunEvent, frozen=True, kw_only=True, tag="wait:signal"):
+    """``wait:signal``: ``Durably.signal`` delivered a signal that became the wait's
+    result (emitted by the process that delivered it; a duplicate emits nothing)."""
+
+    wait_id: str
+    wait_name: str
+    signal_id: str | None
+    payload: Any = None
+
+
 class RunProgressEvent(RunEvent, frozen=True, kw_only=True, tag="run:progress"):
     """``run:progress``: the job called ``step.progress()``."""
 
@@ -191,12 +212,14 @@ EventType = Literal[
     "run:fail",
     "run:cancel",
     "run:delete",
+    "run:waiting",
     "run:progress",
     "step:start",
     "step:complete",
     "step:fail",
     "step:cancel",
     "log:write",
+    "wait:signal",
     "worker:error",
     "schedule:fire",
     "schedule:skip",
@@ -214,12 +237,14 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         RunFailEvent,
         RunCancelEvent,
         RunDeleteEvent,
+        RunWaitingEvent,
         RunProgressEvent,
         StepStartEvent,
         StepCompleteEvent,
         StepFailEvent,
         StepCancelEvent,
         LogWriteEvent,
+        WaitSignalEvent,
         WorkerErrorEvent,
         ScheduleFireEvent,
         ScheduleSkipEvent,

@@ -27,11 +27,22 @@ from ._events import (
     StepCompleteEvent,
     StepFailEvent,
     StepStartEvent,
+    RunWaitingEvent,
 )
 from ._job import JobDefinition
 from ._logging import LEVELS, job_logger, step_log_extra
 from ._observe import RunObservation, RunOutcome
-from ._records import LogLevel, NewLog, NewStep, Progress, Run, RunStatus, StepRecord, StepStatus
+from ._records import (
+    LogLevel,
+    NewLog,
+    NewStep,
+    Progress,
+    Run,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    Wait,
+)
 from ._services import Services
 from ._step import UNSET, Step
 from ._validate import (
@@ -41,6 +52,7 @@ from ._validate import (
     describe_pydantic_error,
     encode_validated,
 )
+from ._waits import Suspended
 from .codec import NonFiniteNumberError
 
 StopReason = Literal["cancelled", "lease-lost", "shutdown"]
@@ -82,6 +94,11 @@ class Execution:
         self._next_index = 0
         self.cancel_flag = threading.Event()
         self.current_step: str | None = None
+        #: step.all joins in progress: while branches overlap, logs name no step.
+        self.overlapping = 0
+        #: The wait the job asked to suspend on (step.wait_for / step.sleep found no
+        #: result): the run suspends on it once the job's code has stopped.
+        self.suspend_wait: Wait | None = None
         self.failed_step_name: str | None = None
         self.stop_reason: StopReason | None = None
         #: The worker:error context of a lost lease: who noticed it.
@@ -104,6 +121,17 @@ class Execution:
 
     def report_error(self, exc: BaseException, context: str) -> None:
         self.services.report_error(exc, context, self.run.id)
+
+    @property
+    def claimed_at(self) -> datetime:
+        """When this execution's claim was made (the claimed run's ``updated_at``)."""
+        return self.run.updated_at
+
+    def suspend_on(self, wait: Wait) -> None:
+        """The job found no result for ``wait``: once it has unwound, the run suspends.
+        Until then nothing more may run (a step that is started raises at once)."""
+        self.suspend_wait = wait
+        self.cancel_flag.set()
 
     def lease_lost(self, detail: str) -> LeaseLostError:
         self.request_stop("lease-lost", cancel_task=False)
@@ -335,7 +363,8 @@ class Execution:
         message = check_text("Log message", str(message))
         # encoded in the caller's thread, so that it sees a refusal
         data_json = self._log_data(data) if data else None
-        step_name = self.current_step
+        # while step.all branches overlap, the one "current step" says nothing
+        step_name = None if self.overlapping else self.current_step
         logger = self._job_logger
         if logger is None:
             logger = self._job_logger = job_logger(self.run.job_name)
@@ -488,6 +517,13 @@ class Execution:
         task = self._task
         assert task is not None
         exc = None if task.cancelled() else task.exception()  # also marks it retrieved
+        if self.suspend_wait is not None and self.stop_reason is None:
+            if exc is not None and not isinstance(exc, Exception | Suspended):
+                raise exc  # the process is going down (see below)
+            # whatever the job did after the wait refused to give a result (returned,
+            # raised), it stopped there: suspend
+            await self._suspend(self.suspend_wait)
+            return
         if self.stop_reason is not None or task.cancelled():
             await self._after_stop()
             return
@@ -518,6 +554,19 @@ class Execution:
                     ),
                     self.lost_context,
                 )
+
+    async def _suspend(self, wait: Wait) -> None:
+        await self.flush_quietly()
+        run = await self.storage.suspend_run(self.run.id, self.generation, wait.id, self.now())
+        if run is None:  # cancelled, or the lease was lost, before the suspension
+            self.stop_reason = "lease-lost"
+            await self._after_stop()
+            return
+        self.outcome = "waiting"
+        self.bus.emit_run(
+            RunWaitingEvent, self.run, wait_id=wait.id, wait_name=wait.name, wake_at=run.wake_at
+        )
+        self.services.wake_at(run.wake_at)
 
     async def _complete(self, job: JobDefinition[Any, Any], value: Any, t0: float) -> None:
         try:

@@ -27,9 +27,17 @@ if TYPE_CHECKING:
 TRACE_LABELS = ("otel.traceparent", "otel.tracestate")
 
 RunOutcome = Literal[
-    "completed", "failed", "cancelled", "lease-lost", "shutdown", "storage-error", "unfinished"
+    "completed",
+    "failed",
+    "cancelled",
+    "waiting",
+    "lease-lost",
+    "shutdown",
+    "storage-error",
+    "unfinished",
 ]
-"""How an execution ended: the run completed or failed; it was cancelled; this
+"""How an execution ended: the run completed or failed; it was cancelled; it
+suspended on a durable wait (``waiting``: a later execution resumes it); this
 worker lost its lease; it was stopped and handed back (``shutdown``); the database
 failed; or it ended otherwise (the process going down)."""
 

@@ -53,6 +53,9 @@ class Services:
     active: dict[str, Execution] = field(default_factory=dict)
     #: Instrumentation (``durably.otel``), if any: see ``_observe``.
     observer: Observer | None = None
+    #: Told when a run of this process becomes claimable at a time (it suspended on a
+    #: wait): the worker wakes then instead of at its next poll.
+    wake_listener: Callable[[datetime | None], None] | None = None
 
     #: The clock's time at the database's precision (milliseconds): a function bound
     #: once (the system clock's own ``now_ms``), not a method around it, because the
@@ -65,6 +68,11 @@ class Services:
     def new_id(self, at: datetime | None = None) -> str:
         t = at or self.clock.now()
         return self.ids.new(int(t.timestamp() * 1000))
+
+    def wake_at(self, when: datetime | None) -> None:
+        """A run becomes claimable at ``when`` (``None``: not by itself)."""
+        if self.wake_listener is not None:
+            self.wake_listener(when)
 
     def lease_expiry(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self.settings.lease_duration)

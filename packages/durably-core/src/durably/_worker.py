@@ -39,6 +39,10 @@ class Worker:
         #: each running task's (run id, lease generation), to hand back if it is cut off
         self._leases: dict[asyncio.Task[None], tuple[str, int]] = {}
         self._last_maintenance: datetime | None = None
+        #: When a waiting run becomes claimable next (its wait's deadline), if sooner
+        #: than the next poll: the loop sleeps until then.
+        self._next_wake: datetime | None = None
+        services.wake_listener = self.wake_at
 
     @property
     def running(self) -> bool:
@@ -49,6 +53,15 @@ class Worker:
             return
         self._stopping = False
         self._loop_task = asyncio.create_task(self._loop(), name="durably-worker")
+
+    def wake_at(self, when: datetime | None) -> None:
+        """A run becomes claimable at ``when`` (a wait's deadline, or now): claim it
+        then rather than at the next poll."""
+        if when is None:
+            return
+        if self._next_wake is None or when < self._next_wake:
+            self._next_wake = when
+            self._wake.set()  # the loop plans its sleep again
 
     def notify(self) -> None:
         """Wake the loop now (a run was triggered, or a slot freed up)."""
@@ -92,9 +105,17 @@ class Worker:
         backoff = 0.0
         while not self._stopping:
             self._wake.clear()
+            reached = self._next_wake is not None and self._next_wake <= services.now()
+            if reached:
+                # the claims below take what is due; the next wake-up is read again
+                # after them (never one in the past: a due run whose concurrency key
+                # is busy would make the loop spin)
+                self._next_wake = None
             try:
                 claimed = await self._fill_slots()
                 backoff = 0.0
+                if reached:
+                    self.wake_at(await services.storage.next_wake_at(services.now()))
             except Exception as exc:  # any adapter failure: report, back off, keep going
                 services.report_error(exc, "claim")
                 backoff = min(MAX_BACKOFF, max(settings.polling_interval, backoff * 2))
@@ -104,7 +125,7 @@ class Worker:
                 await self._maintain()
             if self._stopping:
                 break
-            await self._wait(settings.polling_interval)
+            await self._wait(self._poll_delay())
 
     async def _fill_slots(self) -> bool:
         services = self._services
@@ -129,6 +150,14 @@ class Worker:
             self._services.report_error(exc, "run-execution")
         self._wake.set()
 
+    def _poll_delay(self) -> float:
+        """The polling interval, or less when a waiting run's deadline comes first."""
+        delay = self._services.settings.polling_interval
+        if self._next_wake is not None:
+            until = (self._next_wake - self._services.now()).total_seconds()
+            delay = min(delay, max(until, 0.0))
+        return delay
+
     async def _wait(self, seconds: float) -> None:
         if self._wake.is_set() or self._stopping:
             return
@@ -143,6 +172,8 @@ class Worker:
         self._last_maintenance = now
         try:
             await services.storage.release_expired_leases(now)
+            # waiting runs suspended by any process: wake at the earliest deadline
+            self.wake_at(await services.storage.next_wake_at(now))
             retain = services.settings.retain_runs
             if retain is not None:
                 await services.storage.purge_runs(now - retain, services.settings.purge_batch)

@@ -134,6 +134,7 @@ class Codec:
 
     def __init__(self) -> None:
         self._encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+        self._canonical = msgspec.json.Encoder(enc_hook=_enc_hook, order="sorted")
         self._decoder = msgspec.json.Decoder()
         self._adapters: dict[Any, pydantic.TypeAdapter[Any]] = {}
         # weakly keyed: a job's step functions are looked up on every step.run, and
@@ -143,8 +144,17 @@ class Codec:
     def encode(self, value: Any) -> str:
         """Compact JSON text. Raises ``TypeError`` for what cannot be encoded
         (:class:`NonFiniteNumberError` for a NaN or an infinity)."""
+        return self._encode_with(self._encoder, value)
+
+    def encode_canonical(self, value: Any) -> str:
+        """``encode`` with every object's keys sorted, so that equal values have equal
+        text (a signal's payload is compared with the one already accepted)."""
+        return self._encode_with(self._canonical, value)
+
+    @staticmethod
+    def _encode_with(encoder: msgspec.json.Encoder, value: Any) -> str:
         try:
-            text = self._encoder.encode(value).decode()
+            text = encoder.encode(value).decode()
         except (TypeError, NotImplementedError, OverflowError, ValueError) as exc:
             raise TypeError(str(exc)) from exc
         # msgspec writes NaN and ±inf as null: was there one? (`in` on str, not bytes:

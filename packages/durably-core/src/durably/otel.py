@@ -247,7 +247,7 @@ class _Telemetry:
             "durably.runs.finished",
             unit="{run}",
             description="Executions ended, by status (completed, failed, cancelled, "
-            "lease-lost, shutdown, storage-error, unfinished)",
+            "waiting, lease-lost, shutdown, storage-error, unfinished)",
         )
         self.run_duration = meter.create_histogram(
             "durably.run.duration", unit="s", description="Duration of an execution of a run"

@@ -55,6 +55,16 @@ Each run has ``steps`` steps; step ``i`` of trial ``k`` returns a value that is 
 fixed function of ``(seed, k, i)`` and the run's output is ``{"total": …,
 "values": […]}`` of those values, so the expected output of every run is known.
 
+With ``waits`` (the default), halfway through its steps each run also waits for a
+signal (``step.prepare_wait("gate")`` before a step, ``step.wait_for`` after it),
+whose payload value —
+a fixed function of ``(seed, k)`` — joins its values; every third run first sleeps
+on a durable timer (``step.sleep``). The harness signals each run's gate at random
+moments (before the run reaches the wait, while it waits, sometimes twice): kills
+land around suspensions and resumptions. A lost signal leaves its run waiting
+(``runs lost``), a wrong one shows in its output, and every execution that passes
+the wait records the payload it got (``wrong signals`` counts those that differ).
+
 What is checked, and how it is known
 ------------------------------------
 
@@ -173,13 +183,17 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from durably import (
+    Durably,
     JobDefinition,
+    NotFoundError,
     RunStatus,
     ScheduleFireEvent,
+    SignalRejectedError,
     Step,
     StorageError,
     SystemClock,
     ValidationError,
+    WaitHandle,
     create_durably,
     define_job,
 )
@@ -192,6 +206,7 @@ __all__ = [
     "expected_output",
     "main",
     "run_crash_harness",
+    "signal_value",
     "step_value",
 ]
 
@@ -212,7 +227,9 @@ stays off the command line)."""
 _CONFIG_ENV = "DURABLY_CRASH_CONFIG"  # the whole configuration, parent → workers
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_ACTIVE = (RunStatus.PENDING.value, RunStatus.LEASED.value)
+_ACTIVE = (RunStatus.PENDING.value, RunStatus.LEASED.value, RunStatus.WAITING.value)
+#: The wait each run of the harness suspends on, and its timer.
+GATE, NAP = "gate", "nap"
 
 
 @dataclass(frozen=True)
@@ -261,6 +278,10 @@ class CrashConfig:
         if self.stall_time is not None:
             return self.stall_time
         return (1.5 * self.lease_duration, 3.0 * self.lease_duration)
+    #: Runs wait for a signal halfway (and every third sleeps first); see above.
+    waits: bool = True
+    #: The durable timer's length (seconds).
+    nap: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -279,6 +300,14 @@ class CrashReport:
     runs_lost: int
     wrong_outputs: int
     elapsed: float
+    #: Executions that got a wait result other than the signal the harness sent.
+    wrong_signals: int = 0
+    #: Signals the harness delivered (accepted), and repeated (duplicates).
+    signals: int = 0
+    duplicate_signals: int = 0
+    #: Waits whose signal came before the run suspended on them, and the others.
+    signalled_before_suspension: int = 0
+    suspensions: int = 0
     problems: tuple[str, ...] = ()
     records_dir: str | None = None
     stalls: int = 0
@@ -325,6 +354,7 @@ class CrashReport:
                 or self.wrong_outputs
                 or self.slots_fired_twice
                 or self.slots_missed
+                or self.wrong_signals
             )
         )
 
@@ -345,6 +375,10 @@ class CrashReport:
             f"  checkpoints changed:            {self.checkpoints_changed}",
             f"  runs lost:                      {self.runs_lost}",
             f"  wrong outputs:                  {self.wrong_outputs}",
+            f"  signals (duplicates):           {self.signals} ({self.duplicate_signals})",
+            f"  signalled before suspension:    {self.signalled_before_suspension}",
+            f"  suspended on the signal wait:   {self.suspensions}",
+            f"  wrong signals:                  {self.wrong_signals}",
             f"  elapsed:                        {self.elapsed:.1f} s",
         ]
         if self.schedule_slots:
@@ -377,9 +411,16 @@ def step_value(seed: int, trial: int, index: int) -> int:
     return (seed * 1_000_003 + trial * 7_919 + index * 104_729) % 1_000_003
 
 
-def expected_output(seed: int, trial: int, steps: int) -> dict[str, Any]:
+def signal_value(seed: int, trial: int) -> int:
+    """The value the harness signals to trial ``trial``'s gate."""
+    return (seed * 7_919 + trial * 1_000_003) % 104_729
+
+
+def expected_output(seed: int, trial: int, steps: int, waits: bool = False) -> dict[str, Any]:
     """The output an uninterrupted run of trial ``trial`` produces."""
     values = [step_value(seed, trial, i) for i in range(steps)]
+    if waits:
+        values.insert(steps // 2 + 1, signal_value(seed, trial))
     return {"total": sum(values), "values": values}
 
 
@@ -494,8 +535,16 @@ def _crash_job(recorder: _Recorder | None) -> JobDefinition[Any, Any]:
     async def run(step: Step, payload: dict[str, Any]) -> dict[str, Any]:
         rec = the_recorder()
         seed, trial, steps = int(payload["seed"]), int(payload["trial"]), int(payload["steps"])
+        waits, nap = bool(payload.get("waits")), float(payload.get("nap", 0))
         values: list[int] = []
+        gate: WaitHandle[Any] | None = None
         for i in range(steps):
+            if waits and i == steps // 2:
+                if trial % 3 == 0:
+                    await step.sleep(NAP, nap)
+                # prepared before the step whose "work" leads to the signal, as a job
+                # does: a signal may land before the run suspends
+                gate = await step.prepare_wait(GATE)
             args = (step.run_id, seed, trial, i)
             if i % 3 == 2:
                 out = await step.run(f"step-{i}", sync_step, *args)
@@ -503,6 +552,12 @@ def _crash_job(recorder: _Recorder | None) -> JobDefinition[Any, Any]:
                 out = await step.run(f"step-{i}", async_step, *args)
             rec.write("done", step.run_id, i, str(out["x"]))
             values.append(int(out["value"]))
+            if gate is not None and i == steps // 2:
+                # it may suspend here: then this process no longer holds the run
+                rec.write("waits", step.run_id, -1, "")
+                got = await step.wait_for(gate)
+                rec.write("got", step.run_id, -1, json.dumps(got.payload, sort_keys=True))
+                values.append(int((got.payload or {})["v"]))
         return {"total": sum(values), "values": values}
 
     return define_job(name=JOB_NAME, run=run)
@@ -578,6 +633,48 @@ class _Worker:
 class _Trial:
     number: int
     run_id: str
+    #: The harness's signal to its gate was accepted.
+    signalled: bool = False
+
+
+@dataclass
+class _Signaller:
+    """Signals each trial's gate at random moments: often soon after the wait is
+    prepared (before the run suspends), sometimes long after, sometimes twice."""
+
+    durably: Durably
+    seed: int
+    rng: random.Random
+    problems: list[str]
+    accepted: int = 0
+    duplicates: int = 0
+
+    async def round(self, trials: Sequence[_Trial], *, every: bool = False) -> None:
+        for trial in trials:
+            if trial.signalled and self.rng.random() >= 0.05:
+                continue
+            if not every and not trial.signalled and self.rng.random() < 0.5:
+                continue  # later, for this one
+            payload = {"v": signal_value(self.seed, trial.number)}
+            try:
+                receipt = await self.durably.signal(
+                    trial.run_id, GATE, payload, signal_id=f"gate-{trial.number}"
+                )
+            except NotFoundError:
+                continue  # the run has not prepared its wait yet
+            except StorageError:
+                continue  # e.g. a stalled worker holds the database's lock: next round
+            except SignalRejectedError as exc:
+                self.problems.append(f"run {trial.run_id}: signal refused: {exc}")
+                trial.signalled = True
+                continue
+            if receipt.disposition == "duplicate":
+                self.duplicates += 1
+            elif trial.signalled:
+                self.problems.append(f"run {trial.run_id}: a repeated signal was accepted again")
+            else:
+                self.accepted += 1
+            trial.signalled = True
 
 
 @dataclass
@@ -836,6 +933,8 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
     jobs = _jobs(config, None)  # triggered here, run only by the workers
     durably = create_durably(config.url, jobs=jobs, **_durably_options(config))
     trials: list[_Trial] = []
+    signaller = _Signaller(durably, config.seed, random.Random(config.seed + 1), harness.problems)
+    waits: dict[str, list[Any]] = {}
     try:
         await durably.migrate()
         first_slot = None
@@ -852,7 +951,13 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
                 counts = await durably.count_runs(status=list(_ACTIVE), job_name=JOB_NAME)
                 for _ in range(max(target - sum(counts.values()), 0)):
                     number = len(trials)
-                    payload = {"seed": config.seed, "trial": number, "steps": config.steps}
+                    payload = {
+                        "seed": config.seed,
+                        "trial": number,
+                        "steps": config.steps,
+                        "waits": config.waits,
+                        "nap": config.nap,
+                    }
                     key = f"crash-{invocation}-{number}"  # fresh for every invocation
                     triggered = await handle.trigger(payload, idempotency_key=key, labels=mine)
                     trials.append(_Trial(number, triggered.id))
@@ -874,6 +979,8 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
                 await asyncio.sleep(harness.rng.uniform(low, high))
                 harness.reap_exited()
                 await feed()
+                if config.waits:
+                    await signaller.round(trials)
                 candidates = harness.candidates()
                 # a stall leaves at least one worker running, to take the runs over
                 if len(candidates) < (2 if action == "stall" else 1):
@@ -894,6 +1001,8 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
         caught_up = durably.clock.now()
         while True:
             harness.reap_exited()
+            if config.waits:
+                await signaller.round(trials, every=True)
             try:
                 counts = await durably.count_runs(
                     status=list(_ACTIVE), job_name=JOB_NAME, labels=mine
@@ -917,6 +1026,7 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
         if counted != dict(tally):
             harness.problems.append(f"count_runs gave {counted}, the runs are {dict(tally)}")
         scheduled = await _scheduled(durably, first_slot) if config.schedules else None
+        waits = {t.run_id: await durably.get_waits(t.run_id) for t in trials}
     finally:
         harness.kill_all()
         await durably.close()
@@ -938,6 +1048,14 @@ async def crash_harness(config: CrashConfig) -> CrashReport:
         stalls=harness.stalls,
         interruptions=harness.interruptions,
         scheduled=scheduled,
+    )
+    gates = [w for found in waits.values() for w in found if w.name == GATE]
+    report = replace(
+        report,
+        signals=signaller.accepted,
+        duplicate_signals=signaller.duplicates,
+        signalled_before_suspension=sum(1 for w in gates if w.suspended_at is None),
+        suspensions=sum(1 for w in gates if w.suspended_at is not None),
     )
     if report.ok and not keep:
         shutil.rmtree(records, ignore_errors=True)
@@ -1009,7 +1127,18 @@ def _analyse(
     # (decided, began, token) of each start; (time, token) of each done
     starts: dict[tuple[str, int], list[tuple[int, int, str]]] = defaultdict(list)
     dones: dict[tuple[str, int], list[tuple[int, str]]] = defaultdict(list)
+    numbers = {t.run_id: t.number for t in trials}
+    wrong_signals = 0
     for entry in entries:
+        if entry["e"] == "waits":
+            continue
+        if entry["e"] == "got":  # what one execution got from the gate
+            number = numbers.get(str(entry["run"]))
+            expected = None if number is None else {"v": signal_value(config.seed, number)}
+            if json.loads(entry["x"]) != expected:
+                wrong_signals += 1
+                problems.append(f"run {entry['run']}: the gate gave {entry['x']}, not {expected}")
+            continue
         key = (str(entry["run"]), int(entry["i"]))
         t = int(entry["t"])
         if entry["e"] == "start":
@@ -1047,7 +1176,7 @@ def _analyse(
             state = "missing" if run is None else f"{run.status.value} ({run.error})"
             problems.append(f"run {trial.run_id} (trial {trial.number}) lost: {state}")
             continue
-        if run.output != expected_output(config.seed, trial.number, config.steps):
+        if run.output != expected_output(config.seed, trial.number, config.steps, config.waits):
             wrong += 1
             problems.append(f"run {trial.run_id} (trial {trial.number}) output {run.output!r}")
     twice = missed = 0
@@ -1076,6 +1205,7 @@ def _analyse(
         checkpoints_changed=changed,
         runs_lost=lost,
         wrong_outputs=wrong,
+        wrong_signals=wrong_signals,
         elapsed=elapsed,
         problems=tuple(problems),
         stalls=stalls,
@@ -1107,7 +1237,9 @@ def _coverage(
         writer = e.get("p")
         if writer is None and e["e"] == "start":  # a start's token names its writer
             writer = int(str(e["x"]).split(":", 1)[0])
-        finished = e["e"] == "done" and int(e["i"]) == steps - 1
+        # after its last step, or at a wait (where the run may suspend), a process no
+        # longer holds the run (a "got" record says when it does again)
+        finished = e["e"] == "waits" or (e["e"] == "done" and int(e["i"]) == steps - 1)
         history[str(e["run"])].append((t, writer, finished))
         if e["e"] == "done":
             first_done[str(e["run"])] = min(t, first_done.get(str(e["run"]), t))
@@ -1173,6 +1305,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle-timeout", type=float, default=d.settle_timeout)
     parser.add_argument("--records-dir", default=None, help="keep the JSONL records here")
     parser.add_argument(
+        "--no-waits",
+        dest="waits",
+        action="store_false",
+        help="runs do not wait for signals (nor sleep) halfway",
+    )
+    parser.add_argument(
         "--option",
         action="append",
         default=[],
@@ -1236,6 +1374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records_dir=args.records_dir,
         backend_options=options,
         schedules=args.schedules,
+        waits=args.waits,
     )
     try:
         report = asyncio.run(crash_harness(config))

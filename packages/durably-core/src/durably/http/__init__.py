@@ -13,6 +13,7 @@ from ._auth import (
     RunOperation,
     RunsFilter,
     RunsSubscribeFilter,
+    SignalRequest,
     TriggerRequest,
     scoped_key,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "RunOperation",
     "RunsFilter",
     "RunsSubscribeFilter",
+    "SignalRequest",
     "TriggerRequest",
     "create_handler",
     "scoped_key",

@@ -26,10 +26,21 @@ T = TypeVar("T")
 MaybeAwaitable: TypeAlias = T | Awaitable[T]
 
 RunOperation = Literal[
-    "read", "subscribe", "steps", "attempts", "retrigger", "cancel", "delete", "logs", "retry"
+    "read",
+    "subscribe",
+    "steps",
+    "attempts",
+    "retrigger",
+    "cancel",
+    "delete",
+    "logs",
+    "retry",
+    "waits",
+    "signal",
 ]
 """What a run-level route does with the run, as passed to ``Auth.on_run_access``
-(``logs`` and ``retry``: routes of the dashboard, ``create_handler(dashboard=True)``)."""
+(``logs`` and ``retry``: routes of the dashboard, ``create_handler(dashboard=True)``;
+``waits`` and ``signal``: the durable-wait routes)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +53,17 @@ class TriggerRequest:
     concurrency_key: str | None = None
     labels: dict[str, str] | None = None
     coalesce: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignalRequest:
+    """The body of ``POST /signal?runId=…`` (snake_case): which wait of the run, the
+    payload, and the sender's signal id (a retry with the same id and payload is a
+    duplicate, not a conflict)."""
+
+    name: str
+    payload: Any = None
+    signal_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +93,9 @@ class Auth:
     - ``on_trigger(ctx, trigger)``: after the body is checked and the job found;
       may return a replacement ``TriggerRequest`` (e.g. with a tenant label added).
     - ``on_run_access(ctx, run, operation)``: before any run-level route, with the run.
+      The wait routes (``GET /waits``, ``GET /wait``: operation ``"waits"``;
+      ``POST /signal``: ``"signal"``) require it: with ``authenticate`` and without
+      it they answer 403 (a wait's address alone grants nothing).
     - ``scope_runs(ctx, filter) -> filter``: narrows ``GET /runs``.
     - ``scope_runs_subscribe(ctx, filter) -> filter``: narrows ``GET /runs/subscribe``;
       without it ``scope_runs`` is used (its ``job_name`` and ``labels``).

@@ -21,8 +21,8 @@ import msgspec
 from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 
-from .._validate import validate_key, validate_labels
-from ._auth import TriggerRequest
+from .._validate import check_text, validate_key, validate_labels
+from ._auth import SignalRequest, TriggerRequest
 
 #: Default of ``create_handler(max_body_size=...)``: 1 MiB.
 DEFAULT_MAX_BODY_SIZE = 1 << 20
@@ -120,6 +120,22 @@ def trigger_request(body: Any) -> TriggerRequest:
         labels=None if labels is None else validate_labels(labels, None, None),
         coalesce=coalesce,
     )
+
+
+def signal_request(body: Any) -> SignalRequest:
+    """The ``POST /signal`` body (``{name, payload?, signalId?}``) as a
+    ``SignalRequest`` whose fields have the types it declares."""
+    if not isinstance(body, dict) or not body.get("name"):
+        raise RequestError("name (the wait's name) is required")
+    name, signal_id = body["name"], body.get("signalId")
+    if not isinstance(name, str):
+        raise RequestError(f"name must be a string, got {_json_type(name)}")
+    if signal_id is not None and (not isinstance(signal_id, str) or not signal_id):
+        raise RequestError(f"signalId must be a non-empty string, got {_json_type(signal_id)}")
+    for what, text in (("name", name), ("signalId", signal_id)):
+        if text is not None:
+            check_text(what, text)
+    return SignalRequest(name=name, payload=body.get("payload"), signal_id=signal_id)
 
 
 def _json_type(value: Any) -> str:

@@ -20,6 +20,7 @@ from .. import (
     NotFoundError,
     Run,
     RunStatus,
+    SignalRejectedError,
     ValidationError,
 )
 from ._auth import (
@@ -27,6 +28,7 @@ from ._auth import (
     RunOperation,
     RunsFilter,
     RunsSubscribeFilter,
+    SignalRequest,
     TriggerRequest,
     call,
     scoped_key,
@@ -42,6 +44,7 @@ from ._request import (
     label_filters,
     parse_int,
     read_body,
+    signal_request,
     trigger_request,
     values,
 )
@@ -50,6 +53,7 @@ from ._serialize import (
     client_run,
     client_schedule,
     client_step,
+    client_wait,
     encode,
     event_payload,
     sse_frame,
@@ -57,6 +61,10 @@ from ._serialize import (
 from ._sse import EventQueue, SSEResponse, replay, run_filter, run_frames, runs_frames
 
 logger = logging.getLogger("durably.http")
+
+OnSignal = Callable[
+    [Any, Run, SignalRequest], "SignalRequest | Awaitable[SignalRequest | None] | None"
+]
 
 #: The statuses the protocol accepts (the reference refuses the "running" alias here).
 VALID_STATUSES = tuple(s.value for s in RunStatus)
@@ -98,8 +106,10 @@ class _Handler:
         sse_max_backlog: int,
         dashboard: bool,
         watch_interval: float,
+        on_signal: OnSignal | None = None,
     ) -> None:
         self.durably = durably
+        self.on_signal = on_signal
         self.max_body_size = max_body_size
         self.max_backlog = sse_max_backlog
         self.auth = auth
@@ -119,6 +129,9 @@ class _Handler:
             ("POST", "/cancel"): self.cancel,
             ("DELETE", "/run"): self.delete,
             ("GET", "/schedules"): self.schedules,
+            ("GET", "/waits"): self.waits,
+            ("GET", "/wait"): self.wait,
+            ("POST", "/signal"): self.signal,
         }
         if dashboard:
             self.routes.update(Dashboard(self, watch_interval).routes())
@@ -284,6 +297,51 @@ class _Handler:
         records = await self.durably.schedules.list(job_name=names)
         return json_response([client_schedule(s) for s in records])
 
+    async def _wait_access(self, request: Request, ctx: Any, operation: RunOperation) -> Run:
+        """The run of a wait route: ``on_run_access`` is required once requests are
+        authenticated (the address of a wait grants nothing by itself)."""
+        if self.auth is not None and self.auth.on_run_access is None:
+            raise RequestError(
+                "The wait routes need Auth(on_run_access=...) to check who may read or "
+                "signal a run's waits",
+                403,
+            )
+        return await self.run_access(request, ctx, operation)
+
+    async def waits(self, request: Request, ctx: Any) -> Response:
+        run = await self._wait_access(request, ctx, "waits")
+        return json_response([client_wait(w) for w in await self.durably.get_waits(run.id)])
+
+    async def wait(self, request: Request, ctx: Any) -> Response:
+        run = await self._wait_access(request, ctx, "waits")
+        name = request.query_params.get("name")
+        if not name:
+            raise RequestError("name query parameter is required")
+        wait = await self.durably.get_wait(run.id, name)
+        if wait is None:
+            return error_response(f"Wait not found: {name}", 404)
+        return json_response(client_wait(wait))
+
+    async def signal(self, request: Request, ctx: Any) -> Response:
+        run = await self._wait_access(request, ctx, "signal")
+        req = signal_request(decode_json(await read_body(request, self.max_body_size)))
+        if self.on_signal is not None:
+            replaced = await call(self.on_signal, ctx, run, req)
+            if replaced is not None:
+                if not isinstance(replaced, SignalRequest):
+                    raise TypeError(f"on_signal returned {replaced!r}, not a SignalRequest")
+                req = replaced
+        try:
+            receipt = await self.durably.signal(
+                run.id, req.name, req.payload, signal_id=req.signal_id
+            )
+        except SignalRejectedError as exc:
+            body = {"error": str(exc), "reason": exc.reason, "wait": client_wait(exc.wait)}
+            return json_response(body, 409)
+        return json_response(
+            {"disposition": receipt.disposition, "wait": client_wait(receipt.wait)}
+        )
+
     async def subscribe(self, request: Request, ctx: Any) -> Response:
         run = await self.run_access(request, ctx, "subscribe")
         if run.is_terminal:
@@ -345,6 +403,7 @@ def create_handler(
     sse_max_backlog: int = DEFAULT_MAX_BACKLOG,
     dashboard: bool = False,
     watch_interval: float = 1.0,
+    on_signal: OnSignal | None = None,
 ) -> Starlette:
     """An ASGI app serving durably's HTTP/SSE protocol (that of the TypeScript
     ``createDurablyHandler``), for ``@coji/durably-react``'s hooks.
@@ -366,7 +425,15 @@ def create_handler(
     same ``auth``, ``on_run_access`` seeing the operations ``logs`` and ``retry``). Its
     live list follows runs executed by any process by reading the database every
     ``watch_interval`` seconds while a dashboard is open.
+
+    ``on_signal(ctx, run, request)``: called for ``POST /signal`` after
+    ``on_run_access``, before the signal is stored (``ctx`` is ``None`` without
+    ``auth``); it may return a replacement ``SignalRequest`` (e.g. the payload
+    validated and normalized) or reject the signal by raising (``ValidationError``:
+    400, ``starlette.exceptions.HTTPException``: its status).
     """
+    if on_signal is not None and not callable(on_signal):
+        raise ValidationError(f"on_signal must be callable, got {on_signal!r}")
     if auth is not None and not isinstance(auth, Auth):
         raise ValidationError(
             f"auth must be a durably.http.Auth(authenticate=...), got {type(auth).__name__}"
@@ -399,6 +466,7 @@ def create_handler(
         sse_max_backlog,
         bool(dashboard),
         float(watch_interval),
+        on_signal,
     )
     methods = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"]
     app = Starlette(routes=[Route("/{path:path}", handler.dispatch, methods=methods)])

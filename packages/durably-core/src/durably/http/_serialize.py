@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pydantic
 
-from .. import Attempt, Event, Progress, Run, ScheduleRecord, StepRecord
+from .. import Attempt, Event, Progress, Run, ScheduleRecord, StepRecord, Wait
 from .._events import EVENT_CLASSES
 from .._records import progress_data
 
@@ -77,6 +77,27 @@ def client_run(run: Run) -> dict[str, Any]:
         "createdAt": iso(run.created_at),
         "isTerminal": run.is_terminal,
         "isActive": run.is_active,
+        "isWaiting": run.is_waiting,
+    }
+
+
+def client_wait(wait: Wait) -> dict[str, Any]:
+    """A durable wait, with the reference's field names (its ``DurableWait``)."""
+    return {
+        "id": wait.id,
+        "runId": wait.run_id,
+        "name": wait.name,
+        "kind": wait.kind,
+        "metadata": wait.metadata,
+        "status": str(wait.status),
+        "outcome": wait.outcome,
+        "payload": wait.payload,
+        "signalId": wait.signal_id,
+        "createdAt": iso(wait.created_at),
+        "deadlineAt": iso(wait.deadline_at),
+        "suspendedAt": iso(wait.suspended_at),
+        "resolvedAt": iso(wait.resolved_at),
+        "firstResumedAt": iso(wait.first_resumed_at),
     }
 
 
@@ -168,6 +189,7 @@ _TRIMMED_EXTRA: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
         for tag, names in (
             ("run:coalesced", ("skipped_input", "skipped_labels")),
             ("run:progress", ("progress",)),
+            ("run:waiting", ("wait_id", "wait_name")),
             ("step:start", ("step_name", "step_index")),
             ("step:complete", ("step_name", "step_index")),
             ("step:cancel", ("step_name", "step_index")),
@@ -188,6 +210,7 @@ RUNS_STREAM_TYPES = frozenset(
         "run:fail",
         "run:cancel",
         "run:delete",
+        "run:waiting",
         "run:progress",
         "step:start",
         "step:complete",

@@ -51,6 +51,7 @@ RUN_STREAM_TYPES = frozenset(
         "run:fail",
         "run:cancel",
         "run:delete",
+        "run:waiting",
         "run:progress",
         "step:start",
         "step:complete",

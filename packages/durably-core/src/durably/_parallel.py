@@ -1,0 +1,78 @@
+"""``step.all``: named branches run at once, each checkpointed like ``step.run``,
+joined when every branch has settled.
+
+Each branch is an ordinary ``step.run`` (replayed from its checkpoint when it has
+one, so after a crash only the unfinished branches run again). The join waits for
+every branch, as ``asyncio.gather(..., return_exceptions=True)`` does, so the run
+never finishes while a sibling is still writing. Then: a lost lease wins over
+everything, a cancellation next, and among ordinary failures the branch that
+started first (the lowest step index) decides the error, as it names the run's
+failed step.
+
+While branches overlap, ``step.log`` entries name no step (one shared "current
+step" cannot say which branch wrote them); a branch that logs about itself can put
+its name in the message or data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._errors import LeaseLostError, ValidationError
+
+if TYPE_CHECKING:
+    from ._execution import Execution
+    from ._step import Step
+
+__all__ = ["run_all"]
+
+
+async def run_all(
+    step: Step, x: Execution, branches: Mapping[str, Callable[[], Any]]
+) -> dict[str, Any]:
+    """``step.all(branches)`` on ``step`` (whose execution is ``x``): ``{name: result}``
+    once every branch succeeded."""
+    if not isinstance(branches, Mapping) or not branches:
+        raise ValidationError(
+            "step.all() takes a non-empty dict of {step_name: callable}, e.g. "
+            '{"review-a": partial(review, a), "review-b": partial(review, b)}'
+        )
+    for name, fn in branches.items():
+        if not callable(fn):
+            raise ValidationError(f"step.all(): branch {name!r} is {fn!r}, not a callable")
+    # the branches start in the dict's order, so their step indexes follow it
+    tasks = [asyncio.ensure_future(step.run(name, fn)) for name, fn in branches.items()]
+    x.overlapping += 1
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        # cancelled while joining (the run was cancelled, or its lease lost): the
+        # branches stop too, and the join still waits for them to settle
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        raise
+    finally:
+        x.overlapping -= 1
+    failures: list[tuple[str, BaseException]] = []
+    for name, task in zip(branches, tasks, strict=True):
+        if task.cancelled():
+            failures.append((name, asyncio.CancelledError()))
+        elif (exc := task.exception()) is not None:
+            failures.append((name, exc))
+    if not failures:
+        return {name: task.result() for name, task in zip(branches, tasks, strict=True)}
+    errors = [exc for _, exc in failures]
+    for kind in (LeaseLostError, asyncio.CancelledError):
+        found = next((e for e in errors if isinstance(e, kind)), None)
+        if found is not None:
+            raise found
+    # a process going down (KeyboardInterrupt, a simulated crash) is not a failure
+    fatal = next((e for e in errors if not isinstance(e, Exception)), None)
+    if fatal is not None:
+        raise fatal
+    name, first = failures[0]
+    x.failed_step_name = name
+    raise first
