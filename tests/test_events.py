@@ -1,4 +1,4 @@
-"""Events: the 17 types, their payloads, ordering, listeners (docs/semantics.md, "Events")."""
+"""Events: the 19 types, their payloads, ordering, listeners (docs/semantics.md, "Events")."""
 
 from __future__ import annotations
 
@@ -102,11 +102,11 @@ async def produce_every_event(make_durably: Any, clock: ManualClock) -> tuple[An
     return d, events
 
 
-async def test_events__all_seventeen_types_are_emitted(
+async def test_events__all_nineteen_types_are_emitted(
     make_durably: Any, clock: ManualClock
 ) -> None:
     _, events = await produce_every_event(make_durably, clock)
-    assert len(ALL_TYPES) == 17
+    assert len(ALL_TYPES) == 19
     assert {e.type for e in events} == ALL_TYPES
 
 

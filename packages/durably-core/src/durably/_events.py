@@ -1,4 +1,4 @@
-"""The 17 event types and the bus that delivers them to listeners.
+"""The 19 event types and the bus that delivers them to listeners.
 
 Every event has ``type``, ``timestamp`` and ``sequence`` (per ``Durably``,
 increasing); events about a run also carry ``run_id``, ``job_name`` and
@@ -224,7 +224,7 @@ EventType = Literal[
     "schedule:fire",
     "schedule:skip",
 ]
-"""The 17 event type names ``Durably.on`` accepts (besides ``"*"``)."""
+"""The 19 event type names ``Durably.on`` accepts (besides ``"*"``)."""
 
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]

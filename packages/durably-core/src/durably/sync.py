@@ -47,11 +47,12 @@ from ._events import ErrorHandler, Event, Listener, LogWriteEvent
 from ._handle import JobHandle, RunResult
 from ._job import JobDefinition
 from ._loop_thread import LoopThread
-from ._records import Attempt, LogRecord, Progress, Run, RunStatus, StepRecord
+from ._records import Attempt, LogRecord, Progress, Run, RunStatus, StepRecord, Wait
 from ._schedule import CatchUp, ScheduleRecord
 from ._services import Settings
 from ._storage import Storage
 from ._trigger import TriggerResult
+from ._waits import SignalReceipt
 
 __all__ = ["SyncDurably", "SyncJobHandle", "SyncJobs", "SyncSchedules", "create_durably"]
 
@@ -425,10 +426,24 @@ class SyncDurably:
         """The run's attempt records, oldest first."""
         return self._run("get_attempts()", lambda d: d.get_attempts(run_id))
 
+    def get_waits(self, run_id: str) -> list[Wait]:
+        """The run's durable waits, oldest first."""
+        return self._run("get_waits()", lambda d: d.get_waits(run_id))
+
+    def get_wait(self, run_id: str, name: str) -> Wait | None:
+        """The run's wait called ``name``, or ``None``."""
+        return self._run("get_wait()", lambda d: d.get_wait(run_id, name))
+
+    def signal(
+        self, run_id: str, name: str, payload: Any = None, *, signal_id: str | None = None
+    ) -> SignalReceipt:
+        """Deliver a signal to a run's durable wait (``Durably.signal``)."""
+        return self._run("signal()", lambda d: d.signal(run_id, name, payload, signal_id=signal_id))
+
     # -- control --
 
     def cancel(self, run_id: str) -> Run:
-        """Cancel a pending or leased run. Terminal → ``ConflictError``."""
+        """Cancel a pending, leased or waiting run. Terminal → ``ConflictError``."""
         return self._run("cancel()", lambda d: d.cancel(run_id))
 
     def retry(self, run_id: str) -> Run:

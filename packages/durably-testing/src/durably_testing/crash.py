@@ -278,6 +278,7 @@ class CrashConfig:
         if self.stall_time is not None:
             return self.stall_time
         return (1.5 * self.lease_duration, 3.0 * self.lease_duration)
+
     #: Runs wait for a signal halfway (and every third sleeps first); see above.
     waits: bool = True
     #: The durable timer's length (seconds).
@@ -1134,10 +1135,10 @@ def _analyse(
             continue
         if entry["e"] == "got":  # what one execution got from the gate
             number = numbers.get(str(entry["run"]))
-            expected = None if number is None else {"v": signal_value(config.seed, number)}
-            if json.loads(entry["x"]) != expected:
+            sent = None if number is None else {"v": signal_value(config.seed, number)}
+            if json.loads(entry["x"]) != sent:
                 wrong_signals += 1
-                problems.append(f"run {entry['run']}: the gate gave {entry['x']}, not {expected}")
+                problems.append(f"run {entry['run']}: the gate gave {entry['x']}, not {sent}")
             continue
         key = (str(entry["run"]), int(entry["i"]))
         t = int(entry["t"])
