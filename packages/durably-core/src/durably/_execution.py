@@ -23,11 +23,11 @@ from ._events import (
     RunLeasedEvent,
     RunLeaseRenewedEvent,
     RunProgressEvent,
+    RunWaitingEvent,
     StepCancelEvent,
     StepCompleteEvent,
     StepFailEvent,
     StepStartEvent,
-    RunWaitingEvent,
 )
 from ._job import JobDefinition
 from ._logging import LEVELS, job_logger, step_log_extra
