@@ -90,9 +90,14 @@ async def expense_approval(step: Step, expense: Expense) -> Outcome:
 
 
 async def request(amount: int, what: str) -> None:
-    async with create_durably(URL, jobs={"expense": expense_approval}) as d:
+    # no worker here (not `async with`, which starts one): a worker process runs it
+    d = create_durably(URL, jobs={"expense": expense_approval})
+    try:
+        await d.migrate()
         result = await d.jobs.expense.trigger({"amount": amount, "what": what})
         print(f"requested: run {result.id}", flush=True)
+    finally:
+        await d.close()
 
 
 async def worker(until: str | None) -> None:

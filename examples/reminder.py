@@ -78,9 +78,14 @@ async def demo() -> None:
 
 
 async def remind(text: str, seconds: float) -> None:
-    async with create_durably(URL, jobs={"reminder": reminder}) as d:
+    # no worker here (not `async with`, which starts one): `worker` runs it
+    d = create_durably(URL, jobs={"reminder": reminder})
+    try:
+        await d.migrate()
         result = await d.jobs.reminder.trigger({"text": text, "seconds": seconds})
         print(f"scheduled: run {result.id}", flush=True)
+    finally:
+        await d.close()
 
 
 async def worker() -> None:
