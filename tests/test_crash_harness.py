@@ -335,7 +335,7 @@ def test_checks__coverage_counts_interruptions_that_hit_a_run_past_a_checkpoint(
     _put(tmp_path, e="done", run="r", i=0, x="0:1", p=0, t=150)
     _put(tmp_path, e="start", run="r", i=1, x="0:2", p=0, t=200, d=200)
     _put(tmp_path, e="done", run="r", i=1, x="0:2", p=0, t=300)
-    config = CrashConfig("sqlite:///unused.db", seed=1, steps=2, min_coverage=0.6)
+    config = CrashConfig("sqlite:///unused.db", seed=1, steps=2, min_coverage=0.6, waits=False)
     trials = [_Trial(0, "r")]
     runs = {"r": _Done(expected_output(1, 0, 2))}
     interruptions = [
