@@ -15,13 +15,13 @@ from durably import Durably, Storage, create_durably
 from durably_testing.clock import ManualClock
 
 #: Backends the engine tests are parametrized over (one pytest invocation covers all).
-BACKENDS = ["memory", "sqlite-file", "sqlite-memory", "libsql-file", "libsql-remote"]
+BACKENDS = ["memory", "sqlite-file", "sqlite-memory", "libsql-file", "libsql-remote", "postgres"]
 #: The quick tier (``-m "not slow"``) runs the engine tests on the model and on the
 #: embedded default; the other backends are in the whole run only.
 QUICK_BACKENDS = frozenset({"memory", "sqlite-file"})
 #: Backends whose ``same_db_as`` is a new connection to the same database (the others
 #: live only in this process, so a second instance shares the storage object).
-SEPARATE_CONNECTIONS = frozenset({"sqlite-file", "libsql-file", "libsql-remote"})
+SEPARATE_CONNECTIONS = frozenset({"sqlite-file", "libsql-file", "libsql-remote", "postgres"})
 
 
 @pytest.fixture
@@ -40,6 +40,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "libsql-remote":  # a fresh tursodb server (libsql_support.py)
         return str(request.getfixturevalue("libsql_server").url)
+    if backend == "postgres":  # a fresh schema on the session's server (postgres_support.py)
+        return str(request.getfixturevalue("postgres_url"))
     return {
         "memory": "memory://",
         "sqlite-file": f"sqlite:///{tmp_path / 'durably.db'}",
@@ -82,13 +84,15 @@ async def make_durably(backend: str, db_url: str, clock: ManualClock) -> AsyncIt
 
 
 #: pytester drives the durably pytest plugin in tests/test_pytest_plugin.py
-pytest_plugins = ["pytester", "libsql_support"]
+pytest_plugins = ["pytester", "libsql_support", "postgres_support"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that starts a libSQL server of its own is not in the quick tier."""
+    """A test that starts a server of its own (libSQL, PostgreSQL) is not in the quick
+    tier."""
     for item in items:
-        if "libsql_server" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if {"libsql_server", "postgres", "postgres_server"} & set(fixtures):
             item.add_marker(pytest.mark.slow)
 
 

@@ -332,18 +332,35 @@ def fresh_schema(server: PostgresServer, prefix: str = "t") -> str:
     return name
 
 
+_shared: list[PostgresServer] = []  # the session's server, started on first use
+
+
+def shared_server() -> PostgresServer:
+    """The server of this test session (started on first use, removed at exit)."""
+    if not _shared or _shared[0].process is None or _shared[0].process.poll() is not None:
+        _shared[:] = [PostgresServer(require_postgres()).start()]
+    return _shared[0]
+
+
+_test_schemas = itertools.count(1)
+
+
+def fresh_schema_url() -> str:
+    """The URL of a schema nobody used yet on the session's server (``migrate()``
+    creates it): a fresh, empty database for one test or one hypothesis example."""
+    return shared_server().url_for(schema=f"test_{os.getpid()}_{next(_test_schemas)}")
+
+
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
+def postgres() -> PostgresServer:
     """One server for the session (each test takes a schema of its own on it)."""
-    server = PostgresServer(require_postgres()).start()
-    yield server
-    server.remove()
+    return shared_server()
 
 
 @pytest.fixture
 def postgres_url(postgres: PostgresServer) -> str:
-    """The URL of a fresh, empty schema on the session's server."""
-    return postgres.url_for(schema=fresh_schema(postgres))
+    """The URL of a schema of this test's own on the session's server."""
+    return fresh_schema_url()
 
 
 @pytest.fixture

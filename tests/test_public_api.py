@@ -149,6 +149,7 @@ PUBLIC = {
         "PY_MIGRATIONS",
         "PY_SCHEMA_VERSION",
         "Params",
+        "PostgresStorage",
         "Row",
         "SCHEMA_V1",
         "SqlStorage",
@@ -163,6 +164,7 @@ PUBLIC = {
         "unstorable_text",
     ],
     "durably_libsql": ["HranaError", "HranaExecutor", "RemoteConfig", "open_libsql"],
+    "durably_postgres": ["AsyncpgExecutor", "PostgresConfig", "open_postgres"],
     "durably_sqlite": ["SqliteExecutor", "open_sqlite"],
 }
 

@@ -11,6 +11,7 @@ from conftest import BACKENDS
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 from libsql_support import fresh_shared_database
+from postgres_support import fresh_schema_url
 
 from durably import Storage
 from durably.plugins import BackendRegistry
@@ -38,11 +39,16 @@ def url_for(backend: str, machine: StorageStateMachine) -> str:
         "libsql-file": lambda: f"file:{machine.tmp_path / 'libsql.db'}",
         # one tursodb server for the session, its tables emptied for each example
         "libsql-remote": fresh_shared_database,
+        # one PostgreSQL server for the session, a new schema for each example
+        "postgres": fresh_schema_url,
     }
     if backend not in urls:
         raise AssertionError(f"tests/test_stateful.py: add a URL for backend {backend!r}")
     return urls[backend]()
 
+
+#: Backends on a server: slower per operation, so fewer examples and not side by side.
+SERVERS = frozenset({"libsql-remote", "postgres"})
 
 #: The URL scheme whose plugin opens each backend.
 SCHEMES = {
@@ -51,6 +57,7 @@ SCHEMES = {
     "sqlite-file": "sqlite",
     "libsql-file": "file",
     "libsql-remote": "http",
+    "postgres": "postgresql",
 }
 
 
@@ -69,9 +76,9 @@ def machine_for(backends: list[str], *, check_model: bool) -> type[StorageStateM
 
 
 def side_by_side_backends(installed_schemes: Collection[str]) -> list[str]:
-    """Every backend the engine tests run on (conftest.BACKENDS) but the remote server
-    (its model test checks it). Each must be installed, or the test fails."""
-    wanted = [b for b in dict.fromkeys([*BACKENDS, "sqlite-memory"]) if b != "libsql-remote"]
+    """Every backend the engine tests run on (conftest.BACKENDS) but the servers (the
+    model test checks each of them). Each must be installed, or the test fails."""
+    wanted = [b for b in dict.fromkeys([*BACKENDS, "sqlite-memory"]) if b not in SERVERS]
     unknown = [b for b in wanted if b not in SCHEMES]
     if unknown:
         raise AssertionError(f"tests/test_stateful.py: add the URL scheme of {unknown}")
@@ -85,14 +92,15 @@ def side_by_side_backends(installed_schemes: Collection[str]) -> list[str]:
     return wanted
 
 
-#: The remote server answers ~100 requests/s and every step reads the state back, so
-#: libsql-remote gets fewer examples (~1.5 s each) and is left out of the side-by-side
-#: test: its model test already checks it against the same model.
+#: A server answers each request over a socket and every step reads the state back (the
+#: remote libSQL server ~100 requests/s), so the servers get fewer examples (~1.5 s each)
+#: and are left out of the side-by-side test: their model tests check them against the
+#: same model.
 REMOTE_SETTINGS = settings(SETTINGS, max_examples=10)
 
 
 def test_storage__matches_the_lifecycle_model(backend: str) -> None:
-    chosen = REMOTE_SETTINGS if backend == "libsql-remote" else SETTINGS
+    chosen = REMOTE_SETTINGS if backend in SERVERS else SETTINGS
     run_state_machine_as_test(machine_for([backend], check_model=True), settings=chosen)
 
 

@@ -62,6 +62,8 @@ KNOWN_PACKAGES: Mapping[str, str] = MappingProxyType(
         "libsql": "durably-libsql",
         "http": "durably-libsql",
         "https": "durably-libsql",
+        "postgresql": "durably-postgres",
+        "postgres": "durably-postgres",
         "memory": "durably-testing",
     }
 )

@@ -1,9 +1,10 @@
-"""The shared SQL implementation of :class:`durably.Storage` (SQLite dialect).
+"""The shared SQL implementation of :class:`durably.Storage`.
 
 A backend with a SQLite-compatible driver supplies only an :class:`Executor`;
-:class:`SqlStorage` does the rest. An adapter that implements :class:`durably.Storage`
-directly uses the helpers (the stored timestamp format, the resolution of a lost
-answer). Nothing here imports a database driver.
+:class:`SqlStorage` does the rest. :class:`PostgresStorage` is the same statements on
+PostgreSQL, with the few that a database of row locks writes otherwise. An adapter that
+implements :class:`durably.Storage` directly uses the helpers (the stored timestamp
+format, the resolution of a lost answer). Nothing here imports a database driver.
 """
 
 from .executor import (
@@ -17,6 +18,7 @@ from .executor import (
     unstorable_text,
 )
 from .helpers import format_timestamp, parse_timestamp, resolve_lost_answer
+from .postgres import PostgresStorage
 from .schema import PY_MIGRATIONS, PY_SCHEMA_VERSION, SCHEMA_V1, Migration, migrate
 from .storage import SqlStorage, progress_json
 
@@ -28,6 +30,7 @@ __all__ = [
     "Executor",
     "Migration",
     "Params",
+    "PostgresStorage",
     "Row",
     "SqlStorage",
     "SqlValue",

@@ -18,6 +18,7 @@ answer: it is idempotent). The rules are those of :mod:`durably.lifecycle`:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from .._errors import NotFoundError, StorageOutcomeUnknownError
@@ -26,7 +27,7 @@ from .._timefmt import format_ts, parse_ts
 from ..lifecycle import RETRYABLE_STATUSES, TERMINAL_STATUSES, signal_decision
 from ._outcome import resolved
 from ._rows import FENCE, HELD, RUN_COLUMNS, WAIT_COLUMNS, status_list, to_run, to_wait
-from .executor import Executor, SqlValue, Statement
+from .executor import Executor, Row, SqlValue, Statement
 
 __all__ = ["SqlWaits"]
 
@@ -43,7 +44,7 @@ _TIME_OUT = (
 _PREPARE = (
     "INSERT INTO durably_waits (id, run_id, name, kind, status, metadata, created_at, "
     "deadline_at, deadline_ms, timing_known) "
-    "SELECT ?, id, ?, ?, 'pending', ?, ?, ?, ?, 1 FROM durably_runs "
+    "SELECT ?, id, ?, ?, 'pending', ?, ?, ?, CAST(? AS INTEGER), 1 FROM durably_runs "
     f"WHERE id = ? AND {FENCE} ON CONFLICT (run_id, name) DO NOTHING"
 )
 _WAIT_BY_NAME = f"SELECT {WAIT_COLUMNS} FROM durably_waits WHERE run_id = ? AND name = ?"
@@ -120,6 +121,11 @@ class SqlWaits:
 
     executor: Executor
 
+    async def _run_batch(self, run_id: str, statements: Sequence[Statement]) -> list[list[Row]]:
+        """``executor.batch(statements)`` for a batch about one run and its waits (a
+        dialect with row locks takes the run's first: one lock order for all of them)."""
+        return await self.executor.batch(statements)
+
     async def prepare_wait(
         self, run_id: str, generation: int, wait: NewWait, now: datetime
     ) -> Wait | None:
@@ -142,7 +148,7 @@ class SqlWaits:
         ]
 
         async def write() -> Wait | None:
-            results = await self.executor.batch(statements)
+            results = await self._run_batch(run_id, statements)
             if not (results[1] and results[1][0][0]) or not results[2]:
                 return None
             return to_wait(results[2][0])
@@ -163,7 +169,7 @@ class SqlWaits:
         ]
 
         async def write() -> Wait | None:
-            results = await self.executor.batch(statements)
+            results = await self._run_batch(run_id, statements)
             if not (results[2] and results[2][0][0]):
                 return None
             if not results[3]:
@@ -185,7 +191,7 @@ class SqlWaits:
         ]
 
         async def write() -> Run | None:
-            results = await self.executor.batch(statements)
+            results = await self._run_batch(run_id, statements)
             return to_run(results[1][0]) if results[1] else None
 
         async def landed() -> Run | None:
@@ -209,7 +215,7 @@ class SqlWaits:
         ]
 
         async def send() -> SignalOutcome:
-            results = await self.executor.batch(statements)
+            results = await self._run_batch(run_id, statements)
             if not results[3] or results[3][0][-1] is None:
                 return SignalOutcome("not-found", None)
             row = results[3][0]

@@ -20,7 +20,7 @@ Versions are recorded in two tables:
 
 :func:`migrate` is idempotent and safe from several processes at once: every
 write is one atomic batch (``BEGIN IMMEDIATE`` … ``COMMIT``); version 1 is all
-``IF NOT EXISTS`` plus ``INSERT OR IGNORE``; a Python migration inserts its
+``IF NOT EXISTS`` plus ``ON CONFLICT DO NOTHING``; a Python migration inserts its
 version row first, so a second process racing it fails on the primary key,
 rolls back, and moves on.
 """
@@ -35,12 +35,14 @@ from .executor import ConstraintViolation, Executor, Statement
 
 __all__ = [
     "ATTEMPTS",
+    "COLUMNS_SQL",
     "PY_MIGRATIONS",
     "PY_SCHEMA_VERSION",
     "PY_VERSIONS_DDL",
     "REFERENCE_SCHEMA_VERSION",
     "SCHEDULES",
     "SCHEMA_V1",
+    "TABLES_SQL",
     "WAITS",
     "Migration",
     "migrate",
@@ -232,15 +234,16 @@ PY_MIGRATIONS: tuple[Migration, ...] = (WAITS, SCHEDULES, ATTEMPTS)
 PY_SCHEMA_VERSION = max((m.version for m in PY_MIGRATIONS), default=0)
 """The Python-side schema version of this release."""
 
-_TABLES_SQL = (
+#: Which of the two version tables exist (SQLite); a dialect passes its own.
+TABLES_SQL = (
     "SELECT name FROM sqlite_master WHERE type = 'table' "
     "AND name IN ('durably_schema_versions', 'durably_py_schema_versions')"
 )
 
 
-async def _versions(executor: Executor) -> tuple[int, int | None]:
+async def _versions(executor: Executor, tables_sql: str) -> tuple[int, int | None]:
     """(reference version, Python version or None when its table does not exist)."""
-    tables = {row[0] for row in await executor.fetch(_TABLES_SQL)}
+    tables = {row[0] for row in await executor.fetch(tables_sql)}
     reference = 0
     if "durably_schema_versions" in tables:
         rows = await executor.fetch("SELECT MAX(version) FROM durably_schema_versions")
@@ -252,12 +255,16 @@ async def _versions(executor: Executor) -> tuple[int, int | None]:
     return reference, python
 
 
-async def _missing_columns(executor: Executor, migration: Migration) -> list[str]:
+#: The column names of the table ``{table}`` (SQLite); a dialect passes its own.
+COLUMNS_SQL = "SELECT name FROM pragma_table_info('{table}')"
+
+
+async def _missing_columns(executor: Executor, migration: Migration, columns_sql: str) -> list[str]:
     """The ``ALTER TABLE … ADD COLUMN`` statements of the columns not there yet (of
     tables that exist: a new table is made whole by the migration's statements)."""
     statements = []
     for table, column, definition in migration.columns:
-        rows = await executor.fetch(f"SELECT name FROM pragma_table_info('{table}')")
+        rows = await executor.fetch(columns_sql.format(table=table))
         present = {row[0] for row in rows}
         if present and column not in present:
             statements.append(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
@@ -268,11 +275,18 @@ async def migrate(
     executor: Executor,
     applied_at: str,
     migrations: Sequence[Migration] = PY_MIGRATIONS,
+    *,
+    tables_sql: str = TABLES_SQL,
+    columns_sql: str = COLUMNS_SQL,
+    lock: Statement | None = None,
 ) -> None:
     """Create or upgrade the schema. ``applied_at`` is the timestamp text recorded
-    for the versions applied now."""
+    for the versions applied now. A dialect passes its own ``tables_sql`` (the names of
+    the existing version tables), ``columns_sql`` (the names of a table's columns) and
+    a ``lock`` statement run first in each batch."""
     known = max((m.version for m in migrations), default=0)
-    reference, python = await _versions(executor)
+    first: list[Statement] = [] if lock is None else [lock]
+    reference, python = await _versions(executor, tables_sql)
     if python is not None and python > known:
         raise SchemaVersionError(
             f"This database has durably (Python) schema version {python}, but this "
@@ -280,28 +294,30 @@ async def migrate(
             "that supports it; the database was not changed."
         )
     if reference < REFERENCE_SCHEMA_VERSION:
-        statements: list[Statement] = [(ddl, ()) for ddl in SCHEMA_V1]
+        statements: list[Statement] = [*first, *((ddl, ()) for ddl in SCHEMA_V1)]
         statements.append(
             (
-                "INSERT OR IGNORE INTO durably_schema_versions (version, applied_at) VALUES (1, ?)",
+                "INSERT INTO durably_schema_versions (version, applied_at) VALUES (1, ?) "
+                "ON CONFLICT DO NOTHING",
                 (applied_at,),
             )
         )
         statements.append((PY_VERSIONS_DDL, ()))
         await executor.batch(statements)
     elif python is None:
-        await executor.execute(PY_VERSIONS_DDL)
+        await executor.batch([*first, (PY_VERSIONS_DDL, ())])
     current = python or 0
     for migration in sorted(migrations, key=lambda m: m.version):
         if migration.version <= current:
             continue
         batch: list[Statement] = [
+            *first,
             (PY_VERSIONS_DDL, ()),
             (
                 "INSERT INTO durably_py_schema_versions (version, applied_at) VALUES (?, ?)",
                 (migration.version, applied_at),
             ),
-            *((ddl, ()) for ddl in await _missing_columns(executor, migration)),
+            *((ddl, ()) for ddl in await _missing_columns(executor, migration, columns_sql)),
             *((ddl, ()) for ddl in migration.statements),
         ]
         try:

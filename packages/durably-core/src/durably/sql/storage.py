@@ -66,7 +66,7 @@ from .executor import (
     Statement,
     unstorable_text,
 )
-from .schema import PY_MIGRATIONS
+from .schema import COLUMNS_SQL, PY_MIGRATIONS, TABLES_SQL
 from .schema import migrate as _migrate
 
 __all__ = ["SqlStorage"]
@@ -79,14 +79,15 @@ _INSERT_RUN = (
     "INSERT INTO durably_runs (id, job_name, input, status, idempotency_key, concurrency_key, "
     "labels, current_step_index, completed_step_count, lease_generation, created_at, updated_at) "
     "VALUES (?, ?, ?, 'pending', ?, ?, ?, 0, 0, 0, ?, ?) "
-    "ON CONFLICT (job_name, idempotency_key) DO NOTHING "
 )
-_ON_PENDING_CONFLICT = (
-    "ON CONFLICT (job_name, concurrency_key) "
-    "WHERE status = 'pending' AND concurrency_key IS NOT NULL DO NOTHING "
+# Without coalescing only the idempotency index is a no-op: a clash on the pending-
+# concurrency index fails the statement (→ ConflictError). Coalescing, any unique clash
+# is a no-op (written without a target, the one form SQLite and PostgreSQL share), and
+# the reads that follow say which run stands for the request.
+_INSERT_RUN_PLAIN = (
+    _INSERT_RUN + f"ON CONFLICT (job_name, idempotency_key) DO NOTHING RETURNING {RUN_COLUMNS}"
 )
-_INSERT_RUN_PLAIN = _INSERT_RUN + f"RETURNING {RUN_COLUMNS}"
-_INSERT_RUN_COALESCE = _INSERT_RUN + _ON_PENDING_CONFLICT + f"RETURNING {RUN_COLUMNS}"
+_INSERT_RUN_COALESCE = _INSERT_RUN + f"ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}"
 _SELECT_IDEMPOTENT = (
     f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE job_name = ? AND idempotency_key = ?"
 )
@@ -145,10 +146,12 @@ _RELEASE = (
 
 # -- fenced writes --
 
+# (CAST: a parameter in a SELECT list has no column to take its type from on a server
+# database; on SQLite it is a no-op.)
 _INSERT_STEP = (
     'INSERT INTO durably_steps (id, run_id, name, "index", status, output, error, '
-    "started_at, completed_at) SELECT ?, id, ?, ?, ?, ?, ?, ?, ? FROM durably_runs "
-    f"WHERE id = ? AND {FENCE}"
+    "started_at, completed_at) SELECT ?, r.id, ?, CAST(? AS INTEGER), ?, ?, ?, ?, ? "
+    f"FROM durably_runs AS r WHERE r.id = ? AND {FENCE}"
 )
 _ADVANCE = (
     "UPDATE durably_runs SET current_step_index = MAX(current_step_index, ?), "
@@ -178,6 +181,8 @@ _LANDED_LOG = (
 )
 _RUNS_BY_ID = f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE id IN "
 _LOG_CHUNK = 100
+#: ``LIMIT`` when only an offset is given (SQLite takes -1, PostgreSQL no negative number).
+_NO_LIMIT = 2**63 - 1
 _COMPLETE = (
     "UPDATE durably_runs SET status = 'completed', output = ?, error = NULL, "
     "lease_owner = NULL, lease_expires_at = NULL, completed_at = ?, updated_at = ? "
@@ -286,11 +291,11 @@ def _where(query: RunFilter) -> tuple[str, list[SqlValue]]:
     params: list[SqlValue] = []
     if query.statuses is not None:
         statuses = [RunStatus(s).value for s in query.statuses]
-        where.append(f"status IN {_in_list(len(statuses))}" if statuses else "0")
+        where.append(f"status IN {_in_list(len(statuses))}" if statuses else "FALSE")
         params += statuses
     if query.job_names is not None:
         names = query.job_names
-        where.append(f"job_name IN {_in_list(len(names))}" if names else "0")
+        where.append(f"job_name IN {_in_list(len(names))}" if names else "FALSE")
         params += names
     for key, value in (query.labels or {}).items():
         where.append(_LABEL_MATCH)
@@ -303,7 +308,28 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
 
     The durable-wait operations are in :mod:`durably.sql._waits`, the retry
     operations in :mod:`durably.sql._attempts`, the schedule operations in
-    :mod:`durably.sql._schedules`."""
+    :mod:`durably.sql._schedules`.
+
+    A subclass for another dialect (:class:`durably.sql.PostgresStorage`) keeps every
+    statement that both databases read alike and replaces the few that a database with
+    row locks and per-statement snapshots must write otherwise: the claim, the
+    multi-statement writes (``_checkpoint``, ``_complete``, ``_fail``, ``_run_batch``,
+    deletes), the schema bookkeeping (``tables_sql``, ``columns_sql``,
+    ``migration_lock``) and ``fence_lock``.
+    """
+
+    #: Appended to the ``SELECT … FROM durably_runs AS r WHERE <fence>`` of a fenced step
+    #: or log insert. SQLite runs one writer at a time; a database where a concurrent
+    #: claim can commit after the insert read the run locks the row (PostgreSQL:
+    #: ``FOR SHARE OF r``), so the fence is judged on its newest version.
+    fence_lock = ""
+    #: The existing tables among the version tables (see :func:`durably.sql.migrate`).
+    tables_sql = TABLES_SQL
+    #: The names of a table's columns (see :func:`durably.sql.migrate`).
+    columns_sql = COLUMNS_SQL
+    #: A statement run first in every migration batch (PostgreSQL: a lock that makes
+    #: concurrent migrations take turns; SQLite's ``BEGIN IMMEDIATE`` already does).
+    migration_lock: Statement | None = None
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
@@ -314,7 +340,13 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         # answer, run it again. Each migration is its own batch, so each may lose one.
         for attempt in range(len(PY_MIGRATIONS) + 2):
             try:
-                await _migrate(self.executor, applied_at)
+                await _migrate(
+                    self.executor,
+                    applied_at,
+                    tables_sql=self.tables_sql,
+                    columns_sql=self.columns_sql,
+                    lock=self.migration_lock,
+                )
                 return
             except StorageOutcomeUnknownError:
                 if attempt == len(PY_MIGRATIONS) + 1:
@@ -355,7 +387,7 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
             statements.append(
                 (
                     "INSERT INTO durably_run_labels (run_id, key, value) "
-                    f"SELECT ?, column1, column2 FROM (VALUES {values}) "
+                    f"SELECT ?, v.column1, v.column2 FROM (VALUES {values}) AS v "
                     "WHERE EXISTS (SELECT 1 FROM durably_runs WHERE id = ?)",
                     params,
                 )
@@ -489,7 +521,8 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         sql = f"SELECT {RUN_COLUMNS} FROM durably_runs{where} ORDER BY created_at DESC, id DESC"
         if query.limit is not None or query.offset:
             sql += " LIMIT ? OFFSET ?"
-            params += (-1 if query.limit is None else max(query.limit, 0), max(query.offset, 0))
+            limit = _NO_LIMIT if query.limit is None else max(query.limit, 0)
+            params += (limit, max(query.offset, 0))
         return [to_run(row) for row in await self.executor.fetch(sql, params)]
 
     async def count_runs(self, query: RunFilter) -> dict[RunStatus, int]:
@@ -602,14 +635,9 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
                     run_id, generation, step, insert, attempt, now_s
                 )
             if step.status is not StepStatus.COMPLETED:
-                return await self.executor.execute(_INSERT_STEP, insert) > 0
-            advance: Params = (step.index + 1, now_s, run_id, generation)
-            # No RETURNING (it makes SQLite build a temporary table: ~10 µs of a ~50 µs
-            # checkpoint): the INSERT and the UPDATE carry the same fence in one
-            # transaction, so the UPDATE's changes() says whether both were written.
-            results = await self.executor.batch(
-                [(_INSERT_STEP, insert), (_ADVANCE, advance), (_CHANGES, ())]
-            )
+                sql = _INSERT_STEP + self.fence_lock
+                return await self.executor.execute(sql, insert) > 0
+            return await self._checkpoint(insert, (step.index + 1, now_s, run_id, generation))
         except ConstraintViolation as exc:
             if exc.table == "durably_steps" and "name" in exc.columns:
                 raise ConflictError(
@@ -619,6 +647,17 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
                     status=RunStatus.LEASED.value,
                 ) from exc
             raise
+
+    async def _checkpoint(self, insert: Params, advance: Params) -> bool:
+        """Insert a completed step row (``_INSERT_STEP``'s parameters) and advance the
+        run (``step.index + 1, now, run_id, generation``), both fenced, atomically.
+        Whether both were written."""
+        # No RETURNING (it makes SQLite build a temporary table: ~10 µs of a ~50 µs
+        # checkpoint): the INSERT and the UPDATE carry the same fence in one
+        # transaction, so the UPDATE's changes() says whether both were written.
+        results = await self.executor.batch(
+            [(_INSERT_STEP, insert), (_ADVANCE, advance), (_CHANGES, ())]
+        )
         return bool(results[2] and results[2][0][0])
 
     async def _persist_with_attempt(
@@ -686,8 +725,8 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
                     f"INSERT INTO durably_logs ({LOG_COLUMNS}) "
                     "SELECT v.column1, r.id, v.column2, v.column3, v.column4, v.column5, "
                     f"v.column6 FROM durably_runs AS r, (VALUES {values}) AS v "
-                    "WHERE r.id = ? AND r.status = 'leased' AND r.lease_generation = ? "
-                    "RETURNING 1",
+                    "WHERE r.id = ? AND r.status = 'leased' AND r.lease_generation = ?"
+                    f"{self.fence_lock} RETURNING 1",
                     params,
                 )
             )
@@ -707,51 +746,54 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
     ) -> bool:
         now_s = format_ts(now)
         complete: Params = (output_json, now_s, now_s, run_id, generation)
-        guard: Params = (run_id, run_id, generation)
-
-        close: Params = ("closed", now_s, run_id, run_id, generation)
 
         async def write() -> bool:
-            statements: list[Statement] = [(_CLOSE_WAITS, close)]
-            if delete_steps:
-                statements += [(_DELETE_STEPS_IF_HELD, guard), (_DELETE_LOGS_IF_HELD, guard)]
-            statements.append((_COMPLETE + " RETURNING 1", complete))
-            results = await self.executor.batch(statements)
-            return bool(results[-1])
+            return await self._finish(_COMPLETE, complete, now_s, delete_steps=delete_steps)
 
         done = RunStatus.COMPLETED.value
         return await resolved(write, lambda: self._lease_state(run_id, generation, done))
 
     async def fail_run(self, run_id: str, generation: int, error: str, now: datetime) -> bool:
         now_s = format_ts(now)
+        params: Params = (error, now_s, now_s, run_id, generation)
 
         async def write() -> bool:
-            params = (error, now_s, now_s, run_id, generation)
-            close = ("closed", now_s, run_id, run_id, generation)
-            results = await self.executor.batch(
-                [(_CLOSE_WAITS, close), (_FAIL + " RETURNING 1", params)]
-            )
-            return bool(results[1])
+            return await self._finish(_FAIL, params, now_s, delete_steps=False)
 
         done = RunStatus.FAILED.value
         return await resolved(write, lambda: self._lease_state(run_id, generation, done))
+
+    async def _finish(self, update: str, params: Params, now_s: str, *, delete_steps: bool) -> bool:
+        """A run's fenced final ``update`` (``_COMPLETE`` or ``_FAIL``; its parameters
+        end with the run id and generation) with its pending waits closed and, with
+        ``delete_steps``, its steps and logs deleted: atomically, and only while the
+        lease holds. Whether it was written."""
+        guard: Params = params[-2:]
+        statements: list[Statement] = [(_CLOSE_WAITS, ("closed", now_s, guard[0], *guard))]
+        if delete_steps:
+            held = (guard[0], *guard)
+            statements += [(_DELETE_STEPS_IF_HELD, held), (_DELETE_LOGS_IF_HELD, held)]
+        statements.append((update + " RETURNING 1", params))
+        results = await self.executor.batch(statements)
+        return bool(results[-1])
 
     # -- control --
 
     async def cancel_run(self, run_id: str, now: datetime) -> Run | None:
         now_s = format_ts(now)
-        results = await self.executor.batch(
+        results = await self._run_batch(
+            run_id,
             [
                 (_CANCEL_WAITS, ("cancelled", now_s, run_id, run_id)),
                 (_CANCEL, (now_s, now_s, run_id)),
-            ]
+            ],
         )
         return to_run(results[1][0]) if results[1] else None
 
     async def retry_run(self, run_id: str, now: datetime) -> Run | None:
         try:
-            results = await self.executor.batch(
-                [(REOPEN_WAITS, (run_id, run_id)), (_RETRY, (format_ts(now), run_id))]
+            results = await self._run_batch(
+                run_id, [(REOPEN_WAITS, (run_id, run_id)), (_RETRY, (format_ts(now), run_id))]
             )
         except ConstraintViolation as exc:
             if exc.table == "durably_runs" and "concurrency_key" in exc.columns:
