@@ -26,6 +26,7 @@ EXPECTED_ALL = [
     "AttemptStatus",
     "BlockingCallError",
     "CatchUp",
+    "ClaimableSubscription",
     "Clock",
     "ConflictError",
     "Disposition",
@@ -346,10 +347,11 @@ def test_create_durably__retain_runs_durations(value: Any, expected: timedelta) 
 
 def test_create_durably__unknown_scheme_lists_installed_schemes() -> None:
     with pytest.raises(UnknownBackendError) as info:
-        create_durably("postgres://localhost/db")
+        create_durably("mysql://localhost/db")
     message = str(info.value)
-    assert "postgres" in message
+    assert "mysql" in message
     assert "memory" in message
+    assert "postgresql" in message
 
 
 def test_create_durably__known_but_missing_scheme_says_what_to_install() -> None:

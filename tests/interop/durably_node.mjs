@@ -1,4 +1,7 @@
-// The real @coji/durably 0.15.0 on a SQLite file, driven by tests/test_interop_node.py.
+// The real @coji/durably 0.15.0 on a SQLite file (tests/test_interop_node.py) or on
+// PostgreSQL (tests/test_interop_postgres.py: DB is a postgresql:// URL; the `pg`
+// package comes from $DURABLY_NODE_PG, the node_modules that scripts/setup-postgres.sh
+// fills, since tests/interop's own packages are the SQLite side's).
 //
 //   node durably_node.mjs schema  DB           migrate only (the schema it creates)
 //   node durably_node.mjs trigger DB INPUT     trigger an "interop-job" run; prints {run}
@@ -8,9 +11,10 @@
 // The job must be the same as tests/test_interop_node.py's: same name, input,
 // steps, progress, logs and output. better-sqlite3 through Kysely's SqliteDialect
 // is how the reference opens a local SQLite file (its own dependency).
+import { createRequire } from 'node:module'
 import { createDurably, defineJob, withLogPersistence } from '@coji/durably'
 import Database from 'better-sqlite3'
-import { SqliteDialect } from 'kysely'
+import { PostgresDialect, SqliteDialect } from 'kysely'
 import { z } from 'zod'
 
 const [command, path, arg] = process.argv.slice(2)
@@ -36,8 +40,17 @@ const interopJob = defineJob({
   },
 })
 
+function dialectFor(target) {
+  if (/^postgres(ql)?:/.test(target)) {
+    // Kysely's PostgresDialect is what the reference detects as its PostgreSQL backend
+    const { Pool } = createRequire(`${process.env.DURABLY_NODE_PG}/`)('pg')
+    return new PostgresDialect({ pool: new Pool({ connectionString: target, max: 4 }) })
+  }
+  return new SqliteDialect({ database: new Database(target) })
+}
+
 const durably = createDurably({
-  dialect: new SqliteDialect({ database: new Database(path) }),
+  dialect: dialectFor(path),
   jobs: { interopJob },
   pollingIntervalMs: 50,
   leaseMs: 5000,

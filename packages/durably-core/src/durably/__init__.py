@@ -87,7 +87,7 @@ from ._schedule import (
 )
 from ._schedules import Schedules
 from ._step import Step, StepLog
-from ._storage import Storage
+from ._storage import ClaimableSubscription, Storage
 from ._trigger import TriggerResult
 from ._waits import SignalReceipt, WaitHandle, WaitResult
 
@@ -99,6 +99,7 @@ __all__ = [
     "AttemptStatus",
     "BlockingCallError",
     "CatchUp",
+    "ClaimableSubscription",
     "Clock",
     "ConflictError",
     "Disposition",

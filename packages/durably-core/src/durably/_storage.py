@@ -25,7 +25,7 @@ conformance suite in ``durably_testing.conformance`` checks them):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -345,4 +345,25 @@ class Storage(Protocol):
         job and idempotency key exist already is answered ``"idempotent"``). The
         results in order, or ``None`` (nothing written) when the schedule is absent,
         paused or at another revision. A fire that raises wrote nothing."""
+        ...
+
+
+@runtime_checkable
+class ClaimableSubscription(Protocol):
+    """An optional capability of a storage shared by several processes: being told
+    at once when a run may have become claimable anywhere (triggered, retried, its
+    lease released), so that idle workers of every process claim it without waiting
+    for their next poll. PostgreSQL offers it with ``LISTEN``/``NOTIFY``.
+
+    The worker subscribes when it starts and keeps polling as the safety net: a
+    subscription that fails, or a notification that is lost, costs at most one
+    polling interval.
+    """
+
+    async def subscribe_claimable(
+        self, callback: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """Call ``callback()`` (on the event loop) whenever a run may have become
+        claimable; returns the coroutine function that ends the subscription. May raise
+        ``NotImplementedError`` when this storage cannot offer it after all."""
         ...

@@ -7,6 +7,10 @@ or every slot busy) it does maintenance, at most once per polling interval:
 releasing expired leases and purging old runs when ``retain_runs`` is set. No
 failure of the storage (whatever it raises) stops the loop: it is reported as
 ``worker:error`` and retried with backoff.
+
+A storage with the :class:`~durably.ClaimableSubscription` capability (PostgreSQL's
+``LISTEN``) also wakes the loop when another process makes a run claimable; the
+polling interval stays the safety net.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from ._clock import sleep_or_wake
 from ._execution import Execution
 from ._records import Run
 from ._services import Services
+from ._storage import ClaimableSubscription
 
 MAX_BACKOFF = 30.0
 
@@ -43,6 +49,7 @@ class Worker:
         #: than the next poll: the loop sleeps until then.
         self._next_wake: datetime | None = None
         services.wake_listener = self.wake_at
+        self._unsubscribe: Callable[[], Awaitable[None]] | None = None
 
     @property
     def running(self) -> bool:
@@ -75,6 +82,12 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+        unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            try:
+                await unsubscribe()
+            except Exception as exc:  # the subscription is gone either way
+                self._services.report_error(exc, "subscribe")
         if not self._running:
             return
         _, pending = await asyncio.wait(set(self._running), timeout=timeout)
@@ -103,6 +116,7 @@ class Worker:
         services = self._services
         settings = services.settings
         backoff = 0.0
+        await self._subscribe()
         while not self._stopping:
             self._wake.clear()
             reached = self._next_wake is not None and self._next_wake <= services.now()
@@ -126,6 +140,17 @@ class Worker:
             if self._stopping:
                 break
             await self._wait(self._poll_delay())
+
+    async def _subscribe(self) -> None:
+        storage = self._services.storage
+        if self._unsubscribe is not None or not isinstance(storage, ClaimableSubscription):
+            return
+        try:
+            self._unsubscribe = await storage.subscribe_claimable(self.notify)
+        except NotImplementedError:
+            pass
+        except Exception as exc:  # polling still finds every run
+            self._services.report_error(exc, "subscribe")
 
     async def _fill_slots(self) -> bool:
         services = self._services

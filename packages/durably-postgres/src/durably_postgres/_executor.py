@@ -105,9 +105,10 @@ def _constraint(exc: asyncpg.PostgresError) -> ConstraintViolation:
 
 
 def map_error(
-    exc: BaseException, where: str, *, write: bool = False
+    exc: BaseException, where: str, *, write: bool = False, connecting: bool = False
 ) -> StorageError | ValidationError:
-    """The durably error for a driver (or socket) exception."""
+    """The durably error for a driver (or socket) exception (``connecting``: raised
+    while opening a connection, so nothing was sent)."""
     if isinstance(exc, UnicodeEncodeError):  # a lone surrogate: nothing was sent
         return unstorable_text(exc)
     if isinstance(exc, asyncpg.DataError) and isinstance(exc.__cause__, UnicodeEncodeError):
@@ -139,6 +140,10 @@ def map_error(
         | asyncpg.QueryCanceledError,
     ):
         return StorageBusyError(f"PostgreSQL at {where}: {exc}")
+    if connecting and isinstance(exc, _UNREACHABLE + _LOST):
+        return StorageConnectionError(
+            f"Cannot reach PostgreSQL at {where}: {type(exc).__name__}: {exc}"
+        )
     if isinstance(exc, _LOST):
         if write:
             return StorageOutcomeUnknownError(
@@ -223,9 +228,9 @@ class AsyncpgExecutor:
                 return await connect()
             except _UNREACHABLE as exc:
                 if loop.time() + delay > deadline:
-                    raise map_error(exc, self.config.where) from exc
+                    raise map_error(exc, self.config.where, connecting=True) from exc
             except _DRIVER_ERRORS as exc:
-                raise map_error(exc, self.config.where) from exc
+                raise map_error(exc, self.config.where, connecting=True) from exc
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
@@ -249,12 +254,12 @@ class AsyncpgExecutor:
                 connection = await pool.acquire()
             except _UNREACHABLE as exc:
                 if loop.time() + delay > deadline:
-                    raise map_error(exc, self.config.where) from exc
+                    raise map_error(exc, self.config.where, connecting=True) from exc
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
                 continue
             except _DRIVER_ERRORS as exc:
-                raise map_error(exc, self.config.where) from exc
+                raise map_error(exc, self.config.where, connecting=True) from exc
             try:
                 return await work(connection)
             except _LOST as exc:
