@@ -56,6 +56,7 @@ PUBLIC_MODULES = (
     "durably_testing.stateful",
     "durably_sqlite",
     "durably_libsql",
+    "durably_postgres",
 )
 
 #: Protocols whose documented methods an implementation need not document again.

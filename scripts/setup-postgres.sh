@@ -5,7 +5,7 @@
 #     (apt-get; root, or sudo -n)
 #   - a non-root user to run the server as when we are root (the server refuses root):
 #     Debian's `postgres` user, else a system user `durably-pg`
-#   - the npm package `pg` (pinned) for the Node side of tests/test_interop_postgres.py,
+#   - the npm package `pg` (pinned; Debian's npm when missing) for the Node side of tests/test_interop_postgres.py,
 #     into .cache/interop-postgres/node_modules
 # Writes .cache/postgres/env (PG_BINDIR=…, PG_USER=…), which tests/postgres_support.py reads.
 # The tests start their own server on a free 127.0.0.1 port in a temporary directory
@@ -59,7 +59,9 @@ fi
 NODE_CACHE="$ROOT/.cache/interop-postgres"
 if [ ! -f "$NODE_CACHE/node_modules/pg/package.json" ] \
   || [ "$(cat "$NODE_CACHE/.installed-version" 2>/dev/null)" != "$PG_NPM_VERSION" ]; then
-  command -v npm >/dev/null || { echo "setup-postgres: npm is missing" >&2; exit 1; }
+  SETUP=setup-postgres
+  . scripts/lib.sh
+  need npm npm
   mkdir -p "$NODE_CACHE"
   echo "setup-postgres: npm install pg@$PG_NPM_VERSION into $NODE_CACHE" >&2
   npm install --prefix "$NODE_CACHE" --no-save --no-audit --no-fund --loglevel=error \

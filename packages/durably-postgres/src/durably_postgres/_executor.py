@@ -191,6 +191,7 @@ class AsyncpgExecutor:
     # -- connections --
 
     def connect_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``asyncpg.connect`` for this configuration."""
         config = self.config
         kwargs: dict[str, Any] = {
             "dsn": config.dsn,

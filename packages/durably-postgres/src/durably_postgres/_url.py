@@ -114,6 +114,7 @@ class PostgresConfig:
     application_name: str = "durably"
 
     def server_settings(self) -> dict[str, str]:
+        """The settings each connection starts with (``search_path``, the timeout…)."""
         settings = {"application_name": self.application_name}
         if self.schema is not None:
             settings["search_path"] = f'"{self.schema}"'
