@@ -94,14 +94,15 @@ def quick(session: nox.Session) -> None:
 def crash(session: nox.Session) -> None:
     """Crash harness (durably_testing.crash) in both modes — 200 SIGKILLs, then 200
     SIGSTOP/SIGCONT stalls longer than the lease — on a SQLite file, then on a libSQL
-    server (tursodb on a free loopback port) when it is installed. The workers also
+    server (tursodb on a free loopback port) and on a PostgreSQL server (a fresh
+    cluster on a free loopback port) when they are installed. The workers also
     fire a schedule every second (``--schedules``), so kills and stalls land around
     fires too. Each invocation uses fresh idempotency keys, so the second one on a
     database tests it again.
 
-    Without tursodb (scripts/setup-tursodb.sh, or $DURABLY_TURSODB) the libSQL runs are
-    left out with a warning; in CI (``CI`` set) that is an error. Arguments after
-    ``--`` go to every harness invocation; with ``--kills``/``--stalls`` of your own
+    Without tursodb (scripts/setup-tursodb.sh, or $DURABLY_TURSODB) or PostgreSQL
+    (scripts/setup-postgres.sh) their runs are left out with a warning; in CI (``CI``
+    set) that is an error. Arguments after ``--`` go to every harness invocation; with ``--kills``/``--stalls`` of your own
     one invocation per database runs instead of the two modes, and with a ``--url``
     of your own (or $DURABLY_DATABASE_URL, for a URL with a password) only that
     database is tested, e.g. ``uv run nox -s crash -- --url http://127.0.0.1:8080``.
@@ -127,6 +128,7 @@ def crash(session: nox.Session) -> None:
     for command in invocations:
         session.run(*command, "--url", sqlite_url, external=True)
     _crash_on_libsql(session, directory, invocations)
+    _crash_on_postgres(session, invocations)
     shutil.rmtree(directory, ignore_errors=True)  # kept when a harness run fails
 
 
@@ -154,6 +156,30 @@ def _crash_on_libsql(session: nox.Session, directory: Path, invocations: list[li
             session.run(*command, "--url", server.url, external=True)
     finally:
         server.stop()
+
+
+def _crash_on_postgres(session: nox.Session, invocations: list[list[str]]) -> None:
+    """The harness against a PostgreSQL cluster started on a free port for this run
+    (the superuser is trusted on loopback: no password in the URL)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from ci_support import in_ci
+    from postgres_support import PostgresServer, postgres_bindir, server_user
+
+    bindir = postgres_bindir()
+    if bindir is None or (os.geteuid() == 0 and server_user() is None):
+        message = "PostgreSQL is not installed: run scripts/setup-postgres.sh"
+        if in_ci():
+            session.error(f"{message}; in CI the crash harness runs on PostgreSQL too")
+        session.warn(f"{message}; the crash harness did not run on PostgreSQL")
+        return
+    server = PostgresServer(bindir).start()
+    url = server.url_for(schema="crash")
+    session.log(f"PostgreSQL serving {url} (log {server.log})")
+    try:
+        for command in invocations:
+            session.run(*command, "--url", url, external=True)
+    finally:
+        server.remove()
 
 
 @nox.session(default=False)

@@ -1,15 +1,18 @@
-"""Swap Turso for a local file by configuration: the program never names a backend.
+"""Swap backends by configuration: the program never names one.
 
+    DURABLY_DATABASE_URL=sqlite:///local.db     uv run python examples/swap_backend.py
     DURABLY_DATABASE_URL=file:local.db          uv run python examples/swap_backend.py
+    DURABLY_DATABASE_URL=postgresql://app@db.internal:5432/jobs PGPASSWORD=... \\
+                                                uv run python examples/swap_backend.py
     DURABLY_DATABASE_URL=libsql://<db>-<org>.turso.io TURSO_AUTH_TOKEN=... \\
                                                 uv run python examples/swap_backend.py
-    DURABLY_DATABASE_URL=http://127.0.0.1:8080  uv run python examples/swap_backend.py
 
 ``create_durably()`` without a URL reads ``DURABLY_DATABASE_URL``; the scheme picks
-the backend (``file:`` a local libSQL/SQLite file, ``libsql://``/``https://``/
-``http://`` a libSQL server, reached over Hrana HTTP). Everything else — the job, its
-steps, the checkpoints, resuming — is the same. The output names the kind of
-database and then prints the same lines on both.
+the backend (``sqlite:``/``file:`` a local SQLite file, ``postgresql://`` a
+PostgreSQL server, ``libsql://``/``https://``/``http://`` a libSQL server, reached
+over Hrana HTTP). Everything else — the job, its steps, the checkpoints, resuming —
+is the same. The output names the kind of database and then prints the same lines
+on each.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ async def bill_order(step: Step, order: OrderIn) -> OrderOut:
 
 def where(url: str) -> str:
     scheme = url.partition(":")[0]
+    if scheme in ("postgresql", "postgres"):
+        return "a PostgreSQL server"
     return "a libSQL server" if scheme in ("libsql", "https", "http") else "a local file"
 
 

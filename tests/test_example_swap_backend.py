@@ -51,3 +51,15 @@ def test_swap_backend__same_program_on_a_file_and_on_a_server(
     # run again: the idempotency keys find the finished runs
     again = run_example(libsql_server.url, tmp_path)
     assert again[1:3] == [line.replace("created", "idempotent") for line in EXPECTED[:2]]
+
+
+def test_swap_backend__the_same_program_on_sqlite_and_postgresql(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    local = run_example("sqlite:///local.db", tmp_path)
+    assert (tmp_path / "local.db").is_file()
+    server = run_example(postgres_url, tmp_path)
+    assert local == ["database: a local file", *EXPECTED]
+    assert server == ["database: a PostgreSQL server", *EXPECTED]
+    again = run_example(postgres_url, tmp_path)
+    assert again[1:3] == [line.replace("created", "idempotent") for line in EXPECTED[:2]]
