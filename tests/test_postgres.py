@@ -286,3 +286,19 @@ async def test_conformance__catches_a_claim_without_a_lock_per_key(postgres_url:
             await suite.test_concurrent__claims_lease_one_run_per_concurrency_key(broken)
     finally:
         await broken.close()
+
+
+async def test_database_time__the_servers_clock(postgres_url: str) -> None:
+    from datetime import UTC, datetime
+
+    storage = BackendRegistry().open(postgres_url)
+    try:
+        await storage.migrate()
+        before = datetime.now(UTC).replace(microsecond=0)
+        server = await storage.database_time()  # type: ignore[attr-defined]
+        after = datetime.now(UTC)
+    finally:
+        await storage.close()
+    assert server.tzinfo is not None
+    assert server.microsecond % 1000 == 0
+    assert before <= server <= after  # the same machine's clock here
