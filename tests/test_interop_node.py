@@ -123,18 +123,21 @@ def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def python_durably(db: Path) -> Durably:
+def python_durably(db: Path | str) -> Durably:
+    """A Python side on the SQLite file ``db`` (or on the database URL ``db``)."""
     return create_durably(
-        f"sqlite:///{db}",
+        db if isinstance(db, str) else f"sqlite:///{db}",
         jobs={"interop_job": interop_job},
         polling_interval=0.05,
-        lease_duration=5.0,
+        # no loaded machine outlasts it: a run claimed twice would have generation 2,
+        # and the tests compare runs field by field
+        lease_duration=60.0,
         lease_renew_interval=1.0,
         preserve_steps=True,
     )
 
 
-async def python_trigger(db: Path) -> str:
+async def python_trigger(db: Path | str) -> str:
     d = python_durably(db)  # migrated, never started: a Node worker executes the run
     try:
         await d.migrate()
@@ -149,13 +152,13 @@ async def python_trigger(db: Path) -> str:
         await d.close()
 
 
-async def python_work(db: Path, run_id: str) -> None:
+async def python_work(db: Path | str, run_id: str) -> None:
     async with python_durably(db) as d:
         run = await d.wait_for_run(run_id, timeout=20)
         assert run.status == "completed"
 
 
-async def python_read(db: Path, run_id: str) -> dict[str, Any]:
+async def python_read(db: Path | str, run_id: str) -> dict[str, Any]:
     d = python_durably(db)
     try:
         await d.migrate()
