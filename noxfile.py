@@ -102,10 +102,11 @@ def crash(session: nox.Session) -> None:
 
     Without tursodb (scripts/setup-tursodb.sh, or $DURABLY_TURSODB) or PostgreSQL
     (scripts/setup-postgres.sh) their runs are left out with a warning; in CI (``CI``
-    set) that is an error. Arguments after ``--`` go to every harness invocation; with ``--kills``/``--stalls`` of your own
-    one invocation per database runs instead of the two modes, and with a ``--url``
-    of your own (or $DURABLY_DATABASE_URL, for a URL with a password) only that
-    database is tested, e.g. ``uv run nox -s crash -- --url http://127.0.0.1:8080``.
+    set) that is an error. Arguments after ``--`` go to every harness invocation;
+    with ``--kills``/``--stalls`` of your own one invocation per database runs
+    instead of the two modes, and with a ``--url`` of your own (or
+    $DURABLY_DATABASE_URL, for a URL with a password) only that database is tested,
+    e.g. ``uv run nox -s crash -- --url http://127.0.0.1:8080``.
     """
     import shutil
     import tempfile
