@@ -44,7 +44,7 @@ _TIME_OUT = (
 _PREPARE = (
     "INSERT INTO durably_waits (id, run_id, name, kind, status, metadata, created_at, "
     "deadline_at, deadline_ms, timing_known) "
-    "SELECT ?, id, ?, ?, 'pending', ?, ?, ?, CAST(? AS INTEGER), 1 FROM durably_runs "
+    "SELECT ?, id, ?, ?, 'pending', ?, ?, ?, CAST(? AS BIGINT), 1 FROM durably_runs "
     f"WHERE id = ? AND {FENCE} ON CONFLICT (run_id, name) DO NOTHING"
 )
 _WAIT_BY_NAME = f"SELECT {WAIT_COLUMNS} FROM durably_waits WHERE run_id = ? AND name = ?"

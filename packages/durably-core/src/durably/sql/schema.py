@@ -160,7 +160,7 @@ WAITS = Migration(
     (
         "CREATE TABLE IF NOT EXISTS durably_waits (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
         "name TEXT NOT NULL, metadata TEXT, status TEXT NOT NULL, payload TEXT, "
-        "signal_id TEXT, created_at TEXT NOT NULL, deadline_at TEXT, deadline_ms INTEGER, "
+        "signal_id TEXT, created_at TEXT NOT NULL, deadline_at TEXT, deadline_ms BIGINT, "
         "outcome TEXT, suspended_at TEXT, resolved_at TEXT, first_resumed_at TEXT, "
         "timing_known INTEGER NOT NULL DEFAULT 1, kind TEXT NOT NULL DEFAULT 'signal')",
         "CREATE UNIQUE INDEX IF NOT EXISTS idx_durably_waits_run_name "
