@@ -1,5 +1,5 @@
 """Release habits that a test can hold: one version per package, written once (its
-``__version__``, which its pyproject.toml reads), the same for the four packages;
+``__version__``, which its pyproject.toml reads), the same for every package;
 each requires the others within one minor version (``>=0.X,<0.X+1``) that includes
 the current one; CHANGELOG.md has an Unreleased section."""
 
@@ -19,6 +19,7 @@ PACKAGES = {
     "durably-core": "durably",
     "durably-sqlite": "durably_sqlite",
     "durably-libsql": "durably_libsql",
+    "durably-postgres": "durably_postgres",
     "durably-testing": "durably_testing",
 }
 

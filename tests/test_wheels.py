@@ -1,4 +1,4 @@
-"""Installable as the README says: the four packages are built into wheels
+"""Installable as the README says: the five packages are built into wheels
 (``uv build``), installed into a fresh virtual environment outside the workspace
 (their dependencies from the package index, through uv's cache), and the README's
 quick start runs there. This catches a file left out of a wheel, a dependency the
@@ -22,7 +22,13 @@ import durably
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["durably-core", "durably-sqlite", "durably-libsql", "durably-testing"]
+PACKAGES = [
+    "durably-core",
+    "durably-sqlite",
+    "durably-libsql",
+    "durably-postgres",
+    "durably-testing",
+]
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -94,12 +100,15 @@ CHECK_ALL = """
 import asyncio
 import importlib.metadata as metadata
 
-import durably, durably_libsql, durably_sqlite, durably_testing
+import sys
+
+import durably, durably_libsql, durably_postgres, durably_sqlite, durably_testing
 from durably.plugins import BackendRegistry
 
-dists = ("durably-core", "durably-sqlite", "durably-libsql", "durably-testing")
+dists = ("durably-core", "durably-sqlite", "durably-libsql", "durably-postgres", "durably-testing")
+packages = (durably, durably_sqlite, durably_libsql, durably_postgres, durably_testing)
 versions = {metadata.version(d) for d in dists}
-modules = {m.__version__ for m in (durably, durably_sqlite, durably_libsql, durably_testing)}
+modules = {m.__version__ for m in packages}
 assert versions == modules == {durably.__version__}, (versions, modules)
 
 
@@ -111,6 +120,8 @@ async def main():
 
 
 asyncio.run(main())
+# the driver is imported when a PostgreSQL database is opened, not before
+assert "asyncpg" not in sys.modules
 print(" ".join(sorted(BackendRegistry().schemes)))
 """
 
@@ -131,7 +142,7 @@ async def test_double(durably, durably_run):
 """
 
 
-def test_wheels__all_four_packages_install_with_their_entry_points_and_command(
+def test_wheels__every_package_installs_with_its_entry_points_and_command(
     wheels: dict[str, Path], tmp_path: Path
 ) -> None:
     core = f"durably-core[cli] @ {wheels['durably-core'].as_uri()}"  # with the command
@@ -140,7 +151,8 @@ def test_wheels__all_four_packages_install_with_their_entry_points_and_command(
     work = tmp_path / "work"
     work.mkdir()
     schemes = run(python, "-c", CHECK_ALL, cwd=work, env=clean_env()).split()
-    assert {"memory", "sqlite", "file", "libsql", "http", "https"} <= set(schemes), schemes
+    expected = {"memory", "sqlite", "file", "libsql", "http", "https", "postgresql", "postgres"}
+    assert expected <= set(schemes), schemes
     # the pytest plugin is found through its pytest11 entry point
     (work / "test_user.py").write_text(USER_TEST, encoding="utf-8")
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto"]

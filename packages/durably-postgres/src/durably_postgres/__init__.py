@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncpgExecutor", "PostgresConfig", "open_postgres"]
 
+__version__ = "0.1.0"
+
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing durably_postgres (or its plugin) does not import asyncpg.
