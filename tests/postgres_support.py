@@ -145,9 +145,6 @@ class PostgresServer:
         url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
         return url if schema is None else f"{url}?schema={schema}"
 
-    def _as_server_user(self) -> dict[str, object]:
-        return {} if self.user is None else {"user": self.user, "group": None}
-
     def _chown(self, path: Path) -> None:
         if self.user is not None:
             shutil.chown(path, self.user)
@@ -191,7 +188,7 @@ class PostgresServer:
             check=True,
             capture_output=True,
             cwd=self.directory,
-            **self._as_server_user(),  # type: ignore[arg-type]
+            user=self.user,
         )
         (self.data / "pg_hba.conf").write_text(_HBA)
 
@@ -223,7 +220,7 @@ class PostgresServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=self.directory,
-                **self._as_server_user(),  # type: ignore[arg-type]
+                user=self.user,
             )
         # postmaster.pid's 8th line says "ready" once it accepts connections
         while time.monotonic() < deadline:

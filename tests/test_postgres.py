@@ -22,7 +22,7 @@ from durably import (
 )
 from durably.plugins import BackendRegistry
 from durably.sql import PostgresStorage
-from durably.sql.storage import RUN_COLUMNS
+from durably.sql._rows import RUN_COLUMNS, to_run
 from durably_postgres._url import parse_config, redact
 from durably_testing.clock import ManualClock
 from durably_testing.conformance import StorageConformance
@@ -228,7 +228,7 @@ async def test_wakeup__a_trigger_on_another_connection_wakes_an_idle_worker(
     try:
         await worker.init()
         async with asyncio.timeout(30):  # its first round found nothing: it waits now
-            while not claims or worker._worker._unsubscribe is None:  # type: ignore[attr-defined]  # noqa: ASYNC110 - nothing to await but the state
+            while not claims or worker._worker._unsubscribe is None:  # noqa: ASYNC110 - nothing to await but the state
                 await asyncio.sleep(0.01)
         assert claims == [None]
         await other.migrate()
@@ -264,12 +264,11 @@ class SkipLockedOnly(PostgresStorage):
         self, owner: str, now: Any, lease_expires_at: Any, job_names: Any = None
     ) -> Any:
         from durably._timefmt import format_ts
-        from durably.sql.storage import _run
 
         now_s = format_ts(now)
         params = (owner, format_ts(lease_expires_at), now_s, now_s, now_s, now_s)
         rows = await self.executor.fetch(_SKIP_LOCKED_ONLY, params)
-        return _run(rows[0]) if rows else None
+        return to_run(rows[0]) if rows else None
 
 
 async def test_conformance__catches_a_claim_without_a_lock_per_key(postgres_url: str) -> None:

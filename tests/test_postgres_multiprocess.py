@@ -6,8 +6,9 @@ started again while they work (the workers and the checks of
 - a step whose checkpoint was acknowledged never executes again;
 - runs sharing a concurrency key never execute at the same time;
 - the server's immediate shutdown (its processes killed, the WAL replayed at the
-  next start) while runs are in flight loses nothing and runs nothing twice: the
-  workers report ``worker:error``, back off, and finish every run once it is back.
+  next start) while runs are in flight, down for longer than the executor retries,
+  loses nothing and runs nothing twice: the workers report ``worker:error``, back
+  off, and finish every run once it is back.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from test_libsql_multiprocess import (
     trigger_side,
     wait_all_completed,
 )
+
+from durably_postgres._executor import RETRY_FOR
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -50,7 +53,9 @@ async def test_eight_workers__server_crashed_mid_run__every_run_finishes_once(
                 assert time.monotonic() < deadline, "the workers made no progress"
                 await asyncio.sleep(0.05)
             postgres_server.crash()  # every connection cut, mid-statement or not
-            await asyncio.sleep(2.0)  # long enough for every worker to hit it
+            # down longer than the executor retries connecting (and repeats a read), so
+            # the workers' operations fail instead of only waiting: they report it
+            await asyncio.sleep(RETRY_FOR + 3.0)
             postgres_server.start()  # same data directory, same port
             runs = await wait_all_completed(d, ids, workers, timeout=300)
             assert workers.stop() == [0] * 8
