@@ -27,7 +27,6 @@ from .. import (
 from .._app import DEFAULT_URL, URL_ENV
 from ..sql import SqlStorage
 from ..sql.schema import PY_SCHEMA_VERSION, REFERENCE_SCHEMA_VERSION
-from ..sql.schema import _versions as schema_versions
 from ._exit import EXIT_CODES
 
 T = TypeVar("T")
@@ -106,7 +105,7 @@ async def check_schema(durably: Durably, url: str) -> None:
     storage = durably.storage
     if not isinstance(storage, SqlStorage):
         return  # a backend of its own: it migrates as it needs
-    reference, python = await schema_versions(storage.executor)
+    reference, python = await storage.schema_versions()
     if reference == 0:
         fail(
             f"{url} holds no durably tables; check --url / {URL_ENV}, or create them "

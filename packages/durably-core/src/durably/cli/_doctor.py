@@ -15,7 +15,6 @@ from ..lifecycle import ACTIVE_STATUSES
 from ..plugins import url_scheme
 from ..sql import SqlStorage
 from ..sql.schema import PY_SCHEMA_VERSION, REFERENCE_SCHEMA_VERSION
-from ..sql.schema import _versions as schema_versions
 from ._render import ago, status_text
 
 #: A pending run older than this with no worker taking it is worth a look.
@@ -28,7 +27,7 @@ async def schema_report(durably: Durably) -> dict[str, Any]:
     report: dict[str, Any] = {"storage": type(storage).__name__, "schema": None}
     if not isinstance(storage, SqlStorage):
         return report
-    reference, python = await schema_versions(storage.executor)
+    reference, python = await storage.schema_versions()
     report["schema"] = {
         "reference": reference,
         "python": python or 0,

@@ -31,7 +31,8 @@ needs where SQLite runs one writer at a time:
   the newest version of the run, not on a snapshot older than a takeover.
 - **Migrations** take an advisory lock first, so processes migrating at once take
   turns (SQLite's ``BEGIN IMMEDIATE`` does that by itself).
-- **Wake-ups**: triggers, retries and released leases send ``NOTIFY`` on the
+- **Wake-ups**: triggers, retries, schedule fires, released or handed-back leases,
+  accepted signals and suspensions that can resume at once send ``NOTIFY`` on the
   storage's channel; an executor with ``listen(channel, callback)`` lets workers
   of other processes subscribe (:meth:`PostgresStorage.subscribe_claimable`).
 
@@ -48,7 +49,8 @@ from datetime import datetime
 from typing import Any
 
 from .._errors import ValidationError
-from .._records import EnqueueResult, NewRun, Run
+from .._records import EnqueueResult, NewRun, NewSignal, Run, SignalOutcome
+from .._schedule import ScheduleFire
 from .._timefmt import format_ts, parse_ts
 from ._rows import FENCE, RUN_COLUMNS, to_run
 from .executor import ConstraintViolation, Executor, Params, Row, SqlValue, Statement
@@ -260,6 +262,43 @@ class PostgresStorage(SqlStorage):
         if run is not None:
             await self._announce()
         return run
+
+    async def fire_schedule(self, fire: ScheduleFire) -> list[EnqueueResult] | None:
+        """:meth:`durably.Storage.fire_schedule`; the runs it created are announced."""
+        results = await super().fire_schedule(fire)
+        if results and any(r.disposition == "created" for r in results):
+            await self._announce()
+        return results
+
+    async def renew_lease(
+        self, run_id: str, generation: int, now: datetime, lease_expires_at: datetime
+    ) -> bool:
+        """:meth:`durably.Storage.renew_lease`; a lease handed back (renewed to expire
+        by ``now``: a worker stopping before its run ended) is announced."""
+        renewed = await super().renew_lease(run_id, generation, now, lease_expires_at)
+        if renewed and lease_expires_at <= now:
+            await self._announce()
+        return renewed
+
+    async def suspend_run(
+        self, run_id: str, generation: int, wait_id: str, now: datetime
+    ) -> Run | None:
+        """:meth:`durably.Storage.suspend_run`; a run whose wait had its result
+        already (claimable at once) is announced."""
+        run = await super().suspend_run(run_id, generation, wait_id, now)
+        if run is not None and run.wake_at is not None and run.wake_at <= now:
+            await self._announce()
+        return run
+
+    async def signal_wait(
+        self, run_id: str, name: str, signal: NewSignal, now: datetime
+    ) -> SignalOutcome:
+        """:meth:`durably.Storage.signal_wait`; an accepted signal (which wakes the run
+        suspended on its wait) is announced."""
+        outcome = await super().signal_wait(run_id, name, signal, now)
+        if outcome.disposition == "accepted":
+            await self._announce()
+        return outcome
 
     # -- leases --
 

@@ -66,7 +66,7 @@ from .executor import (
     Statement,
     unstorable_text,
 )
-from .schema import COLUMNS_SQL, PY_MIGRATIONS, TABLES_SQL
+from .schema import COLUMNS_SQL, PY_MIGRATIONS, TABLES_SQL, _versions
 from .schema import migrate as _migrate
 
 __all__ = ["SqlStorage"]
@@ -351,6 +351,11 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
             except StorageOutcomeUnknownError:
                 if attempt == len(PY_MIGRATIONS) + 1:
                     raise
+
+    async def schema_versions(self) -> tuple[int, int | None]:
+        """The database's schema versions: (the reference's, Python's or ``None`` when
+        its table does not exist yet); ``(0, None)`` for an empty database."""
+        return await _versions(self.executor, self.tables_sql)
 
     async def close(self) -> None:
         await self.executor.close()
