@@ -23,16 +23,19 @@ from ._outcome import resolved
 from ._rows import ATTEMPT_COLUMNS, FENCE, RUN_COLUMNS, to_attempt, to_run
 from .executor import Executor, Params, Statement
 
-__all__ = ["DELETE_ATTEMPTS", "SqlAttempts", "attempt_write"]
+__all__ = ["BACK_OFF", "DELETE_ATTEMPTS", "SqlAttempts", "attempt_write"]
 
 _UPSERT_ATTEMPT = (
     f"INSERT INTO durably_step_attempts ({ATTEMPT_COLUMNS}) "
-    "SELECT ?, id, ?, ?, ?, ?, lease_generation, ?, ?, ?, ? FROM durably_runs "
+    "SELECT ?, id, ?, CAST(? AS INTEGER), CAST(? AS INTEGER), ?, lease_generation, ?, ?, ?, ? "
+    "FROM durably_runs "
     f"WHERE id = ? AND {FENCE} "
     "ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error, "
     "completed_at = excluded.completed_at, next_attempt_at = excluded.next_attempt_at"
 )
-_BACK_OFF = (
+#: The run waits, on no wait, for a step's next attempt (parameters: wake_at, now, run
+#: id, generation).
+BACK_OFF = (
     "UPDATE durably_runs SET status = 'waiting', lease_owner = NULL, lease_expires_at = NULL, "
     "waiting_on_wait_id = NULL, wake_at = ?, updated_at = ? "
     f"WHERE id = ? AND {FENCE} RETURNING 1"
@@ -109,16 +112,24 @@ class SqlAttempts:
         wake_at: datetime | None = None,
     ) -> bool:
         write_attempt = attempt_write(run_id, generation, attempt)
+        back_off: Statement | None = None
+        if wake_at is not None:
+            back_off = (BACK_OFF, (format_ts(wake_at), format_ts(now), run_id, generation))
 
         async def write() -> bool:
-            if wake_at is None:
-                return await self.executor.execute(*write_attempt) > 0
-            now_s = format_ts(now)
-            back_off: Params = (format_ts(wake_at), now_s, run_id, generation)
-            results = await self.executor.batch([write_attempt, (_BACK_OFF, back_off)])
-            return bool(results[1])
+            return await self._write_attempt(run_id, generation, write_attempt, back_off)
 
         return await resolved(write, lambda: self._attempt_landed(run_id, generation, attempt))
+
+    async def _write_attempt(
+        self, run_id: str, generation: int, write_attempt: Statement, back_off: Statement | None
+    ) -> bool:
+        """The attempt's fenced upsert and, when given, the run's fenced move to
+        ``waiting`` (``BACK_OFF``), atomically. Whether it was written."""
+        if back_off is None:
+            return await self.executor.execute(*write_attempt) > 0
+        results = await self.executor.batch([write_attempt, back_off])
+        return bool(results[1])
 
     async def schedule_retry(
         self, run_id: str, generation: int, error: str, wake_at: datetime, now: datetime

@@ -22,6 +22,10 @@ needs where SQLite runs one writer at a time:
   of exactly the run their own fenced ``UPDATE`` matched; ``delete_run`` and
   ``purge_runs`` delete the steps, logs, labels and waits of exactly the runs their
   own ``DELETE`` matched (a run retried meanwhile keeps them).
+- **Attempt records** (retries) are written in a transaction that first locks the
+  run row while the lease holds (``SELECT … FOR UPDATE`` with the fence): the record,
+  the step row of a checkpoint and the run's move to ``waiting`` apply together, or
+  none of them.
 - **Batches about one run and its waits** (the wait operations, signals, cancel,
   retry) lock the run row first (``FOR UPDATE``): every transaction that writes a run
   and its waits takes the run's lock before the waits' (completion and failure update
@@ -49,9 +53,19 @@ from datetime import datetime
 from typing import Any
 
 from .._errors import ValidationError
-from .._records import EnqueueResult, NewRun, NewSignal, Run, SignalOutcome
+from .._records import (
+    EnqueueResult,
+    NewAttempt,
+    NewRun,
+    NewSignal,
+    NewStep,
+    Run,
+    SignalOutcome,
+    StepStatus,
+)
 from .._schedule import ScheduleFire
 from .._timefmt import format_ts, parse_ts
+from ._attempts import attempt_write
 from ._rows import FENCE, RUN_COLUMNS, to_run
 from .executor import ConstraintViolation, Executor, Params, Row, SqlValue, Statement
 from .storage import (
@@ -59,6 +73,7 @@ from .storage import (
     _COMPLETE,
     _DELETE_RUN,
     _FAIL,
+    _INSERT_STEP,
     _PURGE_IDS,
     _TERMINAL,
     SqlStorage,
@@ -139,14 +154,24 @@ _MAX_SKIPPED_KEYS = 16
 
 # -- writes of several statements --
 
-_CHECKPOINT = (
-    "WITH adv AS (UPDATE durably_runs SET current_step_index = "
+# The run's advance past a completed step (parameters: step.index + 1, now, run id,
+# generation): SQLite's MAX(a, b) is GREATEST here.
+_ADVANCE = (
+    "UPDATE durably_runs SET current_step_index = "
     "GREATEST(current_step_index, CAST(? AS INTEGER)), "
     "completed_step_count = completed_step_count + 1, updated_at = ? "
-    f"WHERE id = ? AND {FENCE} RETURNING id) "
+    f"WHERE id = ? AND {FENCE}"
+)
+_CHECKPOINT = (
+    f"WITH adv AS ({_ADVANCE} RETURNING id) "
     'INSERT INTO durably_steps (id, run_id, name, "index", status, output, error, started_at, '
     "completed_at) SELECT ?, adv.id, ?, CAST(? AS INTEGER), ?, ?, ?, ?, ? FROM adv RETURNING 1"
 )
+# The run row locked while this generation holds its lease (FOR UPDATE judges the fence
+# on the row's newest version, re-read if it changed after the statement began): a row
+# back means every fenced statement after it in the transaction applies, none back that
+# none does (parameters: run id, generation).
+_HOLD = f"SELECT 1 FROM durably_runs WHERE id = ? AND {FENCE} FOR UPDATE"
 
 
 def _cascade(*tables: str) -> str:
@@ -157,7 +182,13 @@ def _cascade(*tables: str) -> str:
     )
 
 
-_OWNED = ("durably_steps", "durably_logs", "durably_run_labels", "durably_waits")
+_OWNED = (
+    "durably_steps",
+    "durably_logs",
+    "durably_run_labels",
+    "durably_waits",
+    "durably_step_attempts",
+)
 # The run's own fenced UPDATE first (its row lock before the waits'), then what goes
 # with it, on exactly the run it matched. Parameters: the UPDATE's, then resolved_at.
 _CLOSE_WAITS_OF_GONE = (
@@ -366,6 +397,32 @@ class PostgresStorage(SqlStorage):
     async def _run_batch(self, run_id: str, statements: Sequence[Statement]) -> list[list[Row]]:
         results = await self.executor.batch([(_LOCK_RUN, (run_id,)), *statements])
         return results[1:]
+
+    async def _write_attempt(
+        self, run_id: str, generation: int, write_attempt: Statement, back_off: Statement | None
+    ) -> bool:
+        statements = [(_HOLD, (run_id, generation)), write_attempt]
+        if back_off is not None:
+            statements.append(back_off)
+        return bool((await self.executor.batch(statements))[0])
+
+    async def _persist_with_attempt(
+        self,
+        run_id: str,
+        generation: int,
+        step: NewStep,
+        insert: Params,
+        attempt: NewAttempt,
+        now_s: str,
+    ) -> bool:
+        statements: list[Statement] = [
+            (_HOLD, (run_id, generation)),
+            (_INSERT_STEP, insert),
+            attempt_write(run_id, generation, attempt),
+        ]
+        if step.status is StepStatus.COMPLETED:
+            statements.append((_ADVANCE, (step.index + 1, now_s, run_id, generation)))
+        return bool((await self.executor.batch(statements))[0])
 
     async def delete_run(self, run_id: str) -> Run | None:
         """:meth:`durably.Storage.delete_run` as one statement: the steps, logs, labels
