@@ -150,11 +150,12 @@ _CONSTRAINTS = (
 )
 
 
-#: What the Python-side migrations add: tables (py migration 1, durable waits, and 2,
-#: schedules), an index on durably_runs, and two columns at the end of durably_runs.
-PY_TABLES = frozenset({"durably_waits", "durably_schedules"})
+#: What the Python-side migrations add: tables (py migrations 1, durable waits, 2,
+#: schedules, and 3, retries), an index on durably_runs, and columns at the end of
+#: durably_runs.
+PY_TABLES = frozenset({"durably_waits", "durably_schedules", "durably_step_attempts"})
 PY_INDEXES = frozenset({"idx_durably_runs_status_wake"})
-PY_COLUMNS = ("waiting_on_wait_id", "wake_at")
+PY_COLUMNS = ("waiting_on_wait_id", "wake_at", "attempt")
 
 
 def without_python_additions(sql: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
