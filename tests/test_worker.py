@@ -697,6 +697,11 @@ async def test_context_manager__interrupt_hands_the_runs_back(
             triggered = await d.jobs.s.trigger({})
             await status_is(d, triggered.id, RunStatus.LEASED)
             await eventually(lambda: clock.sleepers >= 2, "the run renewing its lease")
+
+            async def first_saved() -> bool:  # on a server, the checkpoint is a round trip
+                return [s.name for s in await d.get_steps(triggered.id)] == ["first"]
+
+            await eventually(first_saved, "the first step checkpointed")
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
