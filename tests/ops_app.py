@@ -6,6 +6,10 @@ on a timer.
 - ``fail_until_fixed``: the step ``check`` raises until ``$OPS_DIR/fixed`` exists, so
   a failed run succeeds when retried after the "fix".
 
+A second job, ``expense``, waits for a person: after its step ``submit`` it waits
+(without a worker slot) for the signal ``approval`` — a :class:`Decision`, sent with
+``durably signal`` or the dashboard's button — and reports who decided.
+
 ``create_durably()`` reads ``DURABLY_DATABASE_URL`` (the CLI's ``--url`` sets it).
 """
 
@@ -60,8 +64,33 @@ async def import_csv(step: Step, payload: ImportIn) -> ImportOut:
     return ImportOut(imported=payload.rows)
 
 
+class Expense(BaseModel):
+    amount: int
+
+
+class Decision(BaseModel):
+    approved: bool
+    by: str
+
+
+class Decided(BaseModel):
+    status: str
+    by: str
+
+
+@define_job("expense", input=Expense, output=Decided)
+async def expense(step: Step, payload: Expense) -> Decided:
+    wait = await step.prepare_wait(
+        "approval", payload=Decision, metadata={"amount": payload.amount}
+    )
+    await step.run("submit", lambda: {"amount": payload.amount})
+    answer = await step.wait_for(wait)  # no answer yet: the run waits here, slot released
+    assert answer.payload is not None
+    return Decided(status="paid" if answer.payload.approved else "rejected", by=answer.payload.by)
+
+
 durably = create_durably(
-    jobs={"import_csv": import_csv},
+    jobs={"import_csv": import_csv, "expense": expense},
     polling_interval=0.05,
     lease_renew_interval=0.2,
     lease_duration=30,

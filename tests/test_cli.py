@@ -311,3 +311,47 @@ def test_cli__a_worker_stopped_mid_run_hands_its_lease_back(ops: Ops) -> None:
     assert done["run"]["output"] == {"imported": 2}
     second.signal(signal.SIGTERM)
     assert second.wait() == 0
+
+
+def test_cli__signal_answers_a_waiting_run_that_holds_no_worker(ops: Ops) -> None:
+    """A run waiting for a person releases its worker's only slot; ``durably signal``
+    (another process, no job code) answers it, and the worker resumes it."""
+    worker = ops.start("worker", "ops_app:durably", "--concurrency", "1")
+    app = ("--app", "ops_app:durably")
+    waiting = ops.json("trigger", "expense", "--input", '{"amount": 120}', *app)["run"]["id"]
+    ops.status_is(waiting, "waiting")
+    # the one slot is free: another run completes while the first one waits
+    other = ops.trigger(rows=1)
+    assert ops.status_is(other, "completed")["run"]["output"] == {"imported": 1}
+    assert [r["id"] for r in ops.json("runs", "list", "--status", "waiting")] == [waiting]
+    shown = ops.ok("runs", "show", waiting)
+    for text in ("waiting", "waits", "approval", "the run waits here"):
+        assert text in shown, shown
+    [wait] = ops.run(waiting)["waits"]
+    assert (wait["name"], wait["status"], wait["metadata"]) == (
+        "approval",
+        "pending",
+        {"amount": 120},
+    )
+
+    # refused signals: unknown wait, bad JSON; neither changes anything
+    unknown = ops.durably("signal", waiting, "nope", "--payload", "{}")
+    assert unknown.returncode == EXIT_CODES["not-found"]
+    assert "has no wait named 'nope'" in unknown.stderr
+    bad = ops.durably("signal", waiting, "approval", "--payload", "{yes")
+    assert bad.returncode == EXIT_CODES["usage"]
+    assert "--payload is not JSON" in bad.stderr
+
+    decision = '{"approved": true, "by": "ann"}'
+    out = ops.ok("signal", waiting, "approval", "--payload", decision, "--signal-id", "ann-1")
+    assert f"signalled wait 'approval' of run {waiting}" in out
+    done = ops.status_is(waiting, "completed")
+    assert done["run"]["output"] == {"status": "paid", "by": "ann"}
+    # the same signal again is a duplicate (exit 0); another one is refused
+    again = ops.json("signal", waiting, "approval", "--payload", decision, "--signal-id", "ann-1")
+    assert again["disposition"] == "duplicate"
+    other_answer = ops.durably("signal", waiting, "approval", "--payload", '{"approved": false}')
+    assert other_answer.returncode == EXIT_CODES["conflict"]
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    assert f"run:waiting    expense {waiting}" in worker.output()

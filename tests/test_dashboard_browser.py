@@ -86,14 +86,25 @@ def test_dashboard__trigger_watch_cancel_retry_in_a_browser(tmp_path: Path) -> N
             "cancelled": "1",
         }
         assert seen["finalRows"] == [seen["retriggered"], seen["cancelled"]]
+        assert seen["waitMetadata"] == {"amount": 120}
+        assert seen["waitingTab"] == "1"
+        assert seen["signalled"] == {"status": "paid", "by": "dashboard"}
+        assert seen["waitResult"] == 'signal: {"approved":true,"by":"dashboard"}'
+        assert seen["signalForms"] == 0  # a resolved wait takes no other signal
         assert seen["offline"] is True  # every request went to the dashboard itself
-        for name in ("dashboard-live.png", "dashboard-failed.png", "dashboard-retried.png"):
+        shots_taken = ("live", "failed", "retried", "waiting")
+        for name in (f"dashboard-{shot}.png" for shot in shots_taken):
             assert (shots / name).stat().st_size > 10_000
         # and the database agrees with what the page showed
         cancelled = ops.run(seen["cancelled"])["run"]
         assert cancelled["status"] == "cancelled"
         assert ops.run(seen["retriggered"])["run"]["status"] == "completed"
         assert ops.durably("runs", "show", seen["retried"]).returncode == 3
+        [wait] = ops.run(seen["expense"])["waits"]
+        assert (wait["status"], wait["payload"]) == (
+            "resolved",
+            {"approved": True, "by": "dashboard"},
+        )
         worker.signal(signal.SIGTERM)
         dashboard.signal(signal.SIGINT)
         assert worker.wait() == 0, worker.output()

@@ -139,3 +139,36 @@ async def test_watcher__filters_by_job_labels_and_run(
     assert [(e.type, e.run_id) for e in await poll(by_label)] == [("run:cancel", a.id)]
     assert [(e.type, e.run_id) for e in await poll(by_run)] == [("run:cancel", a.id)]
     assert await poll(by_job) == []
+
+
+@define_job("approval")
+async def approval(step: Step, payload: Any) -> Any:
+    wait = await step.prepare_wait("decision", timeout=60)
+    await step.run("asked", lambda: 1)
+    return (await step.wait_for(wait)).payload
+
+
+async def test_watcher__a_run_that_suspends_and_resumes(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    executor: Durably = make_durably({"approval": approval}, preserve_steps=True)
+    await executor.migrate()
+    watcher = RunWatcher(make_durably(same_db_as=executor))
+    await poll(watcher)
+    run_id = (await executor.jobs.approval.trigger({})).id
+    assert await executor.process_one()  # runs it until it suspends
+    seen = await poll(watcher)
+    assert types(seen) == ["run:trigger", "run:leased", "step:complete", "run:waiting"]
+    waiting = seen[-1]
+    wait = await executor.get_wait(run_id, "decision")
+    assert wait is not None
+    assert (waiting.wait_id, waiting.wait_name, waiting.wake_at) == (
+        wait.id,
+        "decision",
+        wait.deadline_at,
+    )
+    assert await poll(watcher) == []  # still waiting: nothing new
+    await executor.signal(run_id, "decision", "yes")
+    assert await poll(watcher) == []  # answered, not yet resumed: still the same wait
+    assert await executor.process_one()
+    assert types(await poll(watcher)) == ["run:leased", "run:complete"]

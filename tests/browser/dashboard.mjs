@@ -1,7 +1,8 @@
 // Drives the durably dashboard in Debian's chromium (playwright-core) as an operator
 // would: a run triggered from the command line appears and progresses live, is
 // cancelled with its button; a failed run is inspected and retried with its button
-// and completes; the status tabs filter; a finished run is retriggered and deleted.
+// and completes; the status tabs filter; a finished run is retriggered and deleted;
+// a run waiting for a person is answered with its Signal button.
 // The worker and the dashboard are separate processes (`durably worker`, `durably
 // dashboard`), so everything the page shows came through the database.
 //
@@ -119,6 +120,27 @@ try {
   await page.click('#detail button[data-action="delete"]')
   await page.waitForFunction((id) => !document.querySelector(`#runs tr[data-id="${id}"]`), bad)
   seen.finalRows = await rowIds()
+
+  // 6. a run waiting for a person: its wait shows in the detail, and the Signal
+  // button answers it (the worker, another process, resumes it)
+  const expense = JSON.parse(
+    execFileSync(durably, ['trigger', 'expense', '--input', '{"amount": 120}', '--app', 'ops_app:durably', '--json']).toString(),
+  ).run.id
+  await row(expense, 'waiting')
+  await page.click(`#runs tr[data-id="${expense}"]`)
+  await detail(expense, 'waiting')
+  await page.waitForSelector('#detail ul.waits li[data-name="approval"][data-status="pending"]')
+  seen.waitMetadata = JSON.parse(await page.locator('#detail .wait-metadata').innerText())
+  seen.waitingTab = await page.locator('.tab[data-status="waiting"] .count').innerText()
+  await page.fill('#detail form.signal[data-wait="approval"] textarea', '{"approved": true, "by": "dashboard"}')
+  await page.screenshot({ path: join(shots, 'dashboard-waiting.png') })
+  await page.click('#detail form.signal[data-wait="approval"] button[data-action="signal"]')
+  await detail(expense, 'completed')
+  seen.signalled = JSON.parse(await page.locator('#detail-output').innerText())
+  await page.waitForSelector('#detail ul.waits li[data-name="approval"][data-status="resolved"]')
+  seen.waitResult = await page.locator('#detail ul.waits .wait-result').innerText()
+  seen.signalForms = await page.locator('#detail form.signal').count()
+  seen.expense = expense
   seen.offline = requests.every((url) => url.startsWith(base))
 } finally {
   seen.pageErrors = pageErrors

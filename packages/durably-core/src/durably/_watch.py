@@ -5,8 +5,9 @@ never sees the worker's events. :class:`RunWatcher` polls the storage instead an
 turns the differences between two readings into the same event types (``sequence``
 0, timestamps from the records): a new run is ``run:trigger``, a claim
 ``run:leased``, new step rows ``step:complete`` / ``step:fail`` / ``step:cancel``,
-new log rows ``log:write``, a changed progress ``run:progress``, a finished run
-``run:complete`` / ``run:fail`` / ``run:cancel``, a vanished one ``run:delete``.
+new log rows ``log:write``, a changed progress ``run:progress``, a suspension on a
+durable wait ``run:waiting``, a finished run ``run:complete`` / ``run:fail`` /
+``run:cancel``, a vanished one ``run:delete``.
 
 What polling cannot see: ``step:start`` (a step row is written when the step
 ends), events between two readings that leave no trace (several progress values:
@@ -39,6 +40,7 @@ from ._events import (
     RunLeasedEvent,
     RunProgressEvent,
     RunTriggerEvent,
+    RunWaitingEvent,
     StepCancelEvent,
     StepCompleteEvent,
     StepFailEvent,
@@ -239,8 +241,33 @@ class RunWatcher:
                 )
             elif now.status is RunStatus.CANCELLED:
                 out.append(synthetic_event(RunCancelEvent, now, end))
+        if (
+            now.status is RunStatus.WAITING
+            and now.waiting_on_wait_id is not None
+            and (
+                before.status is not RunStatus.WAITING
+                # resumed and suspended again between two readings (a signal to a
+                # waiting run moves its updated_at, not this)
+                or now.lease_generation != before.lease_generation
+                or now.waiting_on_wait_id != before.waiting_on_wait_id
+            )
+        ):
+            out.append(await self._waiting(now, now.waiting_on_wait_id))
         tracked.run = now
         return out
+
+    async def _waiting(self, run: Run, wait_id: str) -> Event:
+        """``run:waiting`` of a run suspended on the wait ``wait_id`` (its name read)."""
+        waits = await self._durably.storage.get_waits(run.id)
+        name = next((w.name for w in waits if w.id == wait_id), "")
+        return synthetic_event(
+            RunWaitingEvent,
+            run,
+            run.updated_at,
+            wait_id=wait_id,
+            wait_name=name,
+            wake_at=run.wake_at,
+        )
 
     async def _children(self, tracked: _Tracked, run: Run, *, emit: bool) -> list[Event]:
         """New step and log rows of the run (remembered; as events when ``emit``)."""

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .. import Durably, JobHandle, Run, RunStatus, ValidationError
+from .. import Durably, JobHandle, Run, RunStatus, SignalReceipt, ValidationError, Wait
 from .._app import build_filter
 from .._timefmt import parse_duration, parse_ts
 from .._watch import RunWatcher
@@ -77,7 +77,9 @@ def runs() -> None:
 
 
 @runs.command("list")
-@click.option("--status", "-s", multiple=True, help="pending, leased, completed, failed, cancelled")
+@click.option(
+    "--status", "-s", multiple=True, help="pending, leased, waiting, completed, failed, cancelled"
+)
 @click.option("--job", "-j", multiple=True, help="job name (repeatable)")
 @click.option("--label", "-l", multiple=True, metavar="KEY=VALUE", help="all must match")
 @click.option(
@@ -145,22 +147,23 @@ async def _list(
 @url_option
 @json_option
 def runs_show(run_id: str, url: str | None, as_json: bool) -> None:
-    """One run: status, input, output or error, steps, logs, progress."""
+    """One run: status, input, output or error, steps, waits, logs, progress."""
 
-    async def main() -> tuple[Run, list[Any], list[Any]]:
+    async def main() -> tuple[Run, list[Any], list[Wait], list[Any]]:
         async with opened(url) as durably:
             run = await durably.storage.get_run(run_id)
             if run is None:
                 fail(f"run {run_id} not found", "not-found")
             steps = await durably.storage.get_steps(run_id)
+            waits = await durably.storage.get_waits(run_id)
             logs = await durably.storage.get_logs(run_id)
-            return run, steps, logs
+            return run, steps, waits, logs
 
-    run, steps, logs = run_command(main)
+    run, steps, waits, logs = run_command(main)
     if as_json:
-        click.echo(to_json({"run": run, "steps": steps, "logs": logs}))
+        click.echo(to_json({"run": run, "steps": steps, "waits": waits, "logs": logs}))
         return
-    console().print(run_detail(run, steps, logs))
+    console().print(run_detail(run, steps, logs, waits))
 
 
 def _act(
@@ -264,6 +267,47 @@ def runs_purge(older_than: str, status: tuple[str, ...], url: str | None, as_jso
     click.echo(json.dumps({"deleted": count}) if as_json else f"purged {count} run(s)")
 
 
+# -- durable waits --
+
+
+@cli.command()
+@click.argument("run_id")
+@click.argument("name")
+@click.option(
+    "--payload", "-p", default="null", metavar="JSON", help="the signal's payload, as JSON"
+)
+@click.option(
+    "--signal-id",
+    metavar="ID",
+    help="the signal's id: sent again with the same payload, it is a duplicate, not an error",
+)
+@url_option
+@json_option
+def signal(
+    run_id: str, name: str, payload: str, signal_id: str | None, url: str | None, as_json: bool
+) -> None:
+    """Answer the durable wait NAME of run RUN_ID (what the job prepared with
+    step.prepare_wait): the payload becomes the wait's result, and a worker resumes
+    the run at its next poll. Needs no job code: the job checks the payload when it
+    resumes."""
+    try:
+        value = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        fail(f"--payload is not JSON: {exc}")
+
+    async def main() -> SignalReceipt:
+        async with opened(url) as durably:
+            return await durably.signal(run_id, name, value, signal_id=signal_id)
+
+    receipt = run_command(main)
+    if as_json:
+        click.echo(to_json({"disposition": receipt.disposition, "wait": receipt.wait}))
+    elif receipt.disposition == "duplicate":
+        click.echo(f"wait {name!r} of run {run_id} already has this signal (a duplicate)")
+    else:
+        click.echo(f"signalled wait {name!r} of run {run_id}; a worker resumes it")
+
+
 # -- events --
 
 
@@ -294,8 +338,8 @@ def events(
 
     The event bus is in-process, so this reads the database every --interval and
     reports what changed as events (run:trigger, run:leased, step:complete,
-    step:fail, log:write, run:progress, run:complete, run:fail, run:cancel,
-    run:delete). step:start cannot be seen this way, and of several progress
+    step:fail, log:write, run:progress, run:waiting, run:complete, run:fail,
+    run:cancel, run:delete). step:start cannot be seen this way, and of several progress
     updates between two readings only the latest.
     """
     labels = labels_of(label)

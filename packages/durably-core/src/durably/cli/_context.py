@@ -34,12 +34,17 @@ T = TypeVar("T")
 APP_ENV = "DURABLY_APP"
 
 
-class Exit(Exception):
-    """Leave the command with a message (on stderr) and an exit code."""
+class Exit(click.ClickException):
+    """Leave the command with a message (on stderr) and an exit code — also when
+    raised outside :func:`run_command` (checking an option), where click shows it."""
 
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
         self.code = EXIT_CODES[code]
+        self.exit_code = self.code  # type: ignore[misc]  # click reads it per instance
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"durably: {self.message}", err=True)
 
 
 def fail(message: str, code: str = "usage") -> NoReturn:

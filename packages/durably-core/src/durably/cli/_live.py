@@ -80,6 +80,8 @@ async def follow_run(durably: Durably, run_id: str, timeout: float | None) -> Ru
 def _waiting_note(run: Run) -> str:
     if run.status is RunStatus.PENDING:
         return "waiting for a worker (start one with `durably worker APP`)"
+    if run.status is RunStatus.WAITING and run.waiting_on_wait_id is not None:
+        return f"waiting for a signal (`durably runs show {run.id}` names its wait)"
     return ""
 
 
@@ -102,6 +104,8 @@ class _Status:
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
+    #: Runs that suspended on a durable wait (their slot released; any worker resumes them).
+    suspended: int = 0
     last_error: str = ""
     stopping: str = ""
 
@@ -114,6 +118,9 @@ class _Status:
             self.running[run_id].step = event.step_name
         elif kind == "run:progress" and run_id in self.running:
             self.running[run_id].progress = progress_text(event.progress)
+        elif kind == "run:waiting":
+            self.running.pop(run_id, None)
+            self.suspended += 1
         elif kind in ("run:complete", "run:fail", "run:cancel"):
             self.running.pop(run_id, None)
             if kind == "run:complete":
@@ -133,7 +140,8 @@ class _Status:
         head.append(f"running {len(self.running)}/{self.slots}  ")
         head.append(f"completed {self.completed}  ", style="green")
         head.append(f"failed {self.failed}  ", style="red" if self.failed else "")
-        head.append(f"cancelled {self.cancelled}")
+        head.append(f"cancelled {self.cancelled}  ")
+        head.append(f"suspended {self.suspended}")
         if self.stopping:
             head.append(f"\n{self.stopping}", style="yellow")
         if self.last_error:
@@ -149,7 +157,14 @@ class _Status:
         return Group(head, table)
 
 
-_PLAIN_EVENTS = ("run:leased", "run:complete", "run:fail", "run:cancel", "worker:error")
+_PLAIN_EVENTS = (
+    "run:leased",
+    "run:waiting",
+    "run:complete",
+    "run:fail",
+    "run:cancel",
+    "worker:error",
+)
 
 
 async def run_worker(durably: Durably, url: str, concurrency: int | None, grace: float) -> None:
@@ -213,7 +228,7 @@ async def run_worker(durably: Durably, url: str, concurrency: int | None, grace:
         await durably.close()
     out.print(
         f"durably worker stopped: {status.completed} completed, {status.failed} failed, "
-        f"{status.cancelled} cancelled"
+        f"{status.cancelled} cancelled, {status.suspended} suspended"
     )
 
 

@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .. import Event, LogRecord, Progress, Run, RunStatus, StepRecord
+from .. import Event, LogRecord, Progress, Run, RunStatus, StepRecord, Wait
 from .._timefmt import format_ts
 
 STATUS_STYLE = {
@@ -120,7 +120,12 @@ def runs_table(runs: Sequence[Run]) -> Table:
     return table
 
 
-def run_detail(run: Run, steps: Sequence[StepRecord], logs: Sequence[LogRecord]) -> Group:
+def run_detail(
+    run: Run,
+    steps: Sequence[StepRecord],
+    logs: Sequence[LogRecord],
+    waits: Sequence[Wait] = (),
+) -> Group:
     now = datetime.now(UTC)
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
@@ -175,6 +180,8 @@ def run_detail(run: Run, steps: Sequence[StepRecord], logs: Sequence[LogRecord])
         note = "steps deleted when the run completed (preserve_steps=False)"
         steps_table.caption = note if run.status is RunStatus.COMPLETED else "no steps yet"
     parts.append(steps_table)
+    if waits:
+        parts.append(waits_table(run, waits))
     if logs:
         logs_table = Table(title="logs", title_justify="left", box=None, header_style="bold")
         for column in ("TIME", "LEVEL", "STEP", "MESSAGE", "DATA"):
@@ -189,6 +196,32 @@ def run_detail(run: Run, steps: Sequence[StepRecord], logs: Sequence[LogRecord])
             )
         parts.append(logs_table)
     return Group(*parts)
+
+
+def waits_table(run: Run, waits: Sequence[Wait]) -> Table:
+    """A run's durable waits: what each waits for, until when, and what ended it."""
+    table = Table(title="waits", title_justify="left", box=None, header_style="bold")
+    for column in ("NAME", "KIND", "STATUS", "DEADLINE", "RESULT"):
+        table.add_column(column)
+    for wait in waits:
+        if wait.outcome == "signal":
+            result = short(wait.payload, 60)
+            if wait.signal_id is not None:
+                result += f" (signal {wait.signal_id})"
+        elif wait.outcome == "timeout":
+            result = "timed out"
+        elif run.waiting_on_wait_id == wait.id:
+            result = "the run waits here"
+        else:
+            result = ""
+        table.add_row(
+            wait.name,
+            wait.kind,
+            status_text(wait.status.value),
+            format_ts(wait.deadline_at) if wait.deadline_at else "-",
+            result,
+        )
+    return table
 
 
 def event_line(event: Event) -> Text:
@@ -227,6 +260,10 @@ def _event_detail(event: Event) -> str:
         return f"[{fields['level']}] {fields['message']}{data}"
     if event.type == "run:leased":
         return f"by {fields['lease_owner']}"
+    if event.type == "run:waiting":
+        wake = fields.get("wake_at")
+        until = f", resumes by {format_ts(wake)}" if wake is not None else ""
+        return f"on wait {fields['wait_name']}{until}"
     if event.type == "worker:error":
         return f"{fields['context']}: {fields['error']}"
     return ""

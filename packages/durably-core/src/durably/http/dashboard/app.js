@@ -64,9 +64,15 @@ function filterParams() {
 
 // -- talking to the handler --
 
-async function api(method, path, params) {
+async function api(method, path, params, data) {
   const url = params && [...params].length ? `${path}?${params}` : path
-  const response = await fetch(url, { method, headers: { Accept: 'application/json' } })
+  const headers = { Accept: 'application/json' }
+  const init = { method, headers }
+  if (data !== undefined) {
+    headers['Content-Type'] = 'application/json'
+    init.body = JSON.stringify(data)
+  }
+  const response = await fetch(url, init)
   const text = await response.text()
   const body = text ? JSON.parse(text) : null
   if (!response.ok) throw new Error(body?.error ?? `${response.status} ${response.statusText}`)
@@ -191,12 +197,15 @@ async function loadDetail() {
   const id = state.run
   const params = new URLSearchParams({ runId: id })
   try {
-    const [run, steps, logs] = await Promise.all([
+    const [run, steps, logs, waits] = await Promise.all([
       api('GET', 'run', params),
       api('GET', 'steps', params),
       api('GET', 'logs', params),
+      // an authenticated handler without on_run_access refuses the wait routes (403):
+      // the rest of the run still shows
+      api('GET', 'waits', params).catch((err) => ({ error: err.message })),
     ])
-    if (state.run === id) renderDetail(run, steps, logs)
+    if (state.run === id) renderDetail(run, steps, logs, waits)
   } catch (err) {
     panel.hidden = false
     panel.replaceChildren(el('p', { class: 'error' }, `Run ${id}: ${err.message}`))
@@ -270,8 +279,79 @@ function timeline(run, steps) {
   )
 }
 
-function renderDetail(run, steps, logs) {
+// A run's durable waits; a pending signal wait gets a form that answers it
+// (POST signal: its payload becomes the wait's result and a worker resumes the run).
+function waitList(run, waits) {
+  if (waits.error !== undefined)
+    return run.isWaiting ? [el('h3', {}, 'Waits'), el('p', { class: 'muted' }, `Cannot show them: ${waits.error}`)] : null
+  if (!waits.length) return null
+  return [
+    el('h3', {}, `Waits (${waits.length})`),
+    el(
+      'ul',
+      { class: 'waits' },
+      waits.map((wait) => {
+        const result =
+          wait.outcome === 'signal'
+            ? `signal${wait.signalId ? ` ${wait.signalId}` : ''}: ${JSON.stringify(wait.payload)}`
+            : wait.outcome === 'timeout'
+              ? 'timed out'
+              : run.isWaiting && wait.status === 'pending' && wait.suspendedAt
+                ? `the run waits here since ${wait.suspendedAt}`
+                : ''
+        const open = wait.kind === 'signal' && wait.status === 'pending' && !TERMINAL.has(run.status)
+        return el(
+          'li',
+          { 'data-name': wait.name, 'data-status': wait.status },
+          el('span', { class: 'wait-name' }, wait.name),
+          ' ',
+          badge(wait.status),
+          el('span', { class: 'muted' }, ` ${wait.kind}`, wait.deadlineAt ? ` · deadline ${wait.deadlineAt}` : ''),
+          result ? el('div', { class: 'wait-result' }, result) : null,
+          wait.metadata === null || wait.metadata === undefined ? null : el('pre', { class: 'wait-metadata' }, json(wait.metadata)),
+          open ? signalForm(run, wait) : null,
+        )
+      }),
+    ),
+  ]
+}
+
+function signalForm(run, wait) {
+  const payload = el('textarea', { class: 'signal-payload', rows: 3, spellcheck: false, placeholder: 'payload (JSON)' })
+  payload.value = '{}'
+  const submit = async (e) => {
+    e.preventDefault()
+    let value
+    try {
+      value = JSON.parse(payload.value)
+    } catch (err) {
+      toast(`The payload is not JSON: ${err.message}`, 'error')
+      return
+    }
+    try {
+      const receipt = await api('POST', 'signal', new URLSearchParams({ runId: run.id }), { name: wait.name, payload: value })
+      toast(`Signal ${receipt.disposition}: ${wait.name}`)
+      refreshSoon(true)
+    } catch (err) {
+      toast(`Signal failed: ${err.message}`, 'error')
+    }
+  }
+  return el(
+    'form',
+    { class: 'signal', 'data-wait': wait.name, onsubmit: submit },
+    payload,
+    el('button', { type: 'submit', class: 'action signal', 'data-action': 'signal' }, 'Signal'),
+  )
+}
+
+function renderDetail(run, steps, logs, waits) {
   const panel = $('#detail')
+  // a live refresh must not lose a payload being typed
+  const typed = new Map(
+    panel.dataset.id === run.id
+      ? [...panel.querySelectorAll('form.signal')].map((f) => [f.dataset.wait, f.querySelector('textarea').value])
+      : [],
+  )
   panel.hidden = false
   panel.dataset.id = run.id
   panel.dataset.status = run.status
@@ -307,6 +387,7 @@ function renderDetail(run, steps, logs) {
     run.error ? [el('h3', {}, 'Error'), el('pre', { id: 'detail-error', class: 'error' }, run.error)] : null,
     el('h3', {}, 'Steps'),
     timeline(run, steps),
+    waitList(run, waits),
     el('h3', {}, `Logs (${logs.length})`),
     logs.length
       ? el(
@@ -327,6 +408,8 @@ function renderDetail(run, steps, logs) {
       : el('p', { class: 'muted' }, 'No logs.'),
   ]
   panel.replaceChildren(...parts.flat().filter(Boolean))
+  for (const form of panel.querySelectorAll('form.signal'))
+    if (typed.has(form.dataset.wait)) form.querySelector('textarea').value = typed.get(form.dataset.wait)
 }
 
 // -- live --
