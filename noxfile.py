@@ -97,8 +97,9 @@ def crash(session: nox.Session) -> None:
     server (tursodb on a free loopback port) and on a PostgreSQL server (a fresh
     cluster on a free loopback port) when they are installed. The workers also
     fire a schedule every second (``--schedules``), so kills and stalls land around
-    fires too. Each invocation uses fresh idempotency keys, so the second one on a
-    database tests it again.
+    fires too, and their steps fail on their first calls and are retried
+    (``--retries``), so they land in backoffs too. Each invocation uses fresh
+    idempotency keys, so the second one on a database tests it again.
 
     Without tursodb (scripts/setup-tursodb.sh, or $DURABLY_TURSODB) or PostgreSQL
     (scripts/setup-postgres.sh) their runs are left out with a warning; in CI (``CI``
@@ -113,7 +114,7 @@ def crash(session: nox.Session) -> None:
 
     _sync(session)
     harness = ["uv", "run", "--frozen", "python", "-m", "durably_testing.crash"]
-    args = ["--seed", "1", "--schedules", *session.posargs]
+    args = ["--seed", "1", "--schedules", "--retries", *session.posargs]
     modes = [["--kills", "200"], ["--kills", "0", "--stalls", "200"]]
     if any(a.split("=")[0] in ("--kills", "--stalls") for a in session.posargs):
         modes = [[]]

@@ -4,7 +4,9 @@ A run of N trivial ``async def`` steps on the memory backend whose ``persist_ste
 accepts without doing anything, so what is timed is durably's per-step path
 alone (name check, replay lookup, lease check, events, encoding, the record):
 what a change to ``Step`` / ``Execution.checkpoint`` adds or saves. Also the same
-steps replayed (a second execution of the run, every step already checkpointed).
+steps replayed (a second execution of the run, every step already checkpointed),
+and — on a version that has them — the same steps under a job retry policy (none
+fails: the attempt path's cost when nothing goes wrong).
 
 Measured in CPU time of the loop's thread (``time.thread_time``), which a busy
 machine disturbs far less than wall time; minimum and median over the rounds. To
@@ -33,7 +35,13 @@ class AcceptingStorage(MemoryStorage):
     """Memory storage whose step writes succeed without work, so they cost ~nothing."""
 
     async def persist_step(
-        self, run_id: str, generation: int, step: NewStep, now: datetime
+        self,
+        run_id: str,
+        generation: int,
+        step: NewStep,
+        now: datetime,
+        *,
+        attempt: Any = None,
     ) -> bool:
         return True
 
@@ -51,8 +59,13 @@ async def overhead_job(step: Step, payload: dict[str, Any]) -> float:
     return time.thread_time() - t0
 
 
-async def one_round(n: int) -> float:
-    async with create_durably(AcceptingStorage(), jobs={"overhead": overhead_job}) as durably:
+async def one_round(n: int, *, policy: Any = None) -> float:
+    """µs per step; with ``policy`` (a ``durably.Retry``) as the job's retry policy, so
+    every step takes the attempt path (none fails)."""
+    job = overhead_job
+    if policy is not None:
+        job = define_job("overhead", run=overhead_job.run, retry=policy)
+    async with create_durably(AcceptingStorage(), jobs={"overhead": job}) as durably:
         result = await durably.jobs.overhead.trigger_and_wait({"steps": n})
     return result.output / n * 1e6
 
@@ -86,7 +99,16 @@ async def main(n: int, rounds: int) -> None:
     await one_round(n)  # warm-up: validators, caches
     ran = [await one_round(n) for _ in range(rounds)]
     replayed = [await replay_round(n) for _ in range(rounds)]
-    for figure, samples in (("CPU µs per step", ran), ("CPU µs per replayed step", replayed)):
+    figures = [("CPU µs per step", ran), ("CPU µs per replayed step", replayed)]
+    try:  # a version of durably with retry policies
+        from durably import Retry
+    except ImportError:
+        pass
+    else:
+        policy = Retry(max_attempts=3)
+        policied = [await one_round(n, policy=policy) for _ in range(rounds)]
+        figures.append(("CPU µs per step, job retry policy", policied))
+    for figure, samples in figures:
         emit(
             "overhead",
             figure,

@@ -49,9 +49,11 @@ EXPECTED_ALL = [
     "NewSignal",
     "NewStep",
     "NewWait",
+    "NonRetryableError",
     "NotFoundError",
     "PluginError",
     "Progress",
+    "Retry",
     "Run",
     "RunCancelEvent",
     "RunCancelledError",
@@ -66,6 +68,7 @@ EXPECTED_ALL = [
     "RunLeasedEvent",
     "RunProgressEvent",
     "RunResult",
+    "RunRetryEvent",
     "RunStatus",
     "RunTriggerEvent",
     "RunWaitingEvent",
@@ -88,8 +91,10 @@ EXPECTED_ALL = [
     "StepLog",
     "StepOutputError",
     "StepRecord",
+    "StepRetryEvent",
     "StepStartEvent",
     "StepStatus",
+    "StepTimeoutError",
     "Storage",
     "StorageAuthError",
     "StorageBusyError",
@@ -113,6 +118,7 @@ EXPECTED_ALL = [
     "WorkerErrorEvent",
     "create_durably",
     "define_job",
+    "no_retry",
 ]
 
 
@@ -132,7 +138,7 @@ def test_errors__every_public_error_is_a_durably_error() -> None:
         for name in durably.__all__
         if inspect.isclass(obj := getattr(durably, name)) and issubclass(obj, BaseException)
     ]
-    assert len(errors) == 21
+    assert len(errors) == 23
     for cls in errors:
         assert issubclass(cls, DurablyError), cls
 

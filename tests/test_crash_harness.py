@@ -400,3 +400,54 @@ def test_checks__a_slot_fired_twice_or_missed(tmp_path: Path) -> None:
     )
     assert (report.schedule_slots, report.slots_fired_twice, report.slots_missed) == (3, 2, 1)
     assert not report.ok
+
+
+# -- retries: kills in backoffs --
+
+
+def test_crash_harness__kills_in_backoffs_retry_once_and_on_time(tmp_path: Path) -> None:
+    report = run_crash_harness(
+        f"sqlite:///{tmp_path / 'crash.db'}", kills=8, seed=5, retries=True, min_coverage=0
+    )
+    print(report.format())
+    assert report.problems == ()
+    assert report.retries > 0
+    assert (report.retries_early, report.attempt_counts_reset) == (0, 0)
+    assert "retries early:                  0" in report.format()
+    assert report.ok
+
+
+def test_checks__a_retry_before_its_due_time_and_a_count_that_went_back(tmp_path: Path) -> None:
+    # step 0: attempt 1 failed, due at wall time 1_000 ms; the next start was decided
+    # at 990 ms (early). Step 1: attempts 1 and 2 retried, then attempt 1 again (reset).
+    ms = 1_000_000
+    _put(tmp_path, e="start", run="r", i=0, x="0:1", p=0, t=100, w=500 * ms)
+    _put(tmp_path, e="retry", run="r", i=0, k=1, due=1000 * ms, p=0, t=110)
+    _put(tmp_path, e="start", run="r", i=0, x="0:2", p=0, t=200, w=995 * ms, dw=990 * ms)
+    for k, t in ((1, 300), (2, 400), (1, 500)):
+        _put(tmp_path, e="retry", run="r", i=1, k=k, due=t * ms, p=0, t=t)
+    config = CrashConfig("sqlite:///unused.db", seed=1, steps=2, min_coverage=0)
+    runs = {"r": _Done(expected_output(1, 0, 2))}
+    report = _analyse(
+        config,
+        tmp_path,
+        [_Trial(0, "r")],
+        runs,
+        deaths={},
+        kills=1,
+        problems=(),
+        elapsed=0.0,
+        interruptions=[(0, "kill", 120)],
+    )
+    assert (report.retries, report.retries_early, report.attempt_counts_reset) == (4, 1, 1)
+    assert report.kills_during_backoff == 1  # killed after its retry, before the next start
+    assert not report.ok
+    # on time: decided at the due time (the stored due is in milliseconds)
+    for path in tmp_path.glob("p*.jsonl"):
+        path.unlink()
+    _put(tmp_path, e="retry", run="r", i=0, k=1, due=1000 * ms, p=0, t=110)
+    _put(tmp_path, e="start", run="r", i=0, x="0:2", p=0, t=200, w=1000 * ms, dw=999 * ms)
+    report = _analyse(
+        config, tmp_path, [_Trial(0, "r")], runs, deaths={}, kills=0, problems=(), elapsed=0.0
+    )
+    assert (report.retries, report.retries_early, report.attempt_counts_reset) == (1, 0, 0)

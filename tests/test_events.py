@@ -1,4 +1,4 @@
-"""Events: the 19 types, their payloads, ordering, listeners (docs/semantics.md, "Events")."""
+"""Events: the 21 types, their payloads, ordering, listeners (docs/semantics.md, "Events")."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from engine_support import eventually, recorder
 from durably import (
     EventType,
     Progress,
+    Retry,
     RunStatus,
     Step,
     ValidationError,
@@ -37,6 +38,21 @@ async def explode() -> None:
     raise RuntimeError("exploded")
 
 
+class FailsOnce:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("once")
+        return "ok"
+
+
+async def whole_fails(step: Step, payload: Any) -> Any:
+    raise RuntimeError("the whole run")
+
+
 class Gate:
     def __init__(self) -> None:
         self.release = asyncio.Event()
@@ -55,12 +71,19 @@ def gate_steps_started(events: list[Any]) -> int:
 
 async def produce_every_event(make_durably: Any, clock: ManualClock) -> tuple[Any, list[Any]]:
     gate = Gate()
+    once = FailsOnce()
+
+    async def again(step: Step, payload: Any) -> Any:
+        return await step.run("flaky", once, retry=Retry(initial=60, jitter=0))
+
     jobs = {
         "good": define_job("good", run=good),
         "bad": define_job("bad", run=bad),
         "gate": define_job("gate", run=gate.job),
         "tick": define_job("tick", run=good),
         "waiter": define_job("waiter", run=waiter),
+        "again": define_job("again", run=again),
+        "whole": define_job("whole", run=whole_fails, run_retry=Retry(initial=60)),
     }
     d = make_durably(jobs, lease_duration=30, lease_renew_interval=5)
     events = recorder(d)
@@ -71,6 +94,11 @@ async def produce_every_event(make_durably: Any, clock: ManualClock) -> tuple[An
     assert await d.process_one()
     # step:fail, run:fail
     await d.jobs.bad.trigger({})
+    assert await d.process_one()
+    # step:retry (the run then waits 60 s for the next attempt), run:retry
+    await d.jobs.again.trigger({})
+    assert await d.process_one()
+    await d.jobs.whole.trigger({})
     assert await d.process_one()
     # lease renewed, then step:cancel and run:cancel
     blocked = await d.jobs.gate.trigger({})
@@ -102,11 +130,11 @@ async def produce_every_event(make_durably: Any, clock: ManualClock) -> tuple[An
     return d, events
 
 
-async def test_events__all_nineteen_types_are_emitted(
+async def test_events__all_twenty_one_types_are_emitted(
     make_durably: Any, clock: ManualClock
 ) -> None:
     _, events = await produce_every_event(make_durably, clock)
-    assert len(ALL_TYPES) == 19
+    assert len(ALL_TYPES) == 21
     assert {e.type for e in events} == ALL_TYPES
 
 
@@ -130,7 +158,7 @@ async def test_events__run_events_carry_run_id_job_name_labels(
             continue
         assert isinstance(e.run_id, str)
         assert e.run_id
-        assert e.job_name in ("good", "bad", "gate", "tick", "waiter")
+        assert e.job_name in ("good", "bad", "gate", "tick", "waiter", "again", "whole")
         assert isinstance(e.labels, dict)
     good_events = [e for e in events if getattr(e, "job_name", None) == "good"]
     assert all(e.labels == {"l": "1"} for e in good_events)

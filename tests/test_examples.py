@@ -315,6 +315,58 @@ def test_retry__resumes_after_the_last_completed_step_and_cancels(start: Starter
     assert "exported page 2" not in output
 
 
+# -- flaky_api.py --
+
+
+def test_flaky_api__attempts_1_to_3_with_growing_delays_then_a_bad_request(
+    start: Starter, tmp_path: Path
+) -> None:
+    output = run(start, "flaky_api.py", FLAKY_INITIAL="0.3")
+    retries = re.findall(r"^step:retry attempt (\d) failed .*; next in (\S+)s at", output, re.M)
+    assert retries == [("1", "0.3"), ("2", "0.6")], output
+    assert matching(r"API call #", output) == [
+        "  API call #1 for EUR/USD",
+        "  API call #2 for EUR/USD",
+        "  API call #3 for EUR/USD",
+        "  API call #4 for XXX/YYY",
+    ]
+    assert re.search(
+        r'^run \w{26} \(created\) -> \{"pair":"EUR/USD","rate":1.0842\}$', output, re.M
+    )
+    assert matching(r"recorded: attempt", output) == [
+        "  recorded: attempt 1 failed: HTTP 503: service unavailable",
+        "  recorded: attempt 2 failed: HTTP 503: service unavailable",
+    ]
+    # the bad request failed at once: one call, no retry
+    assert output.splitlines()[-1].startswith("bad request: Run ")
+    assert "HTTP 400: unknown currency pair" in output.splitlines()[-1]
+    calls = json.loads((tmp_path / "flaky-api-calls.json").read_text())
+    assert calls[1] - calls[0] >= 0.3 - 0.002
+    assert calls[2] - calls[1] >= 0.6 - 0.002
+
+
+def test_flaky_api__killed_during_the_backoff__resumes_the_count_on_time(
+    start: Starter, tmp_path: Path
+) -> None:
+    first = start("flaky_api.py", FLAKY_INITIAL="1.0")
+    first.wait_for(r"^step:retry attempt 2 failed")  # waiting 2 s for attempt 3
+    first.proc.send_signal(signal.SIGKILL)
+    assert first.finish()[0] == -signal.SIGKILL
+    assert "API call #3" not in first.output
+
+    # The rerun finds the run by its idempotency key: attempt 3, at its time.
+    output = run(start, "flaky_api.py", FLAKY_INITIAL="1.0")
+    assert not matching(r"^step:retry", output), "attempts 1 and 2 are not made again"
+    assert matching(r"API call #", output)[0] == "  API call #3 for EUR/USD"
+    assert re.search(r"^run \w{26} \(idempotent\) -> \{", output, re.M), output
+    assert matching(r"recorded: attempt", output) == [
+        "  recorded: attempt 1 failed: HTTP 503: service unavailable",
+        "  recorded: attempt 2 failed: HTTP 503: service unavailable",
+    ]
+    calls = json.loads((tmp_path / "flaky-api-calls.json").read_text())
+    assert calls[2] - calls[1] >= 2.0 - 0.002, "attempt 3 not before its time"
+
+
 # -- graceful_shutdown.py --
 
 

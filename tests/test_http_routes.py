@@ -318,6 +318,44 @@ async def test_steps__failed_step_has_its_error(
     assert "kaput" in run["error"]
 
 
+async def test_attempts__failed_attempts_in_camel_case(
+    client: httpx.AsyncClient, durably: Durably
+) -> None:
+    ok = await trigger(client)
+    failing = await trigger(client, job="boom", input={"message": "kaput"})
+    assert await durably.process_one()
+    assert await durably.process_one()
+    assert (await client.get(f"/attempts?runId={ok}")).json() == []
+    r = await client.get(f"/attempts?runId={failing}")
+    assert r.status_code == 200
+    (attempt,) = r.json()
+    assert set(attempt) == {
+        "id",
+        "runId",
+        "stepName",
+        "stepIndex",
+        "attempt",
+        "status",
+        "leaseGeneration",
+        "error",
+        "startedAt",
+        "completedAt",
+        "nextAttemptAt",
+    }
+    assert (attempt["runId"], attempt["stepName"], attempt["attempt"], attempt["status"]) == (
+        failing,
+        "explode",
+        1,
+        "failed",
+    )
+    assert (attempt["error"], attempt["nextAttemptAt"], attempt["leaseGeneration"]) == (
+        "kaput",
+        None,
+        1,
+    )
+    assert attempt["startedAt"].endswith("Z")
+
+
 # -- control --
 
 

@@ -86,6 +86,11 @@ def span_id(span: ReadableSpan) -> int:
     return int(span.context.span_id)
 
 
+def attrs(span: ReadableSpan) -> Any:
+    assert span.attributes is not None
+    return span.attributes
+
+
 def trace_id(span: ReadableSpan) -> int:
     assert span.context is not None
     return int(span.context.trace_id)
@@ -433,3 +438,45 @@ def test_one_trace_across_two_processes(tmp_path: Path) -> None:
     assert b["run report"]["parent"] == a["trigger report"]["id"]
     assert b["step fetch"]["parent"] == b["step add"]["parent"] == b["run report"]["id"]
     assert b["step fetch"]["replayed"] is False
+
+
+async def test_spans__a_retried_step_and_a_run_waiting_for_its_next_attempt(
+    make_durably: Any, otel: Otel, clock: ManualClock
+) -> None:
+    from durably import Retry
+
+    calls: list[int] = []
+
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("once")
+        return 1
+
+    async def job(step: Step, payload: Any) -> int:
+        value = await step.run("s", flaky, retry=Retry(initial=10, jitter=0))
+        if len(calls) < 3:
+            raise RuntimeError("the whole run once")
+        return value
+
+    d = make_durably({"j": define_job("j", run=job, run_retry=Retry(initial=10, jitter=0))})
+    otel.instrument(d)
+    await d.migrate()
+    await d.jobs.j.trigger({})
+    assert await d.process_one()  # step attempt 1 fails: the run waits 10 s
+    await clock.advance(10)
+    assert await d.process_one()  # attempt 2 succeeds; the job fails: the run waits
+    calls.append(1)
+    await clock.advance(10)
+    assert await d.process_one()  # replays the step, completes
+    steps = [s for s in otel.finished("step s") if not attrs(s)["durably.step.replayed"]]
+    assert [attrs(s)["durably.step.status"] for s in steps] == ["retried", "completed"]
+    assert steps[0].status.status_code is StatusCode.ERROR
+    assert attrs(steps[0])["durably.step.attempt"] == 1
+    runs = otel.finished("run j")
+    assert [attrs(r)["durably.run.status"] for r in runs] == [
+        "waiting",
+        "waiting",
+        "completed",
+    ]
+    assert [r.status.status_code for r in runs[:2]] == [StatusCode.UNSET, StatusCode.UNSET]

@@ -15,6 +15,8 @@ mapped to :class:`StorageError` subclasses with the original chained as
     ├── WaitTimeoutError         trigger_and_wait / wait_for_run: gave up waiting
     ├── StepOutputError          a step's result cannot be stored as JSON (NaN…),
     │                            or its stored result no longer fits its type
+    ├── StepTimeoutError         a step's attempt outlasted step.run(timeout=…)
+    ├── NonRetryableError        raised by a step (or a job): fail at once, no retry
     ├── UnknownBackendError      no installed plugin handles the URL's scheme
     ├── PluginError              plugins disagree (e.g. two claim one scheme)
     ├── BlockingCallError        durably.sync called where it must not block (inside
@@ -130,6 +132,26 @@ class StepOutputError(DurablyError):
     def __init__(self, step_name: str, message: str) -> None:
         super().__init__(message)
         self.step_name = step_name
+
+
+class StepTimeoutError(DurablyError, TimeoutError):
+    """An attempt of a step outlasted ``step.run(..., timeout=…)``: an async function
+    was cancelled; a sync function's thread cannot be stopped, so it may still be
+    running — its result is discarded. Retried like any failure of the step."""
+
+    def __init__(self, step_name: str, timeout: float) -> None:
+        super().__init__(
+            f"Step {step_name!r} did not finish within its timeout of {timeout:g}s "
+            "(an async function is cancelled; a sync function's thread runs on, its "
+            "result discarded)"
+        )
+        self.step_name = step_name
+        self.timeout = float(timeout)
+
+
+class NonRetryableError(DurablyError):
+    """Raise it (or ``durably.no_retry(exc)``) from a step or a job to fail at once:
+    no retry policy retries it, of the step or of the run."""
 
 
 class UnknownBackendError(DurablyError):

@@ -1,4 +1,4 @@
-"""The 19 event types and the bus that delivers them to listeners.
+"""The 21 event types and the bus that delivers them to listeners.
 
 Every event has ``type``, ``timestamp`` and ``sequence`` (per ``Durably``,
 increasing); events about a run also carry ``run_id``, ``job_name`` and
@@ -155,6 +155,32 @@ class StepFailEvent(RunEvent, frozen=True, kw_only=True, tag="step:fail"):
     error: str
 
 
+class StepRetryEvent(RunEvent, frozen=True, kw_only=True, tag="step:retry"):
+    """``step:retry``: attempt ``attempt`` of a step failed with ``error`` and is tried
+    again after ``delay`` seconds, at ``next_attempt_at`` (the last attempt's failure
+    is ``step:fail`` instead)."""
+
+    step_name: str
+    step_index: int
+    attempt: int
+    delay: float  # seconds
+    error: str
+    next_attempt_at: datetime
+
+
+class RunRetryEvent(RunEvent, frozen=True, kw_only=True, tag="run:retry"):
+    """``run:retry``: attempt ``attempt`` of the whole run failed with ``error`` (in the
+    step ``failed_step_name`` if a step's exception ended it); the run waits and is
+    tried again after ``delay`` seconds, at ``next_attempt_at``, resuming after its
+    last completed step (the last attempt's failure is ``run:fail`` instead)."""
+
+    attempt: int
+    delay: float  # seconds
+    error: str
+    next_attempt_at: datetime
+    failed_step_name: str | None = None
+
+
 class StepCancelEvent(RunEvent, frozen=True, kw_only=True, tag="step:cancel"):
     """``step:cancel``: a step was interrupted by a cancel, a lost lease or shutdown."""
 
@@ -214,17 +240,19 @@ EventType = Literal[
     "run:delete",
     "run:waiting",
     "run:progress",
+    "run:retry",
     "step:start",
     "step:complete",
     "step:fail",
     "step:cancel",
+    "step:retry",
     "log:write",
     "wait:signal",
     "worker:error",
     "schedule:fire",
     "schedule:skip",
 ]
-"""The 19 event type names ``Durably.on`` accepts (besides ``"*"``)."""
+"""The 21 event type names ``Durably.on`` accepts (besides ``"*"``)."""
 
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
@@ -239,10 +267,12 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         RunDeleteEvent,
         RunWaitingEvent,
         RunProgressEvent,
+        RunRetryEvent,
         StepStartEvent,
         StepCompleteEvent,
         StepFailEvent,
         StepCancelEvent,
+        StepRetryEvent,
         LogWriteEvent,
         WaitSignalEvent,
         WorkerErrorEvent,

@@ -15,6 +15,15 @@ from typing import Any, Literal
 
 import pydantic
 
+from ._attempts import (
+    NotStarted,
+    RetryLater,
+    announce_retry,
+    attempt_record,
+    checkpoint_attempts,
+    error_message,
+    retry_time,
+)
 from ._errors import LeaseLostError, StepOutputError, StorageError, ValidationError
 from ._events import (
     LogWriteEvent,
@@ -23,6 +32,7 @@ from ._events import (
     RunLeasedEvent,
     RunLeaseRenewedEvent,
     RunProgressEvent,
+    RunRetryEvent,
     RunWaitingEvent,
     StepCancelEvent,
     StepCompleteEvent,
@@ -33,7 +43,10 @@ from ._job import JobDefinition
 from ._logging import LEVELS, job_logger, step_log_extra
 from ._observe import RunObservation, RunOutcome
 from ._records import (
+    Attempt,
+    AttemptStatus,
     LogLevel,
+    NewAttempt,
     NewLog,
     NewStep,
     Progress,
@@ -43,6 +56,7 @@ from ._records import (
     StepStatus,
     Wait,
 )
+from ._retry import Retry
 from ._services import Services
 from ._step import UNSET, Step
 from ._validate import (
@@ -116,6 +130,21 @@ class Execution:
         #: How it ended, once decided (the stop reason otherwise).
         self.outcome: RunOutcome | None = None
         self._error: str | None = None
+        #: Steps take the attempt path by default (a job retry policy, or every
+        #: attempt recorded): set with the job at the start.
+        self.policied = False
+        self.record_attempts = False
+        self.job_retry: Retry | None = None
+        #: The run must finish by then (``define_job(timeout=…)``), or ``None``.
+        self.deadline: datetime | None = None
+        #: The run's deadline came (the job was cancelled), in this step if one ran.
+        self.timed_out = False
+        self.timed_out_in: str | None = None
+        #: The run's attempt records: loaded by the first step that needs them.
+        self.attempts: list[Attempt] | None = None
+        #: The failure a step's next attempt waits after, and when: the run waits for it
+        #: without a slot once the job has unwound; whether step:retry is still to say.
+        self._retry_wait: tuple[NewAttempt, datetime, bool] | None = None
 
     # -- shared by the parts below --
 
@@ -149,6 +178,37 @@ class Execution:
         if cancel_task and self._task is not None and not self._task.done():
             self._task.cancel()
 
+    # -- retries --
+
+    async def attempt_records(self) -> list[Attempt]:
+        """The run's attempt records (read once, kept up to date by this execution).
+        A first claim has none: every record is written under an earlier lease."""
+        if self.attempts is None:
+            first = self.generation <= 1
+            self.attempts = [] if first else await self.storage.get_attempts(self.run.id)
+        return self.attempts
+
+    def suspend_for_retry(self, failed: NewAttempt, wake_at: datetime, *, announce: bool) -> None:
+        """A step's next attempt is due at ``wake_at``, after ``failed``: once the job
+        has unwound, the run waits for it without a slot. Until then nothing more may
+        run (a step that is started raises at once)."""
+        self._retry_wait = (failed, wake_at, announce)
+        self.cancel_flag.set()
+
+    async def _wait_for_retry(self, failed: NewAttempt, wake_at: datetime, announce: bool) -> None:
+        """The failure's record and the run's wait for the next attempt, in one write."""
+        await self.flush_quietly()
+        ok = await self.storage.record_attempt(
+            self.run.id, self.generation, failed, self.now(), wake_at=wake_at
+        )
+        if not ok:  # cancelled, or the lease was lost, before the wait
+            self.stop_reason = "lease-lost"
+            await self._after_stop()
+            return
+        self.outcome = "waiting"
+        if announce:
+            announce_retry(self, failed)
+
     # -- steps --
 
     async def checkpoint(
@@ -158,11 +218,15 @@ class Execution:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         returns: Any = UNSET,
+        retry: Retry | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """``step.run``: ``name``'s stored result when the run has one (a replay: ``fn``
         is not called); else ``fn(*args, **kwargs)``, its result persisted under
         ``name`` before it is returned. The value returned is always the stored one,
-        decoded: restored to ``returns`` (or ``fn``'s return annotation) when given."""
+        decoded: restored to ``returns`` (or ``fn``'s return annotation) when given.
+        A step with a retry policy, a timeout or attempt records goes through
+        :func:`durably._attempts.checkpoint_attempts` instead of the lines below."""
         index = self.open_step(name)
         if index % YIELD_EVERY == YIELD_EVERY - 1:
             await asyncio.sleep(0)
@@ -180,6 +244,19 @@ class Execution:
                 return codec.to_typed(tp, done.output)
             except pydantic.ValidationError as exc:
                 raise _unreadable(name, tp, done.output, exc) from None
+        if retry is not None or timeout is not None or self.policied:
+            return await checkpoint_attempts(
+                self,
+                name,
+                index,
+                fn,
+                args,
+                kwargs,
+                tp,
+                is_coroutine,
+                self.job_retry if retry is None else retry,
+                timeout,
+            )
         started = self.now()
         if started >= self.fresh_until or self.cancel_flag.is_set() or self.flush_needed():
             started = await self._ready_to_start(name, index)
@@ -198,22 +275,39 @@ class Execution:
                 result = await asyncio.to_thread(self._call_while_leased, fn, args, kwargs)
                 if inspect.isawaitable(result):
                     result = await result
-        except (asyncio.CancelledError, _NotStarted) as exc:
-            self.current_step = None
-            bus.emit_run(StepCancelEvent, self.run, step_name=name, step_index=index)
-            if isinstance(exc, _NotStarted):
-                self.lost_context = "lease-renewal"
-                raise self.lease_lost(f"step {name!r} was not started") from None
+        except (asyncio.CancelledError, NotStarted) as exc:
+            self.step_cancelled(name, index, exc)
             raise
         except Exception as exc:
             self.current_step = None
             await self._step_failed(name, index, started, exc)
             raise
         self.current_step = None
+        record, completed, native, typed = self.completed_record(name, index, tp, result, started)
+        if not await self.storage.persist_step(self.run.id, self.generation, record, completed):
+            raise self.lease_lost(f"step {name!r} was not saved")
+        self._saved(record, native, t0)
+        return native if tp is None else typed
+
+    def step_cancelled(self, name: str, index: int, exc: BaseException) -> None:
+        """A step's call was interrupted: cancelled (a cancel, a lost lease, shutdown),
+        or never started (``NotStarted``: the lease expired while the call waited for
+        its thread, raised as ``LeaseLostError``). ``step:cancel``; nothing written."""
+        self.current_step = None
+        self.bus.emit_run(StepCancelEvent, self.run, step_name=name, step_index=index)
+        if isinstance(exc, NotStarted):
+            self.lost_context = "lease-renewal"
+            raise self.lease_lost(f"step {name!r} was not started") from None
+
+    def completed_record(
+        self, name: str, index: int, tp: Any, result: Any, started: datetime
+    ) -> tuple[NewStep, datetime, Any, Any]:
+        """The checkpoint of a step that returned ``result``: its row, completed now
+        (and when), and the result as stored — JSON-native and restored to ``tp``. The result is
+        read back before it is written: a value that does not (a serializer that does
+        not round-trip) would fail every replay of the checkpoint."""
         try:
-            # read back before it is written: a value that does not (a serializer that does
-            # not round-trip) would fail every replay of the checkpoint
-            text, native, typed = codec.step_result(tp, result)
+            text, native, typed = self.codec.step_result(tp, result)
         except (TypeError, pydantic.ValidationError) as exc:
             raise self._unstorable(name, index, tp, result, exc) from None
         completed = self.now()
@@ -226,10 +320,7 @@ class Execution:
             started_at=started,
             completed_at=completed,
         )
-        if not await self.storage.persist_step(self.run.id, self.generation, record, completed):
-            raise self.lease_lost(f"step {name!r} was not saved")
-        self._saved(record, native, t0)
-        return native if tp is None else typed
+        return record, completed, native, typed
 
     def open_step(self, name: str) -> int:
         """Check a step's name and give the step the run's next index (a replayed
@@ -261,7 +352,7 @@ class Execution:
         """A sync step function, called in its worker thread unless the lease expired
         while the call waited for the thread (a loaded machine, a stalled process)."""
         if self.expired():
-            raise _NotStarted
+            raise NotStarted
         return fn(*args, **kwargs)
 
     def _unstorable(
@@ -315,9 +406,17 @@ class Execution:
                 duration=(time.perf_counter() - t0) * 1000.0,
             )
 
-    async def _step_failed(self, name: str, index: int, started: datetime, exc: Exception) -> None:
-        """A step's function raised: the failure is stored (unless the lease or the
-        database is what failed) and announced; the run fails with it."""
+    async def _step_failed(
+        self,
+        name: str,
+        index: int,
+        started: datetime,
+        exc: Exception,
+        attempt: NewAttempt | None = None,
+    ) -> None:
+        """A step's function raised (its last attempt, when it has a retry policy): the
+        failure is stored — with the ``attempt``'s record, in one write — unless the
+        lease or the database is what failed, and announced; the run fails with it."""
         self.failed_step_name = name
         message = error_message(exc)
         if not isinstance(exc, LeaseLostError | StorageError):
@@ -331,15 +430,28 @@ class Execution:
                 started_at=started,
                 completed_at=completed,
             )
+            if attempt is None:
+                attempt = NewAttempt(
+                    id=self.new_id(started),
+                    step_name=name,
+                    step_index=index,
+                    attempt=1,
+                    status=AttemptStatus.FAILED,
+                    error=message,
+                    started_at=started,
+                    completed_at=completed,
+                )
             try:
                 saved = await self.storage.persist_step(
-                    self.run.id, self.generation, record, completed
+                    self.run.id, self.generation, record, completed, attempt=attempt
                 )
             except StorageError as store_exc:
                 self.report_error(store_exc, "step-failure")
             else:
                 if not saved:  # fenced out: another worker owns the run; say nothing more
                     raise self.lease_lost(f"the failure of step {name!r} was not saved")
+                if self.attempts is not None:
+                    self.attempts.append(attempt_record(self, attempt))
         self.bus.emit_run(StepFailEvent, self.run, step_name=name, step_index=index, error=message)
 
     # -- progress and logs: recorded at once, written in the background --
@@ -470,11 +582,23 @@ class Execution:
         if services.observer is not None:
             # in this task's context, before the job's task copies it
             self.observation = services.observer.run_started(self.run)
+        deadline_watch: asyncio.Task[None] | None = None
         try:
             job = services.jobs.get(self.run.job_name)
             if job is None:
                 await self._fail(f"Unknown job: {self.run.job_name}")
                 return
+            self.job_retry = job.retry
+            self.record_attempts = job.record_attempts
+            self.policied = job.retry is not None or job.record_attempts
+            if job.timeout is not None:
+                # from the run's start (kept by later claims: retries and waits count)
+                start = self.run.started_at or self.now()
+                self.deadline = start + timedelta(seconds=job.timeout)
+                if self.now() >= self.deadline:
+                    await self._fail(self._timed_out(job.timeout))
+                    return
+                deadline_watch = asyncio.create_task(self._watch_deadline())
             try:
                 payload = decode_validated(self.codec, job.input, self.run.input)
             except ValidationError as exc:
@@ -504,6 +628,8 @@ class Execution:
         finally:
             if renewal is not None:
                 renewal.cancel()
+            if deadline_watch is not None:
+                deadline_watch.cancel()
             if self._task is not None and not self._task.done():
                 self._task.cancel()
             self.cancel_flag.set()
@@ -517,6 +643,17 @@ class Execution:
         task = self._task
         assert task is not None
         exc = None if task.cancelled() else task.exception()  # also marks it retrieved
+        if self._retry_wait is not None and self.stop_reason is None:
+            if exc is not None and not isinstance(exc, Exception | RetryLater):
+                raise exc  # the process is going down (see below)
+            # whatever the job did once a step's next attempt was to wait (returned,
+            # raised), it stopped there: the run waits for that attempt
+            await self._wait_for_retry(*self._retry_wait)
+            return
+        if self.timed_out and self.stop_reason is None:
+            assert job.timeout is not None
+            await self._fail(self._timed_out(job.timeout), self.timed_out_in)
+            return
         if self.suspend_wait is not None and self.stop_reason is None:
             if exc is not None and not isinstance(exc, Exception | Suspended):
                 raise exc  # the process is going down (see below)
@@ -540,7 +677,7 @@ class Execution:
             self.outcome = "storage-error"
             self.report_error(exc, "run-execution")
         else:
-            await self._fail(error_message(exc), self.failed_step_name)
+            await self._job_failed(job, exc)
 
     async def _after_stop(self) -> None:
         if self.stop_reason == "lease-lost":
@@ -595,6 +732,56 @@ class Execution:
                 output=self.codec.decode(text),
                 duration=(time.perf_counter() - t0) * 1000.0,
             )
+
+    async def _job_failed(self, job: JobDefinition[Any, Any], exc: BaseException) -> None:
+        """The job raised: the run fails, or — its ``run_retry`` policy retries ``exc``
+        and attempts are left — waits for its next attempt (``schedule_retry``)."""
+        error = error_message(exc)
+        now = self.now()
+        attempt = self.run.attempt
+        due = retry_time(self, job.run_retry, attempt, exc, now)
+        if due is None:
+            await self._fail(error, self.failed_step_name)
+            return
+        await self.flush_quietly()
+        try:
+            waiting = await self.storage.schedule_retry(
+                self.run.id, self.generation, error, due, now
+            )
+        except ValidationError:  # as in _fail: text this adapter cannot store
+            error = error.encode("ascii", "backslashreplace").decode("ascii")
+            waiting = await self.storage.schedule_retry(
+                self.run.id, self.generation, error, due, now
+            )
+        if waiting is None:
+            self.stop_reason = "lease-lost"
+            await self._after_stop()
+            return
+        self.outcome, self._error = "waiting", error
+        self.bus.emit_run(
+            RunRetryEvent,
+            self.run,
+            attempt=attempt,
+            delay=(due - now).total_seconds(),
+            error=error,
+            next_attempt_at=due,
+            failed_step_name=self.failed_step_name,
+        )
+
+    def _timed_out(self, timeout: float) -> str:
+        return (
+            f"Run timed out: job {self.run.job_name!r} did not finish within {timeout:g}s "
+            "of its start (define_job(timeout=...))"
+        )
+
+    async def _watch_deadline(self) -> None:
+        """At the run's deadline, stop the job (the run then fails as timed out)."""
+        assert self.deadline is not None
+        await self.services.clock.sleep((self.deadline - self.now()).total_seconds())
+        self.timed_out, self.timed_out_in = True, self.current_step
+        self.cancel_flag.set()
+        if self._task is not None:
+            self._task.cancel()
 
     async def _fail(self, error: str, failed_step_name: str | None = None) -> None:
         await self.flush_quietly()
@@ -716,14 +903,6 @@ class Execution:
                 return
 
 
-def error_message(exc: BaseException) -> str:
-    """The text stored as a run's or step's error: always storable (a lone surrogate,
-    e.g. from an undecodable file name, is written as ``\\udcff``, and U+0000, which
-    PostgreSQL text cannot hold, as ``\\x00``, or the failure could never be recorded)."""
-    text = str(exc) or type(exc).__name__
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or repr(tp)
 
@@ -736,10 +915,6 @@ def _unreadable(name: str, tp: Any, stored: Any, exc: pydantic.ValidationError) 
         f"type {_type_name(tp)} ({describe_pydantic_error(exc)}); the step's type "
         "changed since it ran, or an older release stored it (NaN as null)",
     )
-
-
-class _NotStarted(Exception):
-    """A sync step's thread started after the lease had expired: fn was not called."""
 
 
 class _RenewalAbandoned(Exception):

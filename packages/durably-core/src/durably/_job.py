@@ -1,4 +1,5 @@
-"""Job definitions: a name, an async function, and optional input/output types."""
+"""Job definitions: a name, an async function, optional input/output types, and how
+its failures are retried and its time bounded."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._errors import ValidationError
-from ._validate import adapter_for, check_text
+from ._retry import Retry
+from ._validate import adapter_for, check_text, positive_number
 
 if TYPE_CHECKING:
     from ._schedule import Schedule
@@ -27,6 +29,10 @@ class JobDefinition(Generic[I, O]):
     ``input``/``output`` are pydantic models or any type a pydantic
     ``TypeAdapter`` accepts; ``None`` means "any JSON value, unvalidated".
     ``schedules`` are the cron schedules declared with ``define_job(schedule=…)``.
+    ``retry``: the retry policy of every step that has none of its own;
+    ``run_retry``: that of the whole run; ``timeout``: seconds from the run's start
+    within which it must finish; ``record_attempts``: a record of every attempt of
+    every step, written before its call.
     """
 
     name: str
@@ -34,6 +40,10 @@ class JobDefinition(Generic[I, O]):
     input: Any = None
     output: Any = None
     schedules: tuple[Schedule, ...] = ()
+    retry: Retry | None = None
+    run_retry: Retry | None = None
+    timeout: float | None = None
+    record_attempts: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -49,6 +59,19 @@ class JobDefinition(Generic[I, O]):
         for role, tp in (("input", self.input), ("output", self.output)):
             if tp is not None:
                 _check_schema(self.name, role, tp)
+        for option in ("retry", "run_retry"):
+            policy = getattr(self, option)
+            if policy is not None and not isinstance(policy, Retry):
+                raise ValidationError(
+                    f"Job {self.name!r}: {option}= takes a durably.Retry(...), got {policy!r}"
+                )
+        if self.timeout is not None:
+            positive_number(f"timeout of job {self.name!r}", self.timeout)
+        if not isinstance(self.record_attempts, bool):
+            raise ValidationError(
+                f"Job {self.name!r}: record_attempts= takes True or False, "
+                f"got {self.record_attempts!r}"
+            )
         if self.schedules:
             from ._schedules import declared_schedules
 
@@ -77,6 +100,10 @@ def define_job(
     input: type[I],
     output: type[O],
     schedule: Schedule | Sequence[Schedule] | None = None,
+    retry: Retry | None = None,
+    run_retry: Retry | None = None,
+    timeout: float | None = None,
+    record_attempts: bool = False,
 ) -> Callable[[Callable[[Step, I], Awaitable[O]]], JobDefinition[I, O]]: ...
 
 
@@ -87,6 +114,10 @@ def define_job(
     input: Any = None,
     output: Any = None,
     schedule: Schedule | Sequence[Schedule] | None = None,
+    retry: Retry | None = None,
+    run_retry: Retry | None = None,
+    timeout: float | None = None,
+    record_attempts: bool = False,
 ) -> Callable[[Callable[[Step, Any], Awaitable[Any]]], JobDefinition[Any, Any]]: ...
 
 
@@ -98,6 +129,10 @@ def define_job(
     output: type[O],
     run: Callable[[Step, I], Awaitable[O]],
     schedule: Schedule | Sequence[Schedule] | None = None,
+    retry: Retry | None = None,
+    run_retry: Retry | None = None,
+    timeout: float | None = None,
+    record_attempts: bool = False,
 ) -> JobDefinition[I, O]: ...
 
 
@@ -109,6 +144,10 @@ def define_job(
     output: Any = None,
     run: Callable[[Step, Any], Awaitable[Any]],
     schedule: Schedule | Sequence[Schedule] | None = None,
+    retry: Retry | None = None,
+    run_retry: Retry | None = None,
+    timeout: float | None = None,
+    record_attempts: bool = False,
 ) -> JobDefinition[Any, Any]: ...
 
 
@@ -119,6 +158,10 @@ def define_job(
     output: Any = None,
     run: Callable[[Step, Any], Awaitable[Any]] | None = None,
     schedule: Schedule | Sequence[Schedule] | None = None,
+    retry: Retry | None = None,
+    run_retry: Retry | None = None,
+    timeout: float | None = None,
+    record_attempts: bool = False,
 ) -> Any:
     """Define a job, as a decorator or with ``run=``::
 
@@ -129,12 +172,26 @@ def define_job(
 
     ``schedule=Schedule("0 3 * * *", ...)`` (or a list of them) fires the job on a cron
     calendar once it is registered on a started ``Durably`` (see ``durably.Schedule``).
+
+    ``retry=Retry(...)``: the retry policy of each step that has none of its own
+    (``step.run(..., retry=...)``). ``run_retry=Retry(...)``: a failed run is tried
+    again, resuming after its last completed step. ``timeout=seconds``: the run fails
+    when it has not finished that long after its start (retries and waits included).
+    ``record_attempts=True``: every attempt of a step is recorded before its function
+    is called (a write per step; by default only failed attempts are).
     """
     schedules = _schedules(schedule)
+    options: dict[str, Any] = {
+        "schedules": schedules,
+        "retry": retry,
+        "run_retry": run_retry,
+        "timeout": timeout,
+        "record_attempts": record_attempts,
+    }
     if run is not None:
         if name is None:
             raise ValidationError("define_job(run=...) needs name='job-name'")
-        return JobDefinition(name=name, run=run, input=input, output=output, schedules=schedules)
+        return JobDefinition(name=name, run=run, input=input, output=output, **options)
     if name is None:
         raise ValidationError("define_job needs a job name: @define_job('my-job', input=..., ...)")
     if callable(name) and not isinstance(name, str):
@@ -144,7 +201,7 @@ def define_job(
         )
 
     def decorate(fn: Callable[[Step, Any], Awaitable[Any]]) -> JobDefinition[Any, Any]:
-        return JobDefinition(name=name, run=fn, input=input, output=output, schedules=schedules)
+        return JobDefinition(name=name, run=fn, input=input, output=output, **options)
 
     return decorate
 

@@ -37,9 +37,10 @@ RunOutcome = Literal[
     "unfinished",
 ]
 """How an execution ended: the run completed or failed; it was cancelled; it
-suspended on a durable wait (``waiting``: a later execution resumes it); this
-worker lost its lease; it was stopped and handed back (``shutdown``); the database
-failed; or it ended otherwise (the process going down)."""
+waits (``waiting``: suspended on a durable wait, or waiting for its next attempt —
+a step's long backoff or a retry of the whole run; a later execution resumes it);
+this worker lost its lease; it was stopped and handed back (``shutdown``); the
+database failed; or it ended otherwise (the process going down)."""
 
 
 class TriggerObservation(Protocol):

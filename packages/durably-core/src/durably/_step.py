@@ -25,6 +25,7 @@ from ._waits import (
 
 if TYPE_CHECKING:
     from ._execution import Execution
+    from ._retry import Retry
 
 #: ``returns=`` not given (``None`` is a type one may pass).
 UNSET: Any = object()
@@ -184,21 +185,47 @@ class Step:
 
     @overload
     def run(
-        self, name: str, fn: Callable[..., Any], *args: Any, returns: type[T], **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        returns: type[T],
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
     ) -> Coroutine[Any, Any, T]: ...
 
     @overload
     def run(
-        self, name: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
     ) -> Coroutine[Any, Any, T]: ...
 
     @overload
     def run(
-        self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., T],
+        *args: Any,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
     ) -> Coroutine[Any, Any, T]: ...
 
     def run(
-        self, name: str, fn: Callable[..., Any], *args: Any, returns: Any = UNSET, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        returns: Any = UNSET,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
     ) -> Coroutine[Any, Any, Any]:
         """``await step.run(name, fn, *args, **kwargs)``: run ``fn(*args, **kwargs)`` once
         and checkpoint its result under ``name``.
@@ -207,6 +234,14 @@ class Step:
         is returned and ``fn`` is not called. Sync functions run in a worker thread.
         The value returned is always the stored one, decoded — restored to
         ``returns`` (or ``fn``'s return annotation) when one is given.
+
+        ``retry=Retry(...)``: a failure is tried again as the policy says (else the
+        job's ``define_job(retry=...)``, if any); only the last attempt's failure
+        reaches the job. ``timeout=seconds``: each attempt fails with
+        ``StepTimeoutError`` after that long (an async function is cancelled; a sync
+        function's thread cannot be stopped: it runs on, its result discarded).
+        ``returns``, ``retry`` and ``timeout`` are step.run's own: to pass arguments
+        of these names to ``fn``, wrap it (``functools.partial``, a lambda).
         """
         # not itself a coroutine: the checkpoint's coroutine is handed out as it is
-        return self._x.checkpoint(name, fn, args, kwargs, returns)
+        return self._x.checkpoint(name, fn, args, kwargs, returns, retry, timeout)

@@ -65,7 +65,14 @@ _LABEL_PREFIX = "otel."
 #: Outcomes that are errors of the run (a cancel or a hand-back is not).
 _ERRORS = frozenset({"failed", "lease-lost", "storage-error", "unfinished"})
 
-_STEP_EVENTS = ("step:start", "step:complete", "step:fail", "step:cancel", "worker:error")
+_STEP_EVENTS = (
+    "step:start",
+    "step:complete",
+    "step:fail",
+    "step:retry",
+    "step:cancel",
+    "worker:error",
+)
 
 
 class Instrumentation:
@@ -332,14 +339,24 @@ class _Telemetry:
         if step is None:
             return
         scope.step = None
-        status = {"step:complete": "completed", "step:fail": "failed"}.get(event.type, "cancelled")
+        status = {
+            "step:complete": "completed",
+            "step:fail": "failed",
+            "step:retry": "retried",  # this attempt failed; another comes
+        }.get(event.type, "cancelled")
         step.span.set_attribute("durably.step.status", status)
+        if status == "retried":
+            step.span.set_attribute("durably.step.attempt", event.attempt)
         if status == "completed":
             step.span.set_status(Status(StatusCode.OK))
-        elif status == "failed":
+        elif status in ("failed", "retried"):
             step.span.set_status(Status(StatusCode.ERROR, event.error))
         step.span.end()
-        otel_context.detach(step.token)
+        # A step that waits for its next attempt without a slot is announced once its
+        # job has unwound, from the execution's own context: the job's, where the span
+        # was made current, has ended with its task (nothing to detach there).
+        if trace.get_current_span() is step.span:
+            otel_context.detach(step.token)
         self.step_duration.record(
             time.perf_counter() - step.t0, {"durably.job.name": event.job_name, "status": status}
         )

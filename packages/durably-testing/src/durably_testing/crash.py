@@ -140,6 +140,29 @@ A worker that exits by itself (not killed by the harness) is reported as a
 problem too. ``trials`` is the number of runs triggered and checked; runs of other
 invocations still in the database are run by the workers but not checked.
 
+Retries (``--retries``)
+-----------------------
+
+With ``retries=True`` the runs' steps fail on their first calls and are retried:
+step ``i`` fails its first ``(seed + trial + i) % 3`` calls (counted in a file per
+step beside the records, so a call that a kill cuts short counts too); steps
+``0, 3, …`` wait 0.3 s and more before the next attempt (longer than the lease
+renewal interval: the run waits without a worker), steps ``1, 4, …`` wait 0.05 s to
+0.2 s (in place, holding the lease). Each worker records every ``step:retry`` it
+emits (after the failure's record is committed) with the attempt number and the
+next attempt's due time, and every ``start`` carries its wall-clock time. Kills
+land in backoffs too (``kills during a backoff``: of a worker whose last record
+for some step was that step's ``retry``). Checked:
+
+``retries early`` (must be 0)
+    starts of a step, after one of its ``retry`` records, decided before that
+    record's due time: the next attempt came too soon — e.g. a worker that took
+    the run over after a kill in the backoff and did not wait the rest of it.
+``attempt counts reset`` (must be 0)
+    steps whose ``retry`` records do not carry strictly increasing attempt numbers:
+    the count went back (a crash made it start over), or one attempt was retried
+    twice.
+
 Schedules (``--schedules``)
 ---------------------------
 
@@ -186,10 +209,12 @@ from durably import (
     Durably,
     JobDefinition,
     NotFoundError,
+    Retry,
     RunStatus,
     ScheduleFireEvent,
     SignalRejectedError,
     Step,
+    StepRetryEvent,
     StorageError,
     SystemClock,
     ValidationError,
@@ -230,6 +255,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ACTIVE = (RunStatus.PENDING.value, RunStatus.LEASED.value, RunStatus.WAITING.value)
 #: The wait each run of the harness suspends on, and its timer.
 GATE, NAP = "gate", "nap"
+
+#: ``retries=True``: the policies of steps 0, 3, … (waits longer than the lease renewal
+#: interval: the run waits without a worker) and of steps 1, 4, … (in place).
+WAITING_RETRY = Retry(max_attempts=8, initial=0.3, factor=1.5, max=1.0, jitter=0)
+IN_PLACE_RETRY = Retry(max_attempts=8, initial=0.05, factor=2, max=0.2, jitter=0)
 
 
 @dataclass(frozen=True)
@@ -272,6 +302,8 @@ class CrashConfig:
     invocation: str | None = None
     #: Also fire a schedule every second from the workers, and check its slots.
     schedules: bool = False
+    #: Steps fail on their first calls and are retried; check the retries' timing.
+    retries: bool = False
 
     def stall_range(self) -> tuple[float, float]:
         """``stall_time``, or 1.5 to 3 times ``lease_duration`` when it is not set."""
@@ -322,6 +354,11 @@ class CrashReport:
     schedule_slots: int = 0
     slots_fired_twice: int = 0
     slots_missed: int = 0
+    #: ``retries=True``: retries recorded, kills in a backoff, and the two checks.
+    retries: int = 0
+    kills_during_backoff: int = 0
+    retries_early: int = 0
+    attempt_counts_reset: int = 0
 
     @property
     def interruptions(self) -> int:
@@ -356,6 +393,8 @@ class CrashReport:
                 or self.slots_fired_twice
                 or self.slots_missed
                 or self.wrong_signals
+                or self.retries_early
+                or self.attempt_counts_reset
             )
         )
 
@@ -382,6 +421,13 @@ class CrashReport:
             f"  wrong signals:                  {self.wrong_signals}",
             f"  elapsed:                        {self.elapsed:.1f} s",
         ]
+        if self.retries:
+            lines[-1:-1] = [
+                f"  retries:                        {self.retries}",
+                f"  kills during a backoff:         {self.kills_during_backoff}",
+                f"  retries early:                  {self.retries_early}",
+                f"  attempt counts reset:           {self.attempt_counts_reset}",
+            ]
         if self.schedule_slots:
             lines[-1:-1] = [
                 f"  schedule slots:                 {self.schedule_slots}",
@@ -465,6 +511,8 @@ class _Recorder:
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
         self.clock = _RecordingClock()
+        self.calls_dir = path.parent / "calls"
+        self.calls_dir.mkdir(exist_ok=True)
 
     def token(self) -> str:
         with self._lock:
@@ -479,11 +527,41 @@ class _Recorder:
         record["p"] = self.process
         record["t"] = now = time.monotonic_ns()
         if event == "start":
+            wall = time.time_ns()
+            record["w"] = wall
             decided = self.clock.last_read()
             if decided is not None:  # the same instant on the monotonic clock
-                record["d"] = now - (time.time_ns() - decided)
+                record["d"] = now - (wall - decided)
+                record["dw"] = decided
         line = json.dumps(record, separators=(",", ":"))
         os.write(self.fd, (line + "\n").encode())
+
+    def calls(self, run_id: str, index: int) -> int:
+        """Count one more call of step ``index`` of the run (in a file shared by every
+        process); how many there have been, this one included."""
+        fd = os.open(
+            self.calls_dir / f"{run_id}-{index}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
+        try:
+            os.write(fd, b"x")
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def retry(self, event: StepRetryEvent) -> None:
+        """``step:retry`` listener: a failure this worker recorded, and when the next
+        attempt is due (wall-clock ns)."""
+        due = int(event.next_attempt_at.timestamp() * 1000) * 1_000_000
+        record = {
+            "e": "retry",
+            "run": event.run_id,
+            "i": event.step_index,
+            "k": event.attempt,
+            "due": due,
+            "p": self.process,
+            "t": time.monotonic_ns(),
+        }
+        os.write(self.fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
 
     def fire(self, event: ScheduleFireEvent) -> None:
         """``schedule:fire`` listener: a slot this worker fired (committed)."""
@@ -505,9 +583,10 @@ class _Recorder:
         os.close(self.fd)
 
 
-def _crash_job(recorder: _Recorder | None) -> JobDefinition[Any, Any]:
+def _crash_job(recorder: _Recorder | None, retries: bool = False) -> JobDefinition[Any, Any]:
     """The harness's job, its steps writing to ``recorder``. The harness process,
-    which only triggers runs, passes ``None``: a step run there is an error."""
+    which only triggers runs, passes ``None``: a step run there is an error. With
+    ``retries``, steps fail on their first calls and are retried (module docstring)."""
 
     def the_recorder() -> _Recorder:
         if recorder is None:
@@ -523,6 +602,11 @@ def _crash_job(recorder: _Recorder | None) -> JobDefinition[Any, Any]:
         token = rec.token()
         rec.write("start", run_id, index, token)
         await asyncio.sleep(rec.pause())
+        if retries and index % 3 != 2:
+            failures = (seed + trial + index) % 3
+            call = rec.calls(run_id, index)
+            if call <= failures:
+                raise ConnectionError(f"call {call} of step-{index} fails (of {failures})")
         return {"value": step_value(seed, trial, index), "x": token}
 
     def sync_step(run_id: str, seed: int, trial: int, index: int) -> dict[str, Any]:
@@ -549,6 +633,9 @@ def _crash_job(recorder: _Recorder | None) -> JobDefinition[Any, Any]:
             args = (step.run_id, seed, trial, i)
             if i % 3 == 2:
                 out = await step.run(f"step-{i}", sync_step, *args)
+            elif retries:
+                policy = WAITING_RETRY if i % 3 == 0 else IN_PLACE_RETRY
+                out = await step.run(f"step-{i}", async_step, *args, retry=policy)
             else:
                 out = await step.run(f"step-{i}", async_step, *args)
             rec.write("done", step.run_id, i, str(out["x"]))
@@ -569,7 +656,7 @@ async def _tick(step: Step, payload: Any) -> Any:
 
 
 def _jobs(config: CrashConfig, recorder: _Recorder | None) -> dict[str, JobDefinition[Any, Any]]:
-    jobs = {"crash": _crash_job(recorder)}
+    jobs = {"crash": _crash_job(recorder, config.retries)}
     if config.schedules:
         jobs["tick"] = define_job(name=TICK_JOB, run=_tick)
     return jobs
@@ -594,6 +681,8 @@ async def _worker_main(config: CrashConfig, index: int, records: Path) -> None:
         config.url, jobs=_jobs(config, recorder), clock=recorder.clock, **_durably_options(config)
     )
     durably.on("schedule:fire", recorder.fire)
+    if config.retries:
+        durably.on("step:retry", recorder.retry)
     try:
         await durably.init()
         (records / f"p{index}.ready").touch()
@@ -1144,8 +1233,9 @@ def _analyse(
         t = int(entry["t"])
         if entry["e"] == "start":
             starts[key].append((int(entry.get("d", t)), t, entry["x"]))
-        else:
+        elif entry["e"] == "done":
             dones[key].append((t, entry["x"]))
+    retries = _retries(entries, interruptions, problems)
     reexecuted = in_flight = delayed = changed = 0
     for key in sorted(set(starts) | set(dones)):
         done = dones.get(key, [])
@@ -1217,7 +1307,73 @@ def _analyse(
         schedule_slots=len(expected_slots),
         slots_fired_twice=twice,
         slots_missed=missed,
+        retries=retries.recorded,
+        kills_during_backoff=retries.kills_during_backoff,
+        retries_early=retries.early,
+        attempt_counts_reset=retries.reset,
     )
+
+
+@dataclass(frozen=True)
+class _RetryFigures:
+    recorded: int = 0
+    kills_during_backoff: int = 0
+    early: int = 0
+    reset: int = 0
+
+
+#: Slack of the "not before its due time" check: due times are stored in milliseconds.
+_DUE_SLACK_NS = 2_000_000
+
+
+def _retries(
+    entries: Sequence[Mapping[str, Any]],
+    interruptions: Sequence[tuple[int, Interruption, int]],
+    problems: list[str],
+) -> _RetryFigures:
+    """The retry checks (module docstring, "Retries") from the ``retry`` and
+    ``start`` records of this invocation's runs."""
+    retried: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
+    started: dict[tuple[str, int], list[Mapping[str, Any]]] = defaultdict(list)
+    for entry in entries:
+        if entry["e"] in ("retry", "start"):
+            target = retried if entry["e"] == "retry" else started
+            target[(str(entry["run"]), int(entry["i"]))].append(entry)
+    early = reset = 0
+    for key, records in retried.items():
+        records.sort(key=lambda r: int(r["t"]))
+        numbers = [int(r["k"]) for r in records]
+        if any(b <= a for a, b in itertools.pairwise(numbers)):
+            reset += 1
+            problems.append(f"run {key[0]} step-{key[1]}: attempts retried in order {numbers}")
+        times = [int(r["t"]) for r in records]
+        for start in started.get(key, []):
+            # the latest retry recorded before this start began: its due time binds it
+            i = bisect_left(times, int(start["t"])) - 1
+            if i < 0 or "w" not in start:
+                continue
+            decided = int(start.get("dw", start["w"]))
+            due = int(records[i]["due"])
+            if decided < due - _DUE_SLACK_NS:
+                early += 1
+                problems.append(
+                    f"run {key[0]} step-{key[1]}: attempt after attempt {records[i]['k']} "
+                    f"started {(due - decided) / 1e6:.1f} ms before its due time"
+                )
+    in_backoff = 0
+    for process, what, at in interruptions:
+        if what != "kill":
+            continue
+        for key, records in retried.items():
+            last = [r for r in records if int(r["t"]) < at]
+            if not last or int(last[-1]["p"]) != process:
+                continue
+            since = int(last[-1]["t"])
+            if not any(since < int(s["t"]) < at for s in started.get(key, [])):
+                in_backoff += 1
+                break
+    recorded = sum(len(r) for r in retried.values())
+    return _RetryFigures(recorded, in_backoff, early, reset)
 
 
 def _coverage(
@@ -1321,6 +1477,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--schedules", action="store_true", help="also fire a schedule every second"
     )
+    parser.add_argument(
+        "--retries",
+        action="store_true",
+        help="steps fail on their first calls and are retried; check the retries",
+    )
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -1376,6 +1537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend_options=options,
         schedules=args.schedules,
         waits=args.waits,
+        retries=args.retries,
     )
     try:
         report = asyncio.run(crash_harness(config))

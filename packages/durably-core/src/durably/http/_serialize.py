@@ -194,13 +194,15 @@ _TRIMMED_EXTRA: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
             ("step:complete", ("step_name", "step_index")),
             ("step:cancel", ("step_name", "step_index")),
             ("step:fail", ("step_name", "step_index", "error")),
+            ("step:retry", ("step_name", "step_index", "attempt", "next_attempt_at")),
+            ("run:retry", ("attempt", "next_attempt_at")),
             ("log:write", ("step_name", "level", "message", "data")),
         )
     }
 )
 
-#: What ``/runs/subscribe`` forwards (the reference's list; no lease renewals or
-#: worker errors).
+#: What ``/runs/subscribe`` forwards (the reference's list, and **(py)** the retry
+#: events; no lease renewals or worker errors).
 RUNS_STREAM_TYPES = frozenset(
     {
         "run:trigger",
@@ -212,10 +214,12 @@ RUNS_STREAM_TYPES = frozenset(
         "run:delete",
         "run:waiting",
         "run:progress",
+        "run:retry",
         "step:start",
         "step:complete",
         "step:fail",
         "step:cancel",
+        "step:retry",
         "log:write",
     }
 )

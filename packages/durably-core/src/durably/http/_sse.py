@@ -43,7 +43,7 @@ from ._throttle import ProgressThrottle
 
 logger = logging.getLogger("durably.http")
 
-#: What a run's stream forwards (the reference's list).
+#: What a run's stream forwards (the reference's list, and **(py)** the retry events).
 RUN_STREAM_TYPES = frozenset(
     {
         "run:leased",
@@ -53,9 +53,11 @@ RUN_STREAM_TYPES = frozenset(
         "run:delete",
         "run:waiting",
         "run:progress",
+        "run:retry",
         "step:start",
         "step:complete",
         "step:fail",
+        "step:retry",
         "log:write",
     }
 )
