@@ -345,17 +345,25 @@ def test_flaky_api__attempts_1_to_3_with_growing_delays_then_a_bad_request(
     assert calls[2] - calls[1] >= 0.6 - 0.002
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_flaky_api__killed_during_the_backoff__resumes_the_count_on_time(
-    start: Starter, tmp_path: Path
+    start: Starter, tmp_path: Path, database: str, request: pytest.FixtureRequest
 ) -> None:
-    first = start("flaky_api.py", FLAKY_INITIAL="1.0")
+    # the attempt records and the wait for attempt 3 are read back from the database
+    # by a second process: on a SQLite file, and on a real PostgreSQL server
+    urls = (
+        {}
+        if database == "sqlite"
+        else {"DURABLY_DATABASE_URL": request.getfixturevalue("postgres_url")}
+    )
+    first = start("flaky_api.py", FLAKY_INITIAL="1.0", **urls)
     first.wait_for(r"^step:retry attempt 2 failed")  # waiting 2 s for attempt 3
     first.proc.send_signal(signal.SIGKILL)
     assert first.finish()[0] == -signal.SIGKILL
     assert "API call #3" not in first.output
 
     # The rerun finds the run by its idempotency key: attempt 3, at its time.
-    output = run(start, "flaky_api.py", FLAKY_INITIAL="1.0")
+    output = run(start, "flaky_api.py", FLAKY_INITIAL="1.0", **urls)
     assert not matching(r"^step:retry", output), "attempts 1 and 2 are not made again"
     assert matching(r"API call #", output)[0] == "  API call #3 for EUR/USD"
     assert re.search(r"^run \w{26} \(idempotent\) -> \{", output, re.M), output
