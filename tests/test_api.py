@@ -39,6 +39,7 @@ EXPECTED_ALL = [
     "JobHandle",
     "Jobs",
     "LeaseLostError",
+    "LogData",
     "LogLevel",
     "LogRecord",
     "LogWriteEvent",

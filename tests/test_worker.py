@@ -13,6 +13,7 @@ import pytest
 from engine_support import eventually, recorder, status_is
 
 from durably import (
+    LogData,
     NotFoundError,
     Progress,
     Run,
@@ -281,7 +282,32 @@ async def test_trigger_and_wait__on_progress_and_on_log_for_this_run(make_durabl
     assert await d.wait_for_run(other.id)
     # the progress data, as the reference's onProgress(event.progress)
     assert progress == [Progress(1, 1, "doubled 1")]  # not the other run's "doubled 100"
-    assert [(e.run_id, e.message, e.data) for e in logs] == [(result.id, "doubled", {"value": 2})]
+    # the log data, as the reference's onLog({level, message, data, stepName}): this
+    # run's only (the other run logs "doubled" too, with another value)
+    assert logs == [LogData(level="info", message="doubled", data={"value": 2}, step_name=None)]
+    assert result.output == Out(doubled=2)
+
+
+async def logs_in_and_out_of_a_step(step: Step, payload: Any) -> None:
+    def load() -> int:
+        step.log.warn("slow source", rows=3)
+        return 3
+
+    await step.run("load", load)
+    step.log.error("nothing to do")
+
+
+async def test_trigger_and_wait__on_log_gets_level_message_data_and_step_name(
+    make_durably: Any,
+) -> None:
+    d = make_durably({"l": define_job("logs", run=logs_in_and_out_of_a_step)})
+    logs: list[Any] = []
+    d.start()
+    await d.jobs.l.trigger_and_wait({}, on_log=logs.append)
+    assert logs == [
+        LogData(level="warn", message="slow source", data={"rows": 3}, step_name="load"),
+        LogData(level="error", message="nothing to do", data=None, step_name=None),
+    ]
 
 
 async def test_trigger_and_wait__callbacks_removed_afterwards(make_durably: Any) -> None:

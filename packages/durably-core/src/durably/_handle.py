@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import NotFoundError, ValidationError
-from ._events import LogWriteEvent
 from ._job import JobDefinition
-from ._records import Disposition, Progress, Run
+from ._records import Disposition, LogData, Progress, Run
 from ._trigger import TriggerResult, Triggers
 from ._validate import decode_validated
 
 if TYPE_CHECKING:
     from ._app import Durably
+    from ._events import LogWriteEvent
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
@@ -84,7 +84,7 @@ class JobHandle(Generic[I, O]):
         *,
         timeout: float | None = None,
         on_progress: Callable[[Progress], Any] | None = None,
-        on_log: Callable[[LogWriteEvent], Any] | None = None,
+        on_log: Callable[[LogData], Any] | None = None,
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
         labels: Mapping[str, str] | Any = None,
@@ -95,8 +95,10 @@ class JobHandle(Generic[I, O]):
         ``on_progress`` is called with each ``step.progress()`` of this run as a
         :class:`Progress` (``current``, ``total``, ``message``), as the TypeScript
         library's ``onProgress``; the whole ``run:progress`` event is
-        ``durably.on("run:progress", ...)``. ``on_log`` gets this run's ``log:write``
-        events.
+        ``durably.on("run:progress", ...)``. ``on_log`` is called with each
+        ``step.log`` call of this run as a :class:`LogData` (``level``, ``message``,
+        ``data``, ``step_name``), as the TypeScript library's ``onLog``; the whole
+        ``log:write`` event is ``durably.on("log:write", ...)``.
 
         Raises ``RunFailedError``, ``RunCancelledError``, ``NotFoundError`` (deleted)
         or ``WaitTimeoutError`` (the run keeps going).
@@ -119,7 +121,9 @@ class JobHandle(Generic[I, O]):
                 progress_of = only_this_run(lambda event: report(event.progress))
                 unsubscribes.append(d.on("run:progress", progress_of))
             if on_log is not None:
-                unsubscribes.append(d.on("log:write", only_this_run(on_log)))
+                log = on_log  # the log data, as the reference's onLog
+                log_of = only_this_run(lambda event: log(_log_data(event)))
+                unsubscribes.append(d.on("log:write", log_of))
             result = await self.trigger(
                 input,
                 idempotency_key=idempotency_key,
@@ -222,3 +226,9 @@ def check_job_key(key: Any) -> str:
             "the job); register it under another key"
         )
     return key
+
+
+def _log_data(event: LogWriteEvent) -> LogData:
+    return LogData(
+        level=event.level, message=event.message, data=event.data, step_name=event.step_name
+    )

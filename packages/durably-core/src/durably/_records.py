@@ -86,6 +86,17 @@ class Progress(msgspec.Struct, frozen=True):
     message: str | None = None
 
 
+class LogData(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``step.log`` call of a run as ``trigger_and_wait(on_log=...)`` receives it:
+    the TypeScript library's ``onLog`` data (``level``, ``message``, ``data``,
+    ``stepName``); ``step_name`` is ``None`` outside a step."""
+
+    level: LogLevel
+    message: str
+    data: Any = None
+    step_name: str | None = None
+
+
 def progress_data(progress: Progress) -> dict[str, Any]:
     """``{current, total?, message?}`` as the TypeScript library stores and sends it:
     unset keys left out, integral numbers as integers (``JSON.stringify`` writes ``2``

@@ -43,11 +43,11 @@ from . import _app
 from ._app import Durably
 from ._clock import Clock
 from ._errors import BlockingCallError
-from ._events import ErrorHandler, Event, Listener, LogWriteEvent
+from ._events import ErrorHandler, Event, Listener
 from ._handle import JobHandle, RunResult
 from ._job import JobDefinition
 from ._loop_thread import LoopThread
-from ._records import Attempt, LogRecord, Progress, Run, RunStatus, StepRecord, Wait
+from ._records import Attempt, LogData, LogRecord, Progress, Run, RunStatus, StepRecord, Wait
 from ._schedule import CatchUp, ScheduleRecord
 from ._services import Settings
 from ._storage import Storage
@@ -604,7 +604,7 @@ class SyncJobHandle(Generic[I, O]):
         *,
         timeout: float | None = None,
         on_progress: Callable[[Progress], Any] | None = None,
-        on_log: Callable[[LogWriteEvent], Any] | None = None,
+        on_log: Callable[[LogData], Any] | None = None,
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
         labels: Mapping[str, str] | Any = None,
