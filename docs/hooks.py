@@ -4,12 +4,16 @@ A strict build (``uv run mkdocs build --strict``, run by ``tests/test_docs_site.
 fails on any warning. mkdocstrings quietly leaves out what has no docstring, so
 this hook adds the warnings it does not give:
 
-- every name in the ``__all__`` of a public module (:data:`PUBLIC_MODULES`) must be
+- every name in the ``__all__`` of a public module (:func:`public_modules`) must be
   rendered by some ``::: identifier`` block of the API reference (``docs/reference``);
 - every such name must have a docstring, and so must each public method and property
-  a public class defines;
-- every import package under ``packages/*/src`` must be listed here, so that a new
-  package cannot skip the reference.
+  a public class defines.
+
+The public modules are not listed by hand: every module under ``packages/*/src``
+whose dotted name has no part starting with ``_`` is public and must define
+``__all__``, unless :data:`NOT_API` says why it is not. So a new package or public
+module cannot skip the reference (nor ``tests/test_public_api.py``, which pins the
+``__all__`` of the same modules).
 
 Module-level constants and type aliases take their docstring from a string literal
 right after the assignment (what griffe reads), not from a ``#:`` comment.
@@ -37,27 +41,37 @@ log = logging.getLogger("mkdocs.hooks.api_reference")
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference"
 
-#: Modules whose ``__all__`` is public API (each must define one).
-PUBLIC_MODULES = (
-    "durably",
-    "durably.cli",
-    "durably.http",
-    "durably.lifecycle",
-    "durably.otel",
-    "durably.plugins",
-    "durably.sql",
-    "durably.sync",
-    "durably_testing",
-    "durably_testing.conformance",
-    "durably_testing.crash",
-    "durably_testing.fault_suite",
-    "durably_testing.faults",
-    "durably_testing.pytest_plugin",
-    "durably_testing.stateful",
-    "durably_sqlite",
-    "durably_libsql",
-    "durably_postgres",
-)
+#: Modules with a public name that are not API, and why (their names are never
+#: imported by users; the reference leaves them out).
+NOT_API = {
+    "durably.codec": "the engine's JSON codec, used through Durably (docs/architecture.md)",
+    # durably.sql's own modules: what users and adapters import is what durably.sql
+    # re-exports (rendered and pinned there); the rest is shared by in-tree backends
+    "durably.sql.executor": "a module of durably.sql, whose __all__ is its API",
+    "durably.sql.helpers": "a module of durably.sql, whose __all__ is its API",
+    "durably.sql.postgres": "a module of durably.sql, whose __all__ is its API",
+    "durably.sql.schema": "a module of durably.sql, whose __all__ is its API",
+    "durably.sql.storage": "a module of durably.sql, whose __all__ is its API",
+    "durably_sqlite.plugin": "the package's entry point in the durably group",
+    "durably_libsql.plugin": "the package's entry point in the durably group",
+    "durably_postgres.plugin": "the package's entry point in the durably group",
+    "durably_testing.plugin": "the package's entry point in the durably group",
+}
+
+
+def public_modules(root: Path = ROOT) -> list[str]:
+    """Every module under ``packages/*/src`` with no ``_``-prefixed part in its dotted
+    name, but those of :data:`NOT_API`: the modules whose ``__all__`` is public API."""
+    found: set[str] = set()
+    for src in root.glob("packages/*/src"):
+        for path in src.rglob("*.py"):
+            parts = list(path.relative_to(src).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            if parts and not any(part.startswith("_") for part in parts):
+                found.add(".".join(parts))
+    return sorted(found - set(NOT_API))
+
 
 #: Protocols whose documented methods an implementation need not document again.
 PROTOCOLS = ("durably.Storage", "durably.Clock", "durably.sql.Executor")
@@ -72,15 +86,9 @@ _DIRECTIVE = re.compile(
 
 def on_pre_build(config: Any) -> None:
     search_paths = sorted(str(p) for p in ROOT.glob("packages/*/src"))
-    for package in sorted(_import_packages(search_paths)):
-        if package not in PUBLIC_MODULES:
-            log.warning(
-                "API reference: package %r is not in PUBLIC_MODULES of docs/hooks.py; "
-                "list it there and render it in a page of docs/reference/",
-                package,
-            )
+    modules_of_api = public_modules()
     loader = griffe.GriffeLoader(search_paths=search_paths)
-    for package in {name.partition(".")[0] for name in PUBLIC_MODULES}:
+    for package in {name.partition(".")[0] for name in modules_of_api}:
         loader.load(package)
     loader.resolve_aliases(implicit=False, external=None)
     modules = loader.modules_collection
@@ -96,10 +104,15 @@ def on_pre_build(config: Any) -> None:
             continue
         rendered.update(_rendered_paths(obj, options.get("members")))
 
-    for module_name in PUBLIC_MODULES:
+    for module_name in modules_of_api:
         module = modules[module_name]
         if module.exports is None:
-            log.warning("API reference: public module %r has no __all__", module_name)
+            log.warning(
+                "API reference: public module %r has no __all__; define one (and render "
+                "its names in a page of docs/reference/), or say in NOT_API of "
+                "docs/hooks.py why it is not API",
+                module_name,
+            )
             continue
         for name in (str(e) for e in module.exports):
             public = f"{module_name}.{name}"
@@ -120,12 +133,6 @@ def on_pre_build(config: Any) -> None:
             reported.add(obj.canonical_path)
             for where, missing in _undocumented(obj, public, protocols):
                 log.warning("API reference: %s has no docstring (%s)", missing, where)
-
-
-def _import_packages(search_paths: list[str]) -> Iterator[str]:
-    for src in search_paths:
-        for init in Path(src).glob("*/__init__.py"):
-            yield init.parent.name
 
 
 def _directives() -> Iterator[tuple[str, str, dict[str, Any]]]:

@@ -1,13 +1,17 @@
 """The public names of every package and public module but ``durably`` itself
 (pinned in tests/test_api.py): ``__all__`` is exactly this, has no duplicates,
 and every name in it imports. Adding or removing a public name means changing
-this file, on purpose."""
+this file, on purpose. The modules pinned here are the ones the API reference
+must render (``public_modules`` of docs/hooks.py, derived from the source tree)."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PUBLIC = {
     "durably_testing": [
@@ -186,3 +190,16 @@ def test_all__every_name_imports(module: str) -> None:
 def test_pins__are_sorted() -> None:
     for module, names in PUBLIC.items():
         assert names == sorted(names), module
+
+
+def test_pins__are_the_public_modules_of_the_api_reference() -> None:
+    """A new module with a public name is pinned here and rendered in the reference
+    (or docs/hooks.py says why it is not API): nobody has to remember a list."""
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    assert spec is not None
+    assert spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    public, pinned = set(hooks.public_modules()), {*PUBLIC, "durably"}
+    assert not public - pinned, f"public modules not pinned here: {sorted(public - pinned)}"
+    assert not pinned - public, f"pinned but not public modules: {sorted(pinned - public)}"
