@@ -5,7 +5,8 @@ Each script runs in its own process and prints its JSON lines (passed through
 here) and its own table; at the end comes the machine and every figure in one
 markdown table (what the README's performance section shows).
 
-    uv run python bench/run_all.py [w1 w2 w3 w4 w5 libsql sse postgres]  # or: uv run nox -s bench
+    uv run python bench/run_all.py [w1 w2 w3 w4 w5 libsql sse postgres waits]
+    # or: uv run nox -s bench
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ SCRIPTS = {
     "libsql": "libsql_requests.py",  # skipped when tursodb is not installed
     "sse": "sse_load.py",  # HTTP/SSE handler under many streams and reconnects
     "postgres": "pg_workloads.py",  # W1/W2/W4/W5 on a PostgreSQL server started for it
+    "waits": "waits.py",  # durable waits: slots, resume after a signal, restart
 }
 
 

@@ -1,4 +1,6 @@
-"""Durable waits on a SQLite file (WAL, synchronous=NORMAL): what issue 14 asks to measure.
+"""Durable waits on a SQLite file (WAL, synchronous=NORMAL) and, when it is installed
+(scripts/setup-postgres.sh), on a PostgreSQL server started for the run: what issue
+14 asks to measure.
 
 - Slots: a worker with ``max_concurrent_runs=1`` and 100 runs waiting for a signal;
   one more trigger: ms from ``trigger`` to that run's completion, against the same
@@ -7,25 +9,37 @@
   after the wait (the worker is woken at once; the default polling interval of 1 s
   is not waited for).
 - Resume after a signal from another process: this process signals, a worker in
-  another process (``polling_interval`` P) resumes the run: bounded by P.
+  another process (``polling_interval`` P) resumes the run. The signal comes as soon
+  as the run is seen waiting, just after the poll that follows the suspension: the
+  worst case for polling, about P on SQLite (plus a claim: the worker counts P from
+  the end of its last round, not its start);
+  on PostgreSQL the accepted signal is announced (``NOTIFY``): not the polling
+  interval but a round trip.
+- Restart: runs suspend in a worker process that is then killed (SIGKILL); they are
+  signalled with no worker alive, and a new worker process resumes them all: how
+  many resumed with their signal's payload, each step run once, and ms from that
+  process's start to the last completion (Python's start-up and imports included).
 - Suspension and resumption cost: ms per run of a job that waits once (trigger,
   run to the wait, suspend, signal, resume, complete) against the same job without
   the wait.
 
-Raw sqlite3 in the same run: one INSERT + commit (the floor of any write).
+Raw in the same run: one INSERT + commit (the floor of any write), sqlite3 on the
+SQLite legs, asyncpg on the PostgreSQL leg.
 
-    uv run python bench/waits.py [--samples N]
+    uv run python bench/waits.py [--samples N] [--no-postgres]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +48,8 @@ from _bench import emit, header, percentile, print_table, raw_baseline, sqlite_u
 from durably import Durably, RunStatus, Step, create_durably, define_job
 
 SYNC = "NORMAL"
+#: The polling interval of the worker in another process.
+POLLING = 0.5
 
 
 async def now_perf() -> float:
@@ -68,19 +84,17 @@ JOBS = {"waiter": waiter, "plain": plain, "once": once}
 
 
 async def until(d: Durably, run_id: str, status: RunStatus) -> None:
-    for _ in range(100_000):
+    for _ in range(20_000):
         run = await d.get_run(run_id)
         if run is not None and run.status is status:
             return
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.003)
     raise AssertionError(f"run {run_id} never became {status.value}")
 
 
-async def slots(path: Path, waiting: int, samples: int) -> list[float]:
+async def slots(url: str, waiting: int, samples: int, **options: Any) -> list[float]:
     """ms from trigger to completion of a plain run with ``waiting`` runs waiting."""
-    async with create_durably(
-        sqlite_url(path), jobs=JOBS, synchronous=SYNC, max_concurrent_runs=1
-    ) as d:
+    async with create_durably(url, jobs=JOBS, max_concurrent_runs=1, **options) as d:
         ids = [(await d.jobs.waiter.trigger({"i": i})).id for i in range(waiting)]
         for run_id in ids:
             await until(d, run_id, RunStatus.WAITING)
@@ -92,9 +106,9 @@ async def slots(path: Path, waiting: int, samples: int) -> list[float]:
         return out
 
 
-async def resume_in_process(path: Path, samples: int) -> list[float]:
+async def resume_in_process(url: str, samples: int, **options: Any) -> list[float]:
     out = []
-    async with create_durably(sqlite_url(path), jobs=JOBS, synchronous=SYNC) as d:
+    async with create_durably(url, jobs=JOBS, **options) as d:
         for i in range(samples):
             run_id = (await d.jobs.waiter.trigger({"i": i})).id
             await until(d, run_id, RunStatus.WAITING)
@@ -124,12 +138,16 @@ def start_worker(url: str, polling: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", WORKER, url, str(polling), here])
 
 
-async def resume_elsewhere(path: Path, samples: int, polling: float) -> list[float]:
-    url = sqlite_url(path)
+def stop_worker(worker: subprocess.Popen[bytes], how: int = signal.SIGTERM) -> None:
+    worker.send_signal(how)
+    worker.wait(30)
+
+
+async def resume_elsewhere(url: str, samples: int, polling: float, **options: Any) -> list[float]:
     worker = start_worker(url, polling)
     out = []
     try:
-        d = create_durably(url, jobs=JOBS, synchronous=SYNC)  # no worker here
+        d = create_durably(url, jobs=JOBS, **options)  # no worker here
         await d.migrate()
         for i in range(samples):
             run_id = (await d.jobs.waiter.trigger({"i": i, "wall": True})).id
@@ -140,14 +158,47 @@ async def resume_elsewhere(path: Path, samples: int, polling: float) -> list[flo
             out.append((run.output["resumed"] - t0) * 1000)
         await d.close()
     finally:
-        worker.terminate()
-        worker.wait(30)
+        stop_worker(worker)
     return out
 
 
-async def per_run(path: Path, samples: int, wait: bool) -> float:
+async def restart(url: str, runs: int, **options: Any) -> tuple[int, float]:
+    """``runs`` runs suspend in a worker process, which is killed; they are signalled
+    with no worker alive, then a new worker process resumes them. Returns how many
+    completed with their own payload and each step run once, and ms from the new
+    worker's start to the last completion."""
+    d = create_durably(url, jobs=JOBS, **options)  # triggers and signals; no worker
+    await d.migrate()
+    first = start_worker(url, POLLING)
+    try:
+        ids = [(await d.jobs.once.trigger({"wait": True, "i": i})).id for i in range(runs)]
+        for run_id in ids:
+            await until(d, run_id, RunStatus.WAITING)
+    finally:
+        stop_worker(first, signal.SIGKILL)
+    for i, run_id in enumerate(ids):
+        await d.signal(run_id, "go", i)
+    t0 = time.perf_counter()
+    second = start_worker(url, POLLING)
+    try:
+        finished = [await d.wait_for_run(run_id, timeout=120) for run_id in ids]
+        elapsed = (time.perf_counter() - t0) * 1000
+    finally:
+        stop_worker(second)
+    good = 0
+    for run in finished:
+        waits = await d.get_waits(run.id)
+        steps = await d.get_steps(run.id)
+        once_each = len(steps) == len({s.name for s in steps})
+        if [w.payload for w in waits] == [run.input["i"]] and once_each:
+            good += 1
+    await d.close()
+    return good, elapsed
+
+
+async def per_run(url: str, samples: int, wait: bool, **options: Any) -> float:
     """ms per run of ``once``, triggered and finished one after another."""
-    async with create_durably(sqlite_url(path), jobs=JOBS, synchronous=SYNC) as d:
+    async with create_durably(url, jobs=JOBS, **options) as d:
         t0 = time.perf_counter()
         for i in range(samples):
             run_id = (await d.jobs.once.trigger({"wait": wait, "i": i})).id
@@ -158,56 +209,99 @@ async def per_run(path: Path, samples: int, wait: bool) -> float:
         return (time.perf_counter() - t0) * 1000 / samples
 
 
-async def main(samples: int) -> None:
+async def measure(
+    leg: str, url: Callable[[str], str], samples: int, raw: float, raw_unit: str, **options: Any
+) -> None:
+    """Every figure of one backend; ``url(name)`` gives a fresh database."""
+    none = await slots(url("s0"), 0, samples, **options)
+    hundred = await slots(url("s100"), 100, samples, **options)
+    base = statistics.median(none)
+    emit(leg, "trigger → completed, 1 slot, no waiting runs (ms, median)", base, "ms")
+    emit(
+        leg,
+        "trigger → completed, 1 slot, 100 runs waiting (ms, median)",
+        statistics.median(hundred),
+        "ms",
+        note=f"{statistics.median(hundred) / base:.2f}x the baseline; max {max(hundred):.0f} ms",
+    )
+    inproc = await resume_in_process(url("r"), samples, **options)
+    emit(leg, "signal → resumed, same process (ms, median)", statistics.median(inproc), "ms")
+    emit(leg, "signal → resumed, same process (ms, p95)", percentile(inproc, 95), "ms")
+    other = await resume_elsewhere(url("o"), samples, POLLING, **options)
+    emit(
+        leg,
+        f"signal → resumed by another process, polling {POLLING} s (ms, median)",
+        statistics.median(other),
+        "ms",
+        note=f"p95 {percentile(other, 95):.0f} ms, max {max(other):.0f} ms",
+    )
+    good, elapsed = await restart(url("k"), samples, **options)
+    emit(
+        leg,
+        f"worker SIGKILLed with {samples} runs waiting, signalled, new worker: resumed right",
+        good,
+        "runs",
+        note=f"of {samples}; {elapsed:.0f} ms from the new process's start to the last",
+    )
+    without = await per_run(url("p0"), samples, False, **options)
+    with_wait = await per_run(url("p1"), samples, True, **options)
+    emit(leg, "ms per run, 2 steps, no wait", without, "ms", raw=raw, raw_unit=raw_unit)
+    emit(
+        leg,
+        "ms per run, 2 steps + one wait (suspend, signal, resume)",
+        with_wait,
+        "ms",
+        raw=raw,
+        raw_unit=raw_unit,
+        note=f"{with_wait / without:.2f}x the run without the wait",
+    )
+
+
+async def on_postgres(samples: int) -> None:
+    # imported here, not by the worker processes that import this module; pg_workloads
+    # puts tests/ (postgres_support) on the path
+    from pg_workloads import PRODUCTION, raw_pg_us
+    from postgres_support import PostgresServer, postgres_bindir
+
+    bindir = postgres_bindir()
+    if bindir is None:
+        print("PostgreSQL is not installed (scripts/setup-postgres.sh): leg left out")
+        return
+    server = PostgresServer(bindir, settings=PRODUCTION).start()
+    try:
+        raw = statistics.median([await raw_pg_us(server.url_for(), 500) for _ in range(3)])
+        await measure(
+            "waits/pg",
+            lambda name: server.url_for(schema=f"waits_{name}"),
+            samples,
+            raw,
+            "µs",
+        )
+    finally:
+        server.remove()
+
+
+async def main(samples: int, postgres: bool) -> None:
     header("durable waits")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         raw, _ = raw_baseline(base, SYNC, 2000)
-        none = await slots(base / "s0.db", 0, samples)
-        hundred = await slots(base / "s100.db", 100, samples)
-        emit(
+        await measure(
             "waits",
-            "trigger → completed, 1 slot, no waiting runs (ms, median)",
-            statistics.median(none),
-            "ms",
+            lambda name: sqlite_url(base / f"{name}.db"),
+            samples,
+            raw,
+            "µs",
+            synchronous=SYNC,
         )
-        emit(
-            "waits",
-            "trigger → completed, 1 slot, 100 runs waiting (ms, median)",
-            statistics.median(hundred),
-            "ms",
-            note=f"{statistics.median(hundred) / statistics.median(none):.2f}x the baseline",
-        )
-        inproc = await resume_in_process(base / "r.db", samples)
-        median = statistics.median(inproc)
-        emit("waits", "signal → resumed, same process (ms, median)", median, "ms")
-        emit("waits", "signal → resumed, same process (ms, p95)", percentile(inproc, 95), "ms")
-        polling = 0.5
-        other = await resume_elsewhere(base / "o.db", samples, polling)
-        emit(
-            "waits",
-            f"signal → resumed by another process, polling {polling} s (ms, median)",
-            statistics.median(other),
-            "ms",
-            note=f"max {max(other):.0f} ms; bounded by the polling interval",
-        )
-        without = await per_run(base / "p0.db", samples, wait=False)
-        with_wait = await per_run(base / "p1.db", samples, wait=True)
-        emit("waits", "ms per run, 2 steps, no wait", without, "ms", raw=raw, raw_unit="µs")
-        emit(
-            "waits",
-            "ms per run, 2 steps + one wait (suspend, signal, resume)",
-            with_wait,
-            "ms",
-            raw=raw,
-            raw_unit="µs",
-            note=f"{with_wait / without:.2f}x the run without the wait",
-        )
+    if postgres:
+        await on_postgres(samples)
     print_table()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--no-postgres", dest="postgres", action="store_false")
     args = parser.parse_args()
-    asyncio.run(main(args.samples))
+    asyncio.run(main(args.samples, args.postgres))

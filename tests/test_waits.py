@@ -241,6 +241,38 @@ async def test_wait__survives_a_restart_and_resumes_in_the_next_worker(
     assert approval.calls == {"before": 1, "after": 1}
 
 
+async def test_wait__a_signal_from_another_process_resumes_within_the_polling_interval(
+    make_durably: Any, clock: ManualClock, backend: str
+) -> None:
+    """The signal comes from another instance on the same database (as another
+    process's would, over its own connection where the backend has one): the idle
+    worker resumes the run at its next poll at the latest; on PostgreSQL at once,
+    with no clock time passing (the accepted signal is announced by NOTIFY)."""
+    resumed_at: list[Any] = []
+
+    async def job(step: Step, payload: Any) -> Any:
+        result = await step.wait_for(await step.prepare_wait("go"))
+        resumed_at.append(clock.now())
+        return result.payload
+
+    jobs = {"j": define_job("j", run=job)}
+    worker = make_durably(jobs, polling_interval=30)
+    await worker.init()
+    run_id = (await worker.jobs.j.trigger({})).id
+    await status_is(worker, run_id, RunStatus.WAITING)
+    other = make_durably(jobs, same_db_as=worker)  # its worker is never started
+    signalled = clock.now()
+    assert (await other.signal(run_id, "go", 7)).disposition == "accepted"
+    if backend != "postgres":
+        await clock.advance(30)  # one polling interval
+    await status_is(worker, run_id, RunStatus.COMPLETED)
+    assert (await worker.get_run(run_id)).output == 7
+    [resumed] = resumed_at
+    assert signalled <= resumed <= signalled + timedelta(seconds=30)
+    if backend == "postgres":
+        assert resumed == signalled, "woken by the notification, not by a poll"
+
+
 async def test_wait__deadline_with_no_worker_alive_fires_at_the_next_start(
     make_durably: Any, clock: ManualClock
 ) -> None:
