@@ -188,6 +188,37 @@ async def test_sleep__one_hour_resumes_exactly_once_at_its_deadline(
     assert refused.value.reason in ("timer", "closed")
 
 
+async def test_sleep__two_workers_woken_at_the_deadline_resume_it_once(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    """Two workers on one database, both idle when the deadline comes (one learned it
+    from its own suspension, the other reads it from storage at its maintenance):
+    the run resumes exactly once."""
+    resumed: list[Any] = []
+
+    async def job(step: Step, payload: Any) -> str:
+        await step.sleep("cool-down", 3600)
+        resumed.append(clock.now())
+        return "rested"
+
+    jobs = {"j": define_job("j", run=job)}
+    a = make_durably(jobs, polling_interval=600)
+    leased_a = recorder(a, "run:leased")
+    await a.init()
+    start = clock.now()
+    run_id = (await a.jobs.j.trigger({})).id
+    await status_is(a, run_id, RunStatus.WAITING)
+    b = make_durably(jobs, same_db_as=a, polling_interval=600)
+    leased_b = recorder(b, "run:leased")
+    await b.init()
+    await clock.advance(3600)
+    await status_is(a, run_id, RunStatus.COMPLETED)
+    await clock.advance(3600)
+    await settle()
+    assert resumed == [start + timedelta(hours=1)]
+    assert len(leased_a) + len(leased_b) == 2, "claimed once to start, once to resume"
+
+
 async def test_waiting_runs_hold_no_slot(make_durably: Any, clock: ManualClock) -> None:
     """max_concurrent_runs=1, 100 waiting runs: one more trigger starts at once."""
 
