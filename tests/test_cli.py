@@ -205,6 +205,25 @@ def test_cli__list_filters_and_doctor(ops: Ops, tmp_path: Path) -> None:
     assert "no durably tables" in sick.stdout
     assert sqlite3.connect(empty).execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
 
+    # a mistyped path: a clear error, and no file left behind (SQLite creates one on open)
+    typo = tmp_path / "opss.db"
+    for url in (f"sqlite:///{typo}", f"file:{typo}"):
+        for command in (
+            ["runs", "list"],
+            ["runs", "show", "x"],
+            ["runs", "purge", "--older-than", "1d"],
+            ["events"],
+        ):
+            done = ops.durably(*command, "--url", url)
+            assert done.returncode == EXIT_CODES["database"], (command, done.stderr)
+            assert f"the SQLite file '{typo}' does not exist" in done.stderr, done.stderr
+        lost = json.loads(ops.durably("doctor", "--json", "--url", url).stdout)
+        assert lost["problems"] == [
+            f"the SQLite file '{typo}' does not exist: check the URL, or create it with "
+            "`durably migrate`"
+        ]
+    assert list(tmp_path.glob("opss.db*")) == []
+
 
 async def _seed(db: Path) -> None:
     """Runs written straight through storage: an old pending run, a new labelled one,

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -106,7 +107,35 @@ async def opened(url: str | None, *, schema: bool = True) -> AsyncIterator[Durab
         await durably.close()
 
 
+def missing_sqlite_file(durably: Durably) -> str | None:
+    """The path of the SQLite file the storage would open, when it does not exist.
+
+    SQLite creates a missing file as it opens it (mode ``rwc``, the default), so a
+    command that only reads checks first: a mistyped path is an error, not a new
+    empty file left behind. Nothing is opened here (the storage connects at its first
+    operation)."""
+    storage = durably.storage
+    # durably_sqlite is in sys.modules whenever a storage uses its executor
+    sqlite = sys.modules.get("durably_sqlite")
+    if sqlite is None or not isinstance(storage, SqlStorage):
+        return None
+    executor = storage.executor
+    if not isinstance(executor, sqlite.SqliteExecutor) or executor.memory:
+        return None
+    path = Path(executor.database)
+    return None if path.exists() else repr(str(path))
+
+
 async def check_schema(durably: Durably, url: str) -> None:
+    """Fail unless the database holds durably's current schema (without creating or
+    migrating anything)."""
+    missing = missing_sqlite_file(durably)
+    if missing is not None:
+        fail(
+            f"{url}: the SQLite file {missing} does not exist; check --url / {URL_ENV}, "
+            "or create it with `durably migrate`",
+            "database",
+        )
     storage = durably.storage
     if not isinstance(storage, SqlStorage):
         return  # a backend of its own: it migrates as it needs

@@ -15,6 +15,7 @@ from ..lifecycle import ACTIVE_STATUSES
 from ..plugins import url_scheme
 from ..sql import SqlStorage
 from ..sql.schema import PY_SCHEMA_VERSION, REFERENCE_SCHEMA_VERSION
+from ._context import missing_sqlite_file
 from ._render import ago, status_text
 
 #: A pending run older than this with no worker taking it is worth a look.
@@ -56,6 +57,15 @@ async def diagnose(url: str) -> dict[str, Any]:
     warnings: list[str] = []
     durably = create_durably(url)
     report: dict[str, Any] = {"url": url, "backend": url_scheme(url)}
+    missing = missing_sqlite_file(durably)
+    if missing is not None:  # checking is reading: it does not create the file
+        problems.append(
+            f"the SQLite file {missing} does not exist: check the URL, or create it with "
+            "`durably migrate`"
+        )
+        report.update(storage=type(durably.storage).__name__, problems=problems, warnings=[])
+        await durably.close()  # nothing was opened; as every path does
+        return report
     try:
         report.update(await schema_report(durably))
         schema = report["schema"]
