@@ -61,7 +61,18 @@ class Process:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float = TIMEOUT) -> int:
-        return self.proc.wait(timeout=timeout)
+        """The exit code; a process still running after ``timeout`` fails the test with
+        the stack of each of its threads (faulthandler, on SIGABRT) and its output."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+            raise AssertionError(
+                f"{self.proc.args} still running after {timeout:g}s; its threads and "
+                f"output:\n{self.output()[-6000:]}"
+            ) from None
 
     def reap(self) -> None:
         if self.proc.poll() is None:
@@ -83,6 +94,7 @@ class Ops:
             "OPS_DIR": str(self.gates),
             "PYTHONPATH": str(TESTS),
             "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",  # SIGABRT dumps every thread (Process.wait)
             "COLUMNS": "200",
             "NO_COLOR": "1",
         }
