@@ -7,6 +7,7 @@ first copy of each write: after applying it, or before (dropped)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ class LosingExecutor:
         self.inner = inner
         self.when: str | None = None
         self.lost = 0
+        self.lost_batch = 0  # statements in the last batch whose answer was lost
 
     def lose(self, when: str) -> None:
         self.when = when
@@ -68,6 +70,8 @@ class LosingExecutor:
         return count
 
     async def batch(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        if self.when is not None:
+            self.lost_batch = len(statements)
         out: list[list[Row]] = await self._maybe_lose(lambda: self.inner.batch(statements))
         return out
 
@@ -152,6 +156,46 @@ async def test_persist_step__written_once(storage: Any, when: str) -> None:
     assert [x.name for x in await s.get_steps(run_id)] == ["s"]
     run = await s.get_run(run_id)
     assert (run.completed_step_count, run.current_step_index) == (1, 1)
+
+
+@WHEN
+async def test_persist_step__group_commit_resolved_per_run(storage: Any, when: str) -> None:
+    # checkpoints of several runs made at once are written in one batch; its answer is
+    # lost: each run finds out for itself, and the one whose lease is lost is refused
+    s, ex = storage
+    runs = [await leased(s, n) for n in range(1, 5)]
+    steps = [
+        NewStep(
+            id=rid(10 + n),
+            name="s",
+            index=0,
+            status=StepStatus.COMPLETED,
+            output_json=str(n),
+            started_at=T0,
+            completed_at=T0,
+        )
+        for n in range(4)
+    ]
+    ex.lose(when)
+    results = await asyncio.gather(
+        *(
+            s.persist_step(run_id, 2 if n == 2 else 1, step, T0)
+            for n, (run_id, step) in enumerate(zip(runs, steps, strict=True))
+        )
+    )
+    assert (ex.lost, ex.lost_batch) == (1, 3 * 4)  # one group of four checkpoints
+    assert results == [True, True, False, True]
+    for n, run_id in enumerate(runs):
+        run = await s.get_run(run_id)
+        stored = [x.id for x in await s.get_steps(run_id)]
+        if n == 2:
+            assert (stored, run.completed_step_count) == ([], 0)
+        else:
+            assert (stored, run.completed_step_count, run.current_step_index) == (
+                [steps[n].id],
+                1,
+                1,
+            )
 
 
 @WHEN

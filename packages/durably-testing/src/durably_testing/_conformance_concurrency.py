@@ -226,6 +226,52 @@ class ConcurrencyCases(ConformanceBase):
         assert after is not None
         assert (after.current_step_index, after.completed_step_count) == (1, 1)
 
+    async def test_concurrent__checkpoints_of_several_runs_each_fenced_by_its_own_lease(
+        self, storage: Storage
+    ) -> None:
+        # An adapter may write checkpoints made at the same moment together (group
+        # commit): each is still fenced by its own run's lease, and one that is refused
+        # or conflicts fails alone.
+        runs = [await self.lease(storage) for _ in range(AT_ONCE)]
+        lost = runs[1]  # its lease is generation 1: a write of generation 2 is fenced out
+
+        async def at_once(names: Sequence[str]) -> tuple[list[Any], list[Any]]:
+            steps = [self.new_step(name, 1 if name == "t" else 0) for name in names]
+            results = _outcomes(
+                await asyncio.gather(
+                    *(
+                        storage.persist_step(run.id, 2 if run is lost else 1, step, self.at(2))
+                        for run, step in zip(runs, steps, strict=True)
+                    ),
+                    return_exceptions=True,
+                ),
+                allowed=(ConflictError,),
+            )
+            return steps, [type(r) if isinstance(r, BaseException) else r for r in results]
+
+        first, got = await at_once(["s"] * AT_ONCE)
+        assert got == [True, False] + [True] * (AT_ONCE - 2), (
+            f"checkpoints of {AT_ONCE} runs at once, the second one's lease lost: {got} "
+            "(each must get its own answer)"
+        )
+        # the fourth run's step is named like its stored one: it conflicts, alone
+        second, got = await at_once(["t", "t", "t", "s", "t", "t"][:AT_ONCE])
+        assert got == [True, False, True, ConflictError] + [True] * (AT_ONCE - 4), (
+            f"checkpoints of {AT_ONCE} runs at once, the second one's lease lost and the "
+            f"fourth one's name taken: {got} (each must get its own answer)"
+        )
+        for i, run in enumerate(runs):
+            stored = [s.id for s in await storage.get_steps(run.id)]
+            after = await storage.get_run(run.id)
+            assert after is not None
+            if run is lost:
+                assert (stored, after.completed_step_count) == ([], 0)
+            elif i == 3:
+                assert (stored, after.completed_step_count) == ([first[i].id], 1)
+            else:
+                assert (stored, after.completed_step_count) == ([first[i].id, second[i].id], 2)
+                assert after.current_step_index == 2
+
     async def test_concurrent__finishing_writes_of_one_lease_exactly_one_wins(
         self, storage: Storage
     ) -> None:

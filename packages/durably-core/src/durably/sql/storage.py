@@ -41,6 +41,7 @@ from .._records import (
 from .._timefmt import format_ts
 from ..lifecycle import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, TERMINAL_STATUSES
 from ._attempts import DELETE_ATTEMPTS, SqlAttempts, attempt_write
+from ._group import GroupCommit
 from ._outcome import resolved
 from ._rows import (
     FENCE,
@@ -333,6 +334,8 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
+        #: checkpoints of concurrent runs, written together (durably/sql/_group.py)
+        self._group = GroupCommit(executor)
 
     async def migrate(self, now: datetime | None = None) -> None:
         applied_at = format_ts(now or datetime.now(UTC))
@@ -660,7 +663,7 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         # No RETURNING (it makes SQLite build a temporary table: ~10 µs of a ~50 µs
         # checkpoint): the INSERT and the UPDATE carry the same fence in one
         # transaction, so the UPDATE's changes() says whether both were written.
-        results = await self.executor.batch(
+        results = await self._group.write(
             [(_INSERT_STEP, insert), (_ADVANCE, advance), (_CHANGES, ())]
         )
         return bool(results[2] and results[2][0][0])
@@ -683,7 +686,7 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         if step.status is StepStatus.COMPLETED:
             statements.append((_ADVANCE, (step.index + 1, now_s, run_id, generation)))
         statements.append((_CHANGES, ()))
-        results = await self.executor.batch(statements)
+        results = await self._group.write(statements)
         return bool(results[-1] and results[-1][0][0])
 
     async def update_progress(
