@@ -477,6 +477,53 @@ async def test_all__branches_run_at_once_and_join(make_durably: Any) -> None:
     assert [(s.name, s.index) for s in steps] == [("review-a", 0), ("review-b", 1)]
 
 
+async def test_all__a_branch_s_logs_name_it_while_branches_overlap(make_durably: Any) -> None:
+    """Each branch runs in its own task (a sync one in a thread with its context), so
+    what it logs names it even while the other branch runs; after the join the job's
+    own log names no step."""
+    both_started = asyncio.Event()
+    started: list[str] = []
+
+    async def job(step: Step, payload: Any) -> Any:
+        async def review(name: str) -> str:
+            started.append(name)
+            if len(started) == 2:
+                both_started.set()
+            step.log.info(f"{name} before")
+            await both_started.wait()
+            step.log.info(f"{name} after")
+            return name
+
+        def sync_review() -> str:  # runs in a thread
+            step.log.info("sync")
+            return "sync"
+
+        out = await step.all(
+            {
+                "review-a": partial(review, "a"),
+                "review-b": partial(review, "b"),
+                "review-sync": sync_review,
+            }
+        )
+        step.log.info("joined")
+        return out
+
+    d = make_durably({"j": define_job("j", run=job)}, preserve_steps=True)
+    events = recorder(d, "log:write")
+    run_id = (await d.jobs.j.trigger({})).id
+    assert await asyncio.wait_for(d.process_one(), 60)
+    expected = {
+        "a before": "review-a",
+        "a after": "review-a",
+        "b before": "review-b",
+        "b after": "review-b",
+        "sync": "review-sync",
+        "joined": None,
+    }
+    assert {e.message: e.step_name for e in events} == expected
+    assert {log.message: log.step_name for log in await d.get_logs(run_id)} == expected
+
+
 async def test_all__first_failure_decides_after_all_settle_and_retry_replays(
     make_durably: Any,
 ) -> None:

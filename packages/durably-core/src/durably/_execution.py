@@ -42,6 +42,7 @@ from ._events import (
 from ._job import JobDefinition
 from ._logging import LEVELS, job_logger, step_log_extra
 from ._observe import RunObservation, RunOutcome
+from ._parallel import BRANCH
 from ._records import (
     Attempt,
     AttemptStatus,
@@ -108,7 +109,8 @@ class Execution:
         self._next_index = 0
         self.cancel_flag = threading.Event()
         self.current_step: str | None = None
-        #: step.all joins in progress: while branches overlap, logs name no step.
+        #: step.all joins in progress: while branches overlap, a log names the branch
+        #: whose task wrote it (``_parallel.BRANCH``), else no step.
         self.overlapping = 0
         #: The wait the job asked to suspend on (step.wait_for / step.sleep found no
         #: result): the run suspends on it once the job's code has stopped.
@@ -475,8 +477,10 @@ class Execution:
         message = check_text("Log message", str(message))
         # encoded in the caller's thread, so that it sees a refusal
         data_json = self._log_data(data) if data else None
-        # while step.all branches overlap, the one "current step" says nothing
-        step_name = None if self.overlapping else self.current_step
+        step_name = self.current_step
+        if self.overlapping:  # step.all: not the one "current step" but the branch's task
+            branch = BRANCH.get()
+            step_name = branch[1] if branch is not None and branch[0] is self else None
         logger = self._job_logger
         if logger is None:
             logger = self._job_logger = job_logger(self.run.job_name)

@@ -9,15 +9,18 @@ everything, a cancellation next, and among ordinary failures the branch that
 started first (the lowest step index) decides the error, as it names the run's
 failed step.
 
-While branches overlap, ``step.log`` entries name no step (one shared "current
-step" cannot say which branch wrote them); a branch that logs about itself can put
-its name in the message or data.
+While branches overlap, the one "current step" of the execution cannot say which
+branch wrote a ``step.log`` entry: each branch runs in its own task, whose context
+(copied into a sync step's thread too) carries its name in ``BRANCH``, so its
+entries name it; anything else logged meanwhile names no step. (The reference has
+an ``attempt.log`` for this, as it has no async context in browsers.)
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ._errors import LeaseLostError, ValidationError
@@ -26,7 +29,13 @@ if TYPE_CHECKING:
     from ._execution import Execution
     from ._step import Step
 
-__all__ = ["run_all"]
+__all__ = ["BRANCH", "run_all"]
+
+#: The step.all branch the current task runs: (its execution, its name). A context
+#: variable is per task, so this holds no state shared between runs; the execution
+#: is part of it so that a task started from a branch for another run (its context
+#: copied) is not taken for that branch.
+BRANCH: ContextVar[tuple[Execution, str] | None] = ContextVar("durably_branch", default=None)
 
 
 async def run_all(
@@ -42,8 +51,13 @@ async def run_all(
     for name, fn in branches.items():
         if not callable(fn):
             raise ValidationError(f"step.all(): branch {name!r} is {fn!r}, not a callable")
+
+    async def branch(name: str, fn: Callable[[], Any]) -> Any:
+        BRANCH.set((x, name))  # in this branch's own context (its task's copy)
+        return await step.run(name, fn)
+
     # the branches start in the dict's order, so their step indexes follow it
-    tasks = [asyncio.ensure_future(step.run(name, fn)) for name, fn in branches.items()]
+    tasks = [asyncio.ensure_future(branch(name, fn)) for name, fn in branches.items()]
     x.overlapping += 1
     try:
         await asyncio.wait(tasks)
