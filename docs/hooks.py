@@ -74,7 +74,13 @@ def public_modules(root: Path = ROOT) -> list[str]:
 
 
 #: Protocols whose documented methods an implementation need not document again.
-PROTOCOLS = ("durably.Storage", "durably.Clock", "durably.sql.Executor")
+PROTOCOLS = (
+    "durably.Storage",
+    "durably.SupportsIdentityCheck",
+    "durably.SupportsDatabaseTime",
+    "durably.Clock",
+    "durably.sql.Executor",
+)
 
 #: Decorators of hypothesis state-machine steps.
 _MACHINE_STEPS = frozenset({"rule", "invariant", "initialize", "precondition"})

@@ -102,8 +102,12 @@ EXPECTED_ALL = [
     "StorageConnectionError",
     "StorageCorruptError",
     "StorageError",
+    "StorageFullError",
+    "StorageLostError",
     "StorageOutcomeUnknownError",
     "StorageReadOnlyError",
+    "SupportsDatabaseTime",
+    "SupportsIdentityCheck",
     "SystemClock",
     "TriggerResult",
     "UnknownBackendError",
@@ -152,6 +156,8 @@ def test_errors__storage_errors_share_a_base() -> None:
         "StorageConnectionError",
         "StorageOutcomeUnknownError",
         "StorageAuthError",
+        "StorageFullError",
+        "StorageLostError",
         "SchemaVersionError",
     ):
         assert issubclass(getattr(durably, name), StorageError)

@@ -51,6 +51,7 @@ PUBLIC = {
         "FaultyStorage",
         "FiredFault",
         "InjectedStorageError",
+        "OPTIONAL_OPERATIONS",
         "STORAGE_OPERATIONS",
         "SimulatedCrash",
         "TRANSIENT_KINDS",

@@ -21,6 +21,8 @@ from ._errors import (
     StorageConnectionError,
     StorageCorruptError,
     StorageError,
+    StorageFullError,
+    StorageLostError,
     StorageOutcomeUnknownError,
     StorageReadOnlyError,
     UnknownBackendError,
@@ -93,7 +95,7 @@ from ._schedule import (
 )
 from ._schedules import Schedules
 from ._step import Step, StepLog
-from ._storage import ClaimableSubscription, Storage
+from ._storage import ClaimableSubscription, Storage, SupportsDatabaseTime, SupportsIdentityCheck
 from ._trigger import TriggerResult
 from ._waits import SignalReceipt, WaitHandle, WaitResult
 
@@ -181,8 +183,12 @@ __all__ = [
     "StorageConnectionError",
     "StorageCorruptError",
     "StorageError",
+    "StorageFullError",
+    "StorageLostError",
     "StorageOutcomeUnknownError",
     "StorageReadOnlyError",
+    "SupportsDatabaseTime",
+    "SupportsIdentityCheck",
     "SystemClock",
     "TriggerResult",
     "UnknownBackendError",

@@ -25,6 +25,8 @@ mapped to :class:`StorageError` subclasses with the original chained as
         ├── StorageBusyError         locked by another writer for too long
         ├── StorageCorruptError      the file is not a database we can use
         ├── StorageReadOnlyError     the database cannot be written
+        ├── StorageFullError         the disk (or the database's quota) is full
+        ├── StorageLostError         the database file was deleted or replaced
         ├── StorageConnectionError   the database server cannot be reached
         │   └── StorageOutcomeUnknownError  a write was sent; its answer was lost
         ├── StorageAuthError         the server refused our credentials
@@ -176,6 +178,18 @@ class StorageCorruptError(StorageError):
 
 class StorageReadOnlyError(StorageError):
     """The database cannot be written (read-only file, directory, or permissions)."""
+
+
+class StorageFullError(StorageError):
+    """The disk holding the database (or the database's quota) is full. Nothing was
+    written; the worker retries within seconds of space returning."""
+
+
+class StorageLostError(StorageError):
+    """The database this storage opened is gone: its file was deleted, or replaced by
+    another file, while it was in use. What is written now would be seen by nobody,
+    so the storage refuses every further operation and the worker stops claiming.
+    Restore the file (or point the URL at the right one) and restart the process."""
 
 
 class StorageConnectionError(StorageError):

@@ -348,6 +348,9 @@ class Storage(Protocol):
         ...
 
 
+# -- optional capabilities: a storage may offer these; the engine uses them if it does --
+
+
 @runtime_checkable
 class ClaimableSubscription(Protocol):
     """An optional capability of a storage shared by several processes: being told
@@ -366,4 +369,35 @@ class ClaimableSubscription(Protocol):
         """Call ``callback()`` (on the event loop) whenever a run may have become
         claimable; returns the coroutine function that ends the subscription. May raise
         ``NotImplementedError`` when this storage cannot offer it after all."""
+        ...
+
+
+@runtime_checkable
+class SupportsIdentityCheck(Protocol):
+    """A storage that can tell whether its database is still the one it opened.
+
+    The worker calls :meth:`check_identity` at most once per polling interval, so it
+    must be cheap (a ``stat`` of a file, not a query).
+    """
+
+    async def check_identity(self) -> None:
+        """Return if the database is still the one this storage opened (or it has no
+        way to tell). Raise :class:`durably.StorageLostError` when it is gone — a
+        file deleted, or replaced by another — and refuse every operation from then
+        on; raise another ``StorageError`` when it could not check this time."""
+        ...
+
+
+@runtime_checkable
+class SupportsDatabaseTime(Protocol):
+    """A storage whose database has a clock of its own: a server, possibly another
+    machine. The engine measures the offset between that clock and its own (at
+    start, then every minute, from the midpoint of the round trip) and corrects the
+    time it passes to every operation when it runs on the system clock, so that
+    lease expiry is judged by the database's clock, not by each worker's."""
+
+    async def database_time(self) -> datetime | None:
+        """The database server's current time (aware UTC, millisecond precision), or
+        ``None`` when the database has no clock of its own (an embedded database is
+        read on this machine's clock). One round trip; it may raise ``StorageError``."""
         ...

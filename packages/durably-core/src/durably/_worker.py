@@ -6,7 +6,14 @@ wake-up (a run triggered or finished in this process) or the polling interval
 or every slot busy) it does maintenance, at most once per polling interval:
 releasing expired leases and purging old runs when ``retain_runs`` is set. No
 failure of the storage (whatever it raises) stops the loop: it is reported as
-``worker:error`` and retried with backoff.
+``worker:error`` and retried with backoff — up to 30 s, but only up to 2 s (or
+the polling interval) after a full disk, which usually clears at once.
+
+One failure does stop it: the database is gone. A storage that can tell
+(:class:`durably.SupportsIdentityCheck`: a SQLite file deleted or replaced) is
+asked at most once per polling interval; a ``StorageLostError`` is reported
+(context ``storage-lost``) and the loop ends, so nothing more is claimed from a
+database nobody else sees.
 
 A storage with the :class:`~durably.ClaimableSubscription` capability (PostgreSQL's
 ``LISTEN``) also wakes the loop when another process makes a run claimable; the
@@ -22,12 +29,18 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from ._clock import sleep_or_wake
+from ._errors import StorageError, StorageFullError, StorageLostError
 from ._execution import Execution
 from ._records import Run
 from ._services import Services
-from ._storage import ClaimableSubscription
+from ._storage import ClaimableSubscription, SupportsIdentityCheck
 
 MAX_BACKOFF = 30.0
+"""The longest wait between two claims after a storage failure (seconds)."""
+FULL_BACKOFF = 2.0
+"""The longest wait after ``StorageFullError`` (unless the polling interval is
+longer): space usually comes back at once (a file deleted, a log rotated), and a
+retry costs one refused write."""
 
 
 async def claim(services: Services) -> Run | None:
@@ -50,6 +63,11 @@ class Worker:
         self._next_wake: datetime | None = None
         services.wake_listener = self.wake_at
         self._unsubscribe: Callable[[], Awaitable[None]] | None = None
+        self._last_identity_check: datetime | None = None
+        storage = services.storage
+        self._check_identity = (
+            storage.check_identity if isinstance(storage, SupportsIdentityCheck) else None
+        )
 
     @property
     def running(self) -> bool:
@@ -126,13 +144,20 @@ class Worker:
                 # is busy would make the loop spin)
                 self._next_wake = None
             try:
+                await self._identity_check()
                 claimed = await self._fill_slots()
                 backoff = 0.0
                 if reached:
                     self.wake_at(await services.storage.next_wake_at(services.now()))
+            except StorageLostError as exc:  # nothing to claim from a database nobody sees
+                services.report_error(exc, "storage-lost")
+                break
             except Exception as exc:  # any adapter failure: report, back off, keep going
                 services.report_error(exc, "claim")
-                backoff = min(MAX_BACKOFF, max(settings.polling_interval, backoff * 2))
+                cap = MAX_BACKOFF
+                if isinstance(exc, StorageFullError):
+                    cap = max(settings.polling_interval, FULL_BACKOFF)
+                backoff = min(cap, max(settings.polling_interval, backoff * 2))
                 await self._wait(backoff * (0.5 + random.random() / 2))
                 continue
             if not claimed:  # idle, or every slot busy: maintenance (rate-limited)
@@ -188,11 +213,28 @@ class Worker:
             return
         await sleep_or_wake(self._services.clock, self._wake, seconds)
 
+    async def _identity_check(self) -> None:
+        """Is the database still the one we opened? At most once per polling interval;
+        a ``StorageLostError`` goes to the loop, another failure is only reported."""
+        check = self._check_identity
+        if check is None:
+            return
+        services = self._services
+        now = services.now()
+        if not _due(self._last_identity_check, now, services.settings.polling_interval):
+            return
+        self._last_identity_check = now
+        try:
+            await check()
+        except StorageLostError:
+            raise
+        except StorageError as exc:
+            services.report_error(exc, "storage-check")
+
     async def _maintain(self) -> None:
         services = self._services
         now = services.now()
-        last = self._last_maintenance
-        if last is not None and (now - last).total_seconds() < services.settings.polling_interval:
+        if not _due(self._last_maintenance, now, services.settings.polling_interval):
             return
         self._last_maintenance = now
         try:
@@ -204,3 +246,8 @@ class Worker:
                 await services.storage.purge_runs(now - retain, services.settings.purge_batch)
         except Exception as exc:  # reported like a claim failure; retried next time
             services.report_error(exc, "maintenance")
+
+
+def _due(last: datetime | None, now: datetime, every: float) -> bool:
+    """Is something done at most every ``every`` seconds, last at ``last``, due?"""
+    return last is None or (now - last).total_seconds() >= every

@@ -65,6 +65,7 @@ from durably import (
     StorageBusyError,
     StorageConnectionError,
     StorageError,
+    StorageFullError,
     StorageOutcomeUnknownError,
     StorageReadOnlyError,
 )
@@ -353,6 +354,11 @@ class HranaExecutor:
             return constraint_violation(message)
         if "database is locked" in lower or code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
             return StorageBusyError(f"The libSQL database at {self.url} is busy: {message}")
+        # SQLite's words (sqld, Turso) and tursodb's ("I/O error (pwritev): no storage space")
+        if "disk is full" in lower or "no storage space" in lower or code.startswith("SQLITE_FULL"):
+            return StorageFullError(
+                f"The libSQL database at {self.url} is full (its disk, or its quota): {message}"
+            )
         if "readonly" in lower or "read-only" in lower or code == "SQLITE_READONLY":
             return StorageReadOnlyError(
                 f"The libSQL database at {self.url} cannot be written: {message}"

@@ -48,7 +48,6 @@ checkpointed step, a completion) survives:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import sqlite3
@@ -63,6 +62,8 @@ from durably import (
     StorageBusyError,
     StorageCorruptError,
     StorageError,
+    StorageFullError,
+    StorageLostError,
     StorageReadOnlyError,
     ValidationError,
 )
@@ -135,7 +136,7 @@ def _batch(cur: sqlite3.Cursor, statements: Sequence[Statement]) -> list[list[Ro
     return results
 
 
-def _consume(future: asyncio.Future[None]) -> None:
+def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 
@@ -178,8 +179,20 @@ class SqliteExecutor:
         #: WAL is switched on before the first write, not at open: a database that is
         #: refused after reading it (e.g. a newer schema) is left byte for byte as it was.
         self._wal_pending = self._wal
+        #: After SQLITE_FULL, the WAL is checkpointed and truncated before the next write:
+        #: otherwise new frames take the space that came back before a checkpoint can
+        #: grow the database into it, and the disk fills again.
+        self._full = False
+        #: Either of the two is due: the one flag the write path tests.
+        self._before_write = self._wal
+        #: The database file's (device, inode) once open: a different one at the path,
+        #: or none, means the file was replaced or deleted under us.
+        self._identity: tuple[int, int] | None = None
+        self._path = Path(self.database)  # resolved at open
+        #: Why every operation is refused (the file is gone), once check_identity saw it.
+        self._lost: str | None = None
         self._checkpoint_mark = 0
-        self._checkpointing: asyncio.Future[None] | None = None
+        self._checkpointing: asyncio.Future[bool] | None = None
 
     def __repr__(self) -> str:
         return f"SqliteExecutor({self.database!r}, synchronous={self.synchronous!r})"
@@ -271,9 +284,17 @@ class SqliteExecutor:
         except BaseException:
             slow.close()
             raise
+        try:
+            self._path = Path(self.database).resolve()
+            st = os.stat(self._path)
+            self._identity = (st.st_dev, st.st_ino)
+        except OSError:
+            self._identity = None  # no file to watch (cannot happen once opened)
         return fast, slow
 
     async def _open(self) -> sqlite3.Cursor:
+        if self._lost is not None:
+            raise StorageLostError(self._lost)
         if self._closed_memory:
             raise StorageError(
                 "This in-memory SQLite database was closed; its data is gone and it cannot "
@@ -352,13 +373,35 @@ class SqliteExecutor:
         except sqlite3.Error as exc:
             raise self._map(exc) from exc
         self._wal_pending = False
+        self._before_write = self._full
+
+    async def _prepare_write(self) -> None:
+        """What is due before the next write: switching to WAL, or (after the disk was
+        full) a checkpoint that empties and truncates the WAL."""
+        if self._wal_pending:
+            await self._enable_wal()
+        if self._full:
+            await self._truncate_wal()
+        self._before_write = self._wal_pending or self._full
+
+    async def _truncate_wal(self) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        loop = asyncio.get_running_loop()
+        # The first one after a write that failed full often copies every frame and
+        # still answers busy (it cannot reset the WAL yet); the second then truncates.
+        for _ in range(2):
+            if await loop.run_in_executor(pool, self._checkpoint, "TRUNCATE"):
+                self._full = False
+                return
 
     # -- the Executor protocol --
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         cur = self._cur or await self._open()
-        if self._wal_pending and not is_read_only(sql):
-            await self._enable_wal()
+        if self._before_write and not is_read_only(sql):
+            await self._prepare_write()
         try:
             rows = cur.execute(sql, params).fetchall()
         except UnicodeEncodeError as exc:
@@ -373,8 +416,8 @@ class SqliteExecutor:
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         cur = self._cur or await self._open()
-        if self._wal_pending and not is_read_only(sql):
-            await self._enable_wal()
+        if self._before_write and not is_read_only(sql):
+            await self._prepare_write()
         try:
             count = cur.execute(sql, params).rowcount
         except UnicodeEncodeError as exc:
@@ -389,8 +432,8 @@ class SqliteExecutor:
 
     async def batch(self, statements: Sequence[Statement]) -> list[list[Row]]:
         cur = self._cur or await self._open()
-        if self._wal_pending:
-            await self._enable_wal()
+        if self._before_write:
+            await self._prepare_write()
         try:
             results = _batch(cur, statements)
         except UnicodeEncodeError as exc:  # _batch rolled back
@@ -421,13 +464,50 @@ class SqliteExecutor:
         future.add_done_callback(_consume)
         self._checkpointing = future
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, mode: str = "PASSIVE") -> bool:
+        """A WAL checkpoint on the worker thread; whether it completed."""
         conn = self._slow
         if conn is None:
-            return
-        # busy or closed: the next one (or another connection) will do it
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            return False
+        # busy, full or closed: the next one (or another connection) will do it
+        try:
+            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None and row[0] == 0
+
+    # -- is the file still the one we opened? --
+
+    async def check_identity(self) -> None:
+        """Raise ``StorageLostError`` (and refuse every operation from then on) when the
+        database file was deleted, or replaced by another file, since it was opened: a
+        ``stat`` of the path against the device and inode seen at open. The connections
+        stay as they are (closing them would unlink the WAL file by name, which may now
+        belong to the new file) until :meth:`close`."""
+        if self._lost is not None:
+            raise StorageLostError(self._lost)
+        identity = self._identity
+        if identity is None or self._cur is None:
+            return  # not open yet, or in memory
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            what = "was deleted"
+        except OSError as exc:
+            raise StorageError(
+                f"Cannot check SQLite database {self.database!r}: {exc.strerror or exc}"
+            ) from exc
+        else:
+            if (st.st_dev, st.st_ino) == identity:
+                return
+            what = "was replaced by another file"
+        self._lost = (
+            f"SQLite database {self.database!r} {what} while in use: what this process "
+            "writes now would be seen by nobody, so it stops. Restore the file (or fix the "
+            "URL) and restart the process."
+        )
+        self._cur = None  # the next operation reaches _open, which refuses
+        raise StorageLostError(self._lost)
 
     # -- the slow path: another process holds the lock --
 
@@ -523,7 +603,12 @@ class SqliteExecutor:
                 "its directory"
             )
         if code == _SQLITE_FULL:
-            return StorageError(f"{where}: the disk is full ({exc})")
+            if self._wal:  # checkpoint and truncate the WAL before the next write
+                self._full = self._before_write = True
+            return StorageFullError(
+                f"{where}: the disk is full ({exc}); free some space: the worker retries "
+                "every few seconds"
+            )
         if code == _SQLITE_IOERR:
             return StorageError(f"{where}: disk I/O error ({exc})")
         if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):

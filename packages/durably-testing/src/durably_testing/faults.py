@@ -59,12 +59,15 @@ from durably import (
     StepRecord,
     Storage,
     StorageError,
+    SupportsDatabaseTime,
+    SupportsIdentityCheck,
     ValidationError,
     Wait,
 )
 
 __all__ = [
     "CRASH_KINDS",
+    "OPTIONAL_OPERATIONS",
     "STORAGE_OPERATIONS",
     "TRANSIENT_KINDS",
     "Fault",
@@ -120,6 +123,12 @@ STORAGE_OPERATIONS: tuple[str, ...] = (
     "fire_schedule",
 )
 """The operations of the :class:`durably.Storage` protocol, as counted in ``calls``."""
+
+OPTIONAL_OPERATIONS: tuple[str, ...] = ("check_identity", "database_time")
+"""The optional capabilities (:class:`durably.SupportsIdentityCheck`,
+:class:`durably.SupportsDatabaseTime`): ``FaultyStorage`` offers both, forwards them
+to an inner storage that has them, counts and injects faults into them like the
+operations."""
 
 
 class FaultKind(StrEnum):
@@ -212,10 +221,10 @@ class Fault:
             raise ValidationError(
                 f"at_call counts calls from 0, got {self.at_call}; pass an index ≥ 0"
             )
-        if self.operation is not None and self.operation not in STORAGE_OPERATIONS:
+        known = STORAGE_OPERATIONS + OPTIONAL_OPERATIONS
+        if self.operation is not None and self.operation not in known:
             raise ValidationError(
-                f"Unknown storage operation {self.operation!r}; "
-                f"use one of: {', '.join(STORAGE_OPERATIONS)}"
+                f"Unknown storage operation {self.operation!r}; use one of: {', '.join(known)}"
             )
         if self.occurrence < 1:
             raise ValidationError(
@@ -546,3 +555,22 @@ class FaultyStorage:
 
     async def fire_schedule(self, fire: ScheduleFire) -> list[EnqueueResult] | None:
         return await self._invoke("fire_schedule", lambda: self.inner.fire_schedule(fire))
+
+    # -- optional capabilities: forwarded when the inner storage has them --
+
+    async def check_identity(self) -> None:
+        inner = self.inner
+        if isinstance(inner, SupportsIdentityCheck):
+            await self._invoke("check_identity", inner.check_identity)
+        else:
+            await self._invoke("check_identity", _nothing)
+
+    async def database_time(self) -> datetime | None:
+        inner = self.inner
+        if isinstance(inner, SupportsDatabaseTime):
+            return await self._invoke("database_time", inner.database_time)
+        return await self._invoke("database_time", _nothing)
+
+
+async def _nothing() -> None:
+    """What an optional capability the inner storage lacks does."""

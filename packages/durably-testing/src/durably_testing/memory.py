@@ -243,6 +243,9 @@ class MemoryStorage(MemorySchedules):
     async def close(self) -> None:
         return None
 
+    async def check_identity(self) -> None:
+        """Nothing can replace a database that lives in this process."""
+
     # -- triggering --
 
     async def enqueue(self, run: NewRun, *, coalesce: bool = False) -> EnqueueResult:

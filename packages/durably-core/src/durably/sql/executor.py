@@ -16,7 +16,15 @@ Rules an executor keeps, because the same SQL also runs over remote libSQL
 - Driver errors are raised as :class:`durably.StorageError` subclasses with the
   driver's exception chained. A violated constraint is raised as
   :class:`ConstraintViolation` (use :func:`constraint_violation` to build it from
-  the SQLite message) so ``SqlStorage`` can map it to the operation's meaning.
+  the SQLite message) so ``SqlStorage`` can map it to the operation's meaning; a
+  full disk as :class:`durably.StorageFullError` (the worker then retries within
+  seconds instead of backing off to half a minute).
+
+Optional, found by name (``SqlStorage`` offers the capability when the executor does):
+
+- ``async def check_identity() -> None`` — for a database file: raise
+  :class:`durably.StorageLostError` once the file was deleted or replaced, and
+  refuse every operation from then on (:class:`durably.SupportsIdentityCheck`).
 """
 
 from __future__ import annotations

@@ -363,6 +363,15 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
     async def close(self) -> None:
         await self.executor.close()
 
+    # -- optional capabilities, as far as the executor offers them --
+
+    async def check_identity(self) -> None:
+        """:meth:`durably.SupportsIdentityCheck.check_identity`: the executor's
+        ``check_identity()`` when it has one (a local file), else nothing to check."""
+        check = getattr(self.executor, "check_identity", None)
+        if check is not None:
+            await check()
+
     # -- triggering --
 
     @staticmethod
