@@ -23,7 +23,7 @@ import errno
 import os
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,11 @@ def fill(directory: Path) -> Path:
     assert info.value.errno == errno.ENOSPC
     probe.unlink(missing_ok=True)
     return filler
+
+
+def more_than(items: list[Any], count: int) -> Callable[[], bool]:
+    """A predicate: ``items`` has grown past ``count``."""
+    return lambda: len(items) > count
 
 
 def wal_size(database: Path) -> int:
@@ -180,7 +185,7 @@ async def test_worker__retries_within_seconds_of_space_returning(
             seen = len(errors)
             await eventually(lambda: clock.sleepers == 1, "the worker backing off")
             await clock.advance(FULL_BACKOFF)
-            await eventually(lambda n=seen: len(errors) > n, "a retry within FULL_BACKOFF")
+            await eventually(more_than(errors, seen), "a retry within FULL_BACKOFF")
         assert {e.context for e in errors} == {"claim"}
         assert all("the disk is full" in e.error for e in errors)
         filler.unlink()
@@ -288,7 +293,7 @@ async def test_worker__identity_is_checked_at_most_once_per_polling_interval(
         await d.init()
         for i in range(5):  # each trigger wakes the loop; none of them is 5 s apart
             await d.jobs.j.trigger({})
-            await eventually(lambda n=i: len(completed) == n + 1, "a run completing")
+            await eventually(more_than(completed, i), "a run completing")
         assert len(calls) == 1
         await clock.advance(5.0)
         await eventually(lambda: len(calls) == 2, "the next check, 5 s later")

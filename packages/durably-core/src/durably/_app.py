@@ -18,6 +18,7 @@ from ._errors import (
     RunCancelledError,
     RunFailedError,
     SignalRejectedError,
+    StorageError,
     ValidationError,
     WaitTimeoutError,
 )
@@ -127,6 +128,14 @@ class Durably:
         return self._services.settings
 
     @property
+    def clock_offset(self) -> timedelta:
+        """The database's clock minus this process's, as last measured (every minute):
+        the correction applied to the time this instance uses, so that leases are judged
+        by the database's clock. Zero when the backend has no clock of its own (a local
+        file), with a manual clock, or within the measurement's uncertainty."""
+        return self._services.clock_offset
+
+    @property
     def worker_id(self) -> str:
         """The lease owner this instance writes into the runs it claims."""
         return self._services.owner
@@ -134,9 +143,14 @@ class Durably:
     async def migrate(self) -> None:
         """Create or upgrade the database schema (idempotent, multi-process safe)."""
         async with self._migrate_lock:
-            storage = self._services.storage
+            services = self._services
+            try:  # judge leases (and stamp times) by the database's clock from here on
+                await services.sync_clock()
+            except StorageError as exc:  # retried by the worker every minute
+                services.report_error(exc, "clock")
+            storage = services.storage
             if _takes_now(storage.migrate):
-                await storage.migrate(self._services.now())
+                await storage.migrate(services.now())
             else:  # an adapter written before migrate() took the engine's now
                 await storage.migrate()
             self._migrated = True

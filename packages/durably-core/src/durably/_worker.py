@@ -9,7 +9,8 @@ failure of the storage (whatever it raises) stops the loop: it is reported as
 ``worker:error`` and retried with backoff — up to 30 s, but only up to 2 s (or
 the polling interval) after a full disk, which usually clears at once.
 
-One failure does stop it: the database is gone. A storage that can tell
+Once a minute it also re-measures the database clock's offset (see
+:mod:`durably._services`). One failure does stop it: the database is gone. A storage that can tell
 (:class:`durably.SupportsIdentityCheck`: a SQLite file deleted or replaced) is
 asked at most once per polling interval; a ``StorageLostError`` is reported
 (context ``storage-lost``) and the loop ends, so nothing more is claimed from a
@@ -144,7 +145,7 @@ class Worker:
                 # is busy would make the loop spin)
                 self._next_wake = None
             try:
-                await self._identity_check()
+                await self._periodic_checks()
                 claimed = await self._fill_slots()
                 backoff = 0.0
                 if reached:
@@ -213,13 +214,18 @@ class Worker:
             return
         await sleep_or_wake(self._services.clock, self._wake, seconds)
 
-    async def _identity_check(self) -> None:
-        """Is the database still the one we opened? At most once per polling interval;
-        a ``StorageLostError`` goes to the loop, another failure is only reported."""
+    async def _periodic_checks(self) -> None:
+        """Is the database still the one we opened (at most once per polling
+        interval)? And the database clock's offset, once a minute. A
+        ``StorageLostError`` goes to the loop; another failure is only reported."""
+        services = self._services
+        try:
+            await services.sync_clock(force=False)
+        except StorageError as exc:
+            services.report_error(exc, "clock")
         check = self._check_identity
         if check is None:
             return
-        services = self._services
         now = services.now()
         if not _due(self._last_identity_check, now, services.settings.polling_interval):
             return

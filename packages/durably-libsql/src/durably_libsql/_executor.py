@@ -128,6 +128,10 @@ class HranaExecutor:
     ``requests`` counts the HTTP requests sent (retries included).
     """
 
+    #: The database is a server with a clock of its own: ``SqlStorage`` offers
+    #: ``database_time()``, and workers judge lease expiry by the server's clock.
+    remote = True
+
     def __init__(self, config: RemoteConfig) -> None:
         self.config = config
         self.url = config.base_url

@@ -32,6 +32,9 @@ Optional capabilities are switched on with class attributes:
 - ``url`` or a ``storage_url`` fixture, with ``entry_point_name``: the backend is
   found through ``BackendRegistry().backend_for(url)``, opens a working storage and
   rejects an unknown option.
+- The optional capabilities of the storage itself (:class:`durably.SupportsIdentityCheck`,
+  :class:`durably.SupportsDatabaseTime`) are found with ``isinstance``; their cases
+  check what a storage offering one must keep, and pass for one that does not.
 
 Besides one case per rule of each operation, the suite runs operations at the
 same time (``asyncio.gather`` on one storage: claims, enqueues of one key, one
@@ -73,6 +76,7 @@ from durably.plugins import BackendRegistry
 
 from ._conformance_attempts import AttemptCases
 from ._conformance_base import ConformanceBase, js
+from ._conformance_capabilities import CapabilityCases
 from ._conformance_concurrency import ConcurrencyCases
 from ._conformance_errors import ErrorMappingCases
 from ._conformance_schedules import ScheduleCases
@@ -108,7 +112,13 @@ NESTED: dict[str, Any] = {
 
 
 class StorageConformance(
-    WaitCases, AttemptCases, ScheduleCases, ConcurrencyCases, ErrorMappingCases, ConformanceBase
+    CapabilityCases,
+    WaitCases,
+    AttemptCases,
+    ScheduleCases,
+    ConcurrencyCases,
+    ErrorMappingCases,
+    ConformanceBase,
 ):
     """Base class of the adapter conformance suite (see the module docstring).
 

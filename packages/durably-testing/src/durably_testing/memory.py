@@ -246,6 +246,10 @@ class MemoryStorage(MemorySchedules):
     async def check_identity(self) -> None:
         """Nothing can replace a database that lives in this process."""
 
+    async def database_time(self) -> datetime | None:
+        """``None``: this database lives in the process, on its clock."""
+        return None
+
     # -- triggering --
 
     async def enqueue(self, run: NewRun, *, coalesce: bool = False) -> EnqueueResult:

@@ -81,6 +81,8 @@ from durably import (
     StepRecord,
     StepStatus,
     Storage,
+    SupportsDatabaseTime,
+    SupportsIdentityCheck,
     ValidationError,
     Wait,
     WaitKind,
@@ -1575,6 +1577,17 @@ class StorageStateMachine(AttemptRules, ScheduleRules, RuleBasedStateMachine):
             lambda counts: {str(status): n for status, n in counts.items() if n},
         )
         self._expect(f"count_runs({query})", got, lambda: self.model.count(query))
+
+    @rule()
+    def optional_capabilities(self) -> None:
+        for name, storage in self.storages.items():
+            if isinstance(storage, SupportsIdentityCheck):
+                self._run(storage.check_identity())  # nothing was replaced: it passes
+            if isinstance(storage, SupportsDatabaseTime):
+                at = self._run(storage.database_time())
+                assert at is None or at.utcoffset() == timedelta(0), (
+                    f"{name}: database_time() {at!r} is neither None nor aware UTC"
+                )
 
     # -- invariants --
 

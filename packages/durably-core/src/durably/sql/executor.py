@@ -25,6 +25,9 @@ Optional, found by name (``SqlStorage`` offers the capability when the executor 
 - ``async def check_identity() -> None`` — for a database file: raise
   :class:`durably.StorageLostError` once the file was deleted or replaced, and
   refuse every operation from then on (:class:`durably.SupportsIdentityCheck`).
+- ``remote = True`` — the database is a server, possibly on another machine:
+  ``SqlStorage.database_time()`` reads its clock (``strftime('%Y-%m-%dT%H:%M:%fZ',
+  'now')``), and the engine judges leases by it (:class:`durably.SupportsDatabaseTime`).
 """
 
 from __future__ import annotations

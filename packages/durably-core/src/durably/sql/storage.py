@@ -38,7 +38,7 @@ from .._records import (
     StepStatus,
     progress_data,
 )
-from .._timefmt import format_ts
+from .._timefmt import format_ts, parse_ts
 from ..lifecycle import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, TERMINAL_STATUSES
 from ._attempts import DELETE_ATTEMPTS, SqlAttempts, attempt_write
 from ._group import GroupCommit
@@ -194,6 +194,8 @@ _FAIL = (
     "lease_expires_at = NULL, completed_at = ?, updated_at = ? "
     f"WHERE id = ? AND {FENCE}"
 )
+# The database server's clock, in the timestamp format (SqlStorage.database_time)
+_DATABASE_TIME = "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 _DELETE_STEPS_IF_HELD = f"DELETE FROM durably_steps WHERE run_id = ? AND {HELD}"
 _DELETE_LOGS_IF_HELD = f"DELETE FROM durably_logs WHERE run_id = ? AND {HELD}"
 
@@ -364,6 +366,15 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         await self.executor.close()
 
     # -- optional capabilities, as far as the executor offers them --
+
+    async def database_time(self) -> datetime | None:
+        """:meth:`durably.SupportsDatabaseTime.database_time`: the server's clock when
+        the executor talks to one (``remote = True``), else ``None`` (a local file is
+        read on this machine's clock)."""
+        if not getattr(self.executor, "remote", False):
+            return None
+        rows = await self.executor.fetch(_DATABASE_TIME)
+        return parse_ts(rows[0][0])
 
     async def check_identity(self) -> None:
         """:meth:`durably.SupportsIdentityCheck.check_identity`: the executor's

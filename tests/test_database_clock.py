@@ -1,0 +1,187 @@
+"""Leases are judged by the database's clock where the backend has one.
+
+Each worker passes its own "now" to every storage operation, so two workers whose
+clocks disagree by more than the lease used to steal each other's live runs: the
+one ahead sees every lease as expired. A storage whose database is a server
+(:class:`durably.SupportsDatabaseTime`: remote libSQL) reports the server's time;
+the engine measures the offset between that clock and its own at ``migrate()`` and
+every minute, and corrects the time it uses when it runs on the system clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_support import eventually
+from libsql_support import TursoServer
+
+from durably import Step, SystemClock, create_durably, define_job
+from durably_testing import FaultyStorage, ManualClock, MemoryStorage
+
+
+class SkewedClock(SystemClock):
+    """This machine's clock, ``skew`` seconds off: a worker on a machine whose clock
+    is wrong."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = timedelta(seconds=skew)
+
+    def now(self) -> datetime:
+        return super().now() + self.skew
+
+    def now_ms(self) -> datetime:
+        return super().now_ms() + self.skew
+
+
+async def test_libsql_remote__a_worker_an_hour_ahead_does_not_steal_a_live_run(
+    libsql_server: TursoServer,
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(step: Step, payload: Any) -> str:
+        async def wait() -> str:
+            started.set()
+            await release.wait()
+            return "a"
+
+        return await step.run("wait", wait)
+
+    async def quick(step: Step, payload: Any) -> str:
+        return "stolen"
+
+    url = libsql_server.url
+    a = create_durably(url, jobs={"j": define_job("j", run=slow)}, lease_duration=30)
+    b = create_durably(url, jobs={"j": define_job("j", run=quick)}, clock=SkewedClock(3600))
+    try:
+        await a.migrate()
+        assert a.clock_offset == timedelta(0)  # same machine: within the round trip
+        run_id = (await a.jobs.j.trigger({})).id
+        a.start()
+        await asyncio.wait_for(started.wait(), 60)
+        await b.migrate()  # measures the server's clock: an hour behind B's
+        assert abs(b.clock_offset + timedelta(hours=1)) < timedelta(seconds=5)
+        # B sees A's 30 s lease as live (an hour-ahead clock saw it long expired)
+        assert await b.process_one() is False
+        leased = await b.get_run(run_id)
+        assert leased is not None
+        assert leased.lease_owner == a.worker_id
+        # and B's own timestamps are the database's, not an hour ahead
+        before = datetime.now(leased.created_at.tzinfo)
+        created = (await b.jobs.j.trigger({}, idempotency_key="from-b")).run.created_at
+        assert abs(created - before) < timedelta(seconds=30)
+        release.set()
+        done = await a.wait_for_run(run_id, timeout=60)
+        assert done.output == "a"
+    finally:
+        release.set()
+        await a.close()
+        await b.close()
+
+
+async def test_manual_clock__never_corrected_and_database_time_never_asked(
+    libsql_server: TursoServer, clock: ManualClock
+) -> None:
+    """Tests own their time: a ManualClock on a server with a clock stays as set."""
+    from durably.plugins import BackendRegistry
+
+    storage = FaultyStorage(BackendRegistry().open(libsql_server.url))
+    d = create_durably(storage, clock=clock)
+    try:
+        await d.migrate()
+        assert d.clock_offset == timedelta(0)
+        assert "database_time" not in storage.calls
+    finally:
+        await d.stop()
+        await storage.close()
+
+
+@pytest.mark.parametrize("where", ["memory", "sqlite-file"])
+async def test_system_clock__backends_without_a_clock_are_asked_once(
+    where: str, tmp_path: Path
+) -> None:
+    """A local database is read on this machine's clock: ``database_time()`` says so
+    (``None``) once, and is never asked again."""
+    from durably.plugins import BackendRegistry
+
+    inner = (
+        MemoryStorage()
+        if where == "memory"
+        else BackendRegistry().open(f"sqlite:///{tmp_path / 'c.db'}")
+    )
+    storage = FaultyStorage(inner)
+    d = create_durably(storage, clock=SkewedClock(3600))
+    try:
+        await d.migrate()
+        assert d.clock_offset == timedelta(0)
+        assert storage.calls.count("database_time") == 1
+    finally:
+        await storage.close()
+
+
+class ControlledSystemClock(SystemClock):
+    """A system clock (so the engine corrects it) whose time a ManualClock sets."""
+
+    def __init__(self, manual: ManualClock) -> None:
+        self.manual = manual
+
+    def now(self) -> datetime:
+        return self.manual.now()
+
+    def now_ms(self) -> datetime:
+        t = self.manual.now()
+        return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.manual.sleep(seconds)
+
+
+class ServerClockMemory(MemoryStorage):
+    """A memory storage reporting a server clock ``offset`` away from ``clock``."""
+
+    def __init__(self, clock: ManualClock, offset: timedelta) -> None:
+        super().__init__()
+        self.clock = clock
+        self.offset = offset
+
+    async def database_time(self) -> datetime | None:
+        t = self.clock.now() + self.offset
+        return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+async def test_worker__re_measures_the_offset_every_minute_and_claims_by_it(
+    clock: ManualClock,
+) -> None:
+    from durably._services import CLOCK_SYNC_EVERY
+
+    storage = ServerClockMemory(clock, timedelta(seconds=100))
+    completed: list[Any] = []
+
+    async def job(step: Step, payload: Any) -> None:
+        return None
+
+    d = create_durably(
+        storage, jobs={"j": define_job("j", run=job)}, clock=ControlledSystemClock(clock)
+    )
+    d.on("run:complete", completed.append)
+    try:
+        await d.init()
+        assert d.clock_offset == timedelta(seconds=100)
+        storage.offset = timedelta(seconds=200)  # the server's clock was stepped
+        await clock.advance(CLOCK_SYNC_EVERY / 2)
+        await d.jobs.j.trigger({})  # wakes the worker: not a minute yet
+        await eventually(lambda: len(completed) == 1)
+        assert d.clock_offset == timedelta(seconds=100)
+        await clock.advance(CLOCK_SYNC_EVERY / 2)
+        run_id = (await d.jobs.j.trigger({})).id
+        await eventually(lambda: len(completed) == 2)
+        assert d.clock_offset == timedelta(seconds=200)
+        run = await d.get_run(run_id)
+        assert run is not None
+        assert run.started_at == clock.now() + timedelta(seconds=200)
+    finally:
+        await d.stop()
