@@ -17,6 +17,7 @@ import pytest
 from engine_support import recorder
 
 from durably import (
+    Run,
     RunFailedError,
     RunStatus,
     Step,
@@ -53,6 +54,16 @@ class ConstantsTotal(pydantic.BaseModel):
 
 async def echo(step: Step, payload: Any) -> Any:
     return payload
+
+
+async def run_once(d: Any) -> Run:
+    """Migrate, trigger job ``j`` once, process that run in this task; the stored run."""
+    await d.migrate()
+    run_id = (await d.jobs.j.trigger({})).id
+    assert await d.process_one()
+    run = await d.get_run(run_id)
+    assert run is not None
+    return run
 
 
 # -- job input, at trigger --
@@ -174,18 +185,14 @@ async def test_step__non_finite_result_fails_the_step_and_nothing_is_checkpointe
     d = make_durably({"j": define_job("j", run=job)}, preserve_steps=True)
     fails = recorder(d, "step:fail")
     completes = recorder(d, "step:complete")
-    await d.migrate()
-    run_id = (await d.jobs.j.trigger({})).id
-    assert await d.process_one()
-    run = await d.get_run(run_id)
-    assert run is not None
+    run = await run_once(d)
     assert run.status is RunStatus.FAILED
     assert run.error is not None
     assert "Step 'compute'" in run.error
     assert "NaN and infinity cannot be stored" in run.error
     assert [e.step_name for e in fails] == ["compute"]
     assert completes == []
-    assert [s.status.value for s in await d.get_steps(run_id)] == []
+    assert [s.status.value for s in await d.get_steps(run.id)] == []
 
 
 async def test_step__retry_after_a_nan_runs_the_step_again_and_succeeds(make_durably: Any) -> None:
@@ -229,11 +236,7 @@ async def test_step__non_finite_caught_by_the_job_as_a_durably_error(make_durabl
         return "recovered"
 
     d = make_durably({"j": define_job("j", run=job)})
-    await d.migrate()
-    run_id = (await d.jobs.j.trigger({})).id
-    assert await d.process_one()
-    run = await d.get_run(run_id)
-    assert run is not None
+    run = await run_once(d)
     assert run.status is RunStatus.COMPLETED
     [exc] = caught
     assert isinstance(exc, StepOutputError)
@@ -290,16 +293,12 @@ async def test_log__non_finite_data_raises_in_the_job_and_nothing_is_logged(
 
     d = make_durably({"j": define_job("j", run=job)}, preserve_steps=True)
     writes = recorder(d, "log:write")
-    await d.migrate()
-    run_id = (await d.jobs.j.trigger({})).id
-    assert await d.process_one()
-    run = await d.get_run(run_id)
-    assert run is not None
+    run = await run_once(d)
     assert run.status is RunStatus.COMPLETED
     assert ["values.1 is inf" in str(caught[0]), "ratio is nan" in str(caught[1])] == [True, True]
     assert all(str(e).startswith("Log data:") for e in caught)
     assert [e.message for e in writes] == ["fine"]
-    assert [log.message for log in await d.get_logs(run_id)] == ["fine"]
+    assert [log.message for log in await d.get_logs(run.id)] == ["fine"]
 
 
 @pytest.mark.parametrize(("current", "total"), [(1, INF), (INF, None), (-INF, 10)])
@@ -316,11 +315,7 @@ async def test_progress__non_finite_raises_in_the_job(
         return "done"
 
     d = make_durably({"j": define_job("j", run=job)})
-    await d.migrate()
-    run_id = (await d.jobs.j.trigger({})).id
-    assert await d.process_one()
-    run = await d.get_run(run_id)
-    assert run is not None
+    run = await run_once(d)
     assert run.progress is None
     assert len(caught) == 1
     assert "finite number" in str(caught[0])
@@ -429,12 +424,8 @@ async def test_step__result_that_does_not_read_back_is_refused_before_the_checkp
         return await step.run("lossy", lossy)
 
     d = make_durably({"j": define_job("j", run=job)}, preserve_steps=True)
-    await d.migrate()
-    run_id = (await d.jobs.j.trigger({})).id
-    assert await d.process_one()
-    run = await d.get_run(run_id)
-    assert run is not None
+    run = await run_once(d)
     assert run.status is RunStatus.FAILED
     assert run.error is not None
     assert "does not read back as Lossy" in run.error
-    assert [s for s in await d.get_steps(run_id) if s.status.value == "completed"] == []
+    assert [s for s in await d.get_steps(run.id) if s.status.value == "completed"] == []
