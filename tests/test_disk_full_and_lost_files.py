@@ -217,6 +217,34 @@ async def test_libsql_remote__full_disk_is_a_storage_full_error(
         server.stop()
 
 
+async def test_libsql_remote__after_a_full_disk_the_wal_is_emptied_before_the_next_write(
+    small_fs: Any, tursodb: Path
+) -> None:
+    """tursodb never checkpoints by itself: the pipeline of the first write after a
+    full disk starts with a WAL checkpoint (TRUNCATE), so the space that came back
+    goes to the database. Before: the WAL kept its megabytes and took more."""
+    fs = small_fs(6)
+    database = fs / "remote.db"
+    server = TursoServer(tursodb, database).start()
+    d = create_durably(server.url, jobs={"j": define_job("j", run=one_step)})
+    try:
+        await d.migrate()
+        filler = fs / "filler"
+        filler.write_bytes(b"\0" * (3 * MIB))
+        with pytest.raises(StorageFullError):
+            await trigger_until_full(d, 50_000, 200)
+        big = wal_size(database)
+        assert big > MIB
+        acknowledged = len(await d.get_runs())
+        filler.unlink()
+        await d.jobs.j.trigger({})
+        assert wal_size(database) < 256 * 1024 < big
+        assert len(await d.get_runs()) == acknowledged + 1
+    finally:
+        await d.storage.close()
+        server.stop()
+
+
 # -- lost files --
 
 

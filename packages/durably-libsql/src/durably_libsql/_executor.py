@@ -18,7 +18,9 @@ Every call is one ``POST /v2/pipeline``:
 
 Round trips are what cost (tursodb answers at most one request per ~10 ms), so
 nothing is ever sent on its own: the WAL checkpoint (tursodb never checkpoints by
-itself) rides along in the pipeline of every ``checkpoint_every``-th write, and
+itself) rides along in the pipeline of every ``checkpoint_every``-th write (and
+ahead of the first write after one failed for a full disk, so that the space that
+comes back goes to the database before new WAL frames take it), and
 stream ``close`` requests are added only for servers that return a ``baton``
 (sqld / Turso Cloud; tursodb rejects them).
 
@@ -96,6 +98,12 @@ _SQLITE_CODE = re.compile(r"\s*\(\d+\)\s*$")
 _GROUPED_COLUMNS = re.compile(r"(\w+)\.\(([^)]*)\)")
 
 
+def _is_full(message: str) -> bool:
+    """A full disk, in SQLite's words (sqld, Turso) or tursodb's ("I/O error
+    (pwritev): no storage space"); ``message`` in lower case."""
+    return "disk is full" in message or "no storage space" in message
+
+
 def _sqlite_message(message: str) -> str:
     """A server message in SQLite's words: ``… constraint failed: t.a, t.b``."""
     message = _SQLITE_CODE.sub("", message)
@@ -144,6 +152,8 @@ class HranaExecutor:
         self._slots: asyncio.Semaphore | None = None
         self._writes = 0
         self._checkpoint_every = config.checkpoint_every
+        #: A write failed for lack of space: the next one checkpoints the WAL first.
+        self._full = False
         self._send_close = False
         self._attempts: set[asyncio.Future[httpx.Response]] = set()
 
@@ -216,13 +226,21 @@ class HranaExecutor:
         """Send the requests as one pipeline; the responses of the requests given
         (an error result of the first one is raised)."""
         wanted = len(requests)
-        checkpoint = False
+        first = 0  # where the results of the requests given begin
+        checkpoint = -1  # where a checkpoint's result is, when one rides along
         if not read_only and self._checkpoint_every:
             self._writes += 1
-            if self._writes >= self._checkpoint_every:
+            if self._full:
+                # after a full disk the WAL is emptied first, so that the space that
+                # came back goes to the database before new frames take it
+                self._full = False
                 self._writes = 0
-                checkpoint = True
+                requests = [_CHECKPOINT, *requests]
+                first, checkpoint = 1, 0
+            elif self._writes >= self._checkpoint_every:
+                self._writes = 0
                 requests = [*requests, _CHECKPOINT]
+                checkpoint = wanted
         if self._send_close:
             requests = [*requests, _CLOSE]
         try:
@@ -233,21 +251,28 @@ class HranaExecutor:
         if data.get("baton") is not None and not self._send_close:
             self._send_close = True  # the server keeps streams: close them from now on
         results: list[dict[str, Any]] = data.get("results") or []
-        if len(results) < wanted:
+        if len(results) < first + wanted:
             raise StorageError(
                 f"The libSQL server at {self.url} answered {len(results)} results to a "
                 f"pipeline of {len(requests)} requests"
             )
-        if checkpoint and len(results) > wanted and results[wanted].get("type") != "ok":
-            message = str((results[wanted].get("error") or {}).get("message", "")).lower()
-            if "busy" not in message and "locked" not in message:
+        if (
+            checkpoint >= 0
+            and len(results) > checkpoint
+            and results[checkpoint].get("type") != "ok"
+        ):
+            message = str((results[checkpoint].get("error") or {}).get("message", "")).lower()
+            if _is_full(message):
+                self._full = True  # still full: empty the WAL before the next write
+            elif "busy" not in message and "locked" not in message:
                 self._checkpoint_every = 0  # not allowed here (e.g. Turso Cloud): stop trying
-        for result in results[:wanted]:
+        mine = results[first : first + wanted]
+        for result in mine:
             if result.get("type") != "ok":
                 error = result.get("error") or {}
                 cause = HranaError(str(error.get("message", "unknown error")), error.get("code"))
                 raise self._server_error(cause) from cause
-        return [result["response"] for result in results[:wanted]]
+        return [result["response"] for result in mine]
 
     async def _send(self, client: httpx.AsyncClient, body: bytes) -> httpx.Response:
         return await client.post(self._endpoint, content=body, headers=self._headers)
@@ -358,8 +383,8 @@ class HranaExecutor:
             return constraint_violation(message)
         if "database is locked" in lower or code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
             return StorageBusyError(f"The libSQL database at {self.url} is busy: {message}")
-        # SQLite's words (sqld, Turso) and tursodb's ("I/O error (pwritev): no storage space")
-        if "disk is full" in lower or "no storage space" in lower or code.startswith("SQLITE_FULL"):
+        if _is_full(lower) or code.startswith("SQLITE_FULL"):
+            self._full = True  # the next write empties the WAL first
             return StorageFullError(
                 f"The libSQL database at {self.url} is full (its disk, or its quota): {message}"
             )
