@@ -17,6 +17,7 @@ import pytest
 from engine_support import recorder
 
 from durably import (
+    Durably,
     Run,
     RunFailedError,
     RunStatus,
@@ -56,7 +57,7 @@ async def echo(step: Step, payload: Any) -> Any:
     return payload
 
 
-async def run_once(d: Any) -> Run:
+async def run_once(d: Durably) -> Run:
     """Migrate, trigger job ``j`` once, process that run in this task; the stored run."""
     await d.migrate()
     run_id = (await d.jobs.j.trigger({})).id
