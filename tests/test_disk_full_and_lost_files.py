@@ -47,6 +47,7 @@ from durably._worker import FULL_BACKOFF
 from durably_libsql._executor import HranaExecutor
 from durably_sqlite import SqliteExecutor
 from durably_testing import ManualClock
+from durably_testing.clock import settle
 
 MIB = 1024 * 1024
 NO_CAP = 4294967294  # SQLite's default max_page_count
@@ -247,13 +248,13 @@ async def test_worker__retries_within_seconds_of_space_returning(
         await eventually(lambda: len(errors) >= 1, "the first claim failing")
         for _ in range(8):
             seen = len(errors)
-            await eventually(lambda: clock.sleepers == 1, "the worker backing off")
+            await settle()  # the worker, having reported, goes to its backoff sleep
             await clock.advance(FULL_BACKOFF)
             await eventually(more_than(errors, seen), "a retry within FULL_BACKOFF")
         assert {e.context for e in errors} == {"claim"}
         assert all("the disk is full" in e.error for e in errors)
         await space.free(executor_of(d))
-        await eventually(lambda: clock.sleepers == 1, "the worker backing off")
+        await settle()
         await clock.advance(FULL_BACKOFF)
 
         async def completed() -> bool:
