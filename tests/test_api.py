@@ -303,13 +303,18 @@ def test_create_durably__retain_runs_out_of_range(value: Any) -> None:
 
 
 async def test_durations_and_counts_out_of_range_are_validation_errors() -> None:
-    d = create_durably("memory://")
+    d = create_durably("sqlite:///:memory:")
     async with d:
         for older_than in (1e12, float("inf"), -1, "1e300d"):
             with pytest.raises(ValidationError, match="older_than"):
                 await d.purge_runs(older_than=older_than)
         with pytest.raises(ValidationError, match="limit"):
             await d.purge_runs(older_than="1d", limit=2**70)
+        # used to be a raw OverflowError from the driver
+        for query in ({"limit": 2**63}, {"offset": 2**70}, {"limit": -1}):
+            with pytest.raises(ValidationError, match=r"from 0 to 9223372036854775807"):
+                await d.get_runs(**query)
+        assert await d.get_runs(limit=2**63 - 1, offset=2**63 - 1) == []
         for timeout in (1e12, float("inf")):
             with pytest.raises(ValidationError, match="timeout"):
                 await d.wait_for_run("01J00000000000000000000000", timeout=timeout)

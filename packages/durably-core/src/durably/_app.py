@@ -57,6 +57,7 @@ from ._validate import (
     MAX_CONCURRENT_RUNS,
     MAX_LEASE,
     MAX_POLLING_INTERVAL,
+    SQL_INT_MAX,
     check_text,
     duration,
     interval,
@@ -615,6 +616,10 @@ async def _first_of(*aws: Any) -> None:
             t.cancel()
 
 
+def _row_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SQL_INT_MAX
+
+
 def build_filter(
     status: str | Sequence[str] | None,
     job_name: str | Sequence[str] | None,
@@ -648,10 +653,14 @@ def build_filter(
         names = given
     if labels is not None:
         labels = validate_labels(dict(labels), None, None)
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise ValidationError(f"Invalid limit {limit!r}: expected an integer ≥ 0")
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ValidationError(f"Invalid offset {offset!r}: expected an integer ≥ 0")
+    if limit is not None and not _row_index(limit):
+        raise ValidationError(
+            f"Invalid limit {limit!r}: expected an integer from 0 to {SQL_INT_MAX}"
+        )
+    if not _row_index(offset):
+        raise ValidationError(
+            f"Invalid offset {offset!r}: expected an integer from 0 to {SQL_INT_MAX}"
+        )
     return RunFilter(
         statuses=statuses,
         job_names=names,

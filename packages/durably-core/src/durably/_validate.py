@@ -36,6 +36,8 @@ MAX_CONCURRENT_RUNS = 10_000
 MAX_DURATION = 100 * 365 * 86400.0
 #: Row counts handed to the database (``purge_runs(limit=)``): a 32-bit integer.
 MAX_COUNT = 2**31 - 1
+#: The largest integer SQLite, libSQL and PostgreSQL store (``get_runs`` limit and offset).
+SQL_INT_MAX = (1 << 63) - 1
 
 
 def describe_pydantic_error(exc: pydantic.ValidationError) -> str:

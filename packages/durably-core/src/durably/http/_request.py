@@ -21,7 +21,7 @@ import msgspec
 from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 
-from .._validate import check_text, validate_key, validate_labels
+from .._validate import SQL_INT_MAX, check_text, validate_key, validate_labels
 from ._auth import SignalRequest, TriggerRequest
 
 #: Default of ``create_handler(max_body_size=...)``: 1 MiB.
@@ -32,8 +32,8 @@ MAX_JSON_DEPTH = 100
 MAX_FILTER_VALUES = 100
 #: How many distinct ``label.*`` filters a query may have.
 MAX_LABEL_FILTERS = 20
-#: Largest ``limit`` / ``offset``: SQL's 64-bit integers.
-MAX_INT = (1 << 63) - 1
+#: Largest ``limit`` / ``offset``: SQL's 64-bit integers (what ``get_runs`` accepts).
+MAX_INT = SQL_INT_MAX
 
 _LEADING_INT = re.compile(r"\s*([+-]?)([0-9]+)")
 
