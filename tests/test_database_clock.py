@@ -19,7 +19,7 @@ import pytest
 from engine_support import eventually
 from libsql_support import TursoServer
 
-from durably import Step, SystemClock, create_durably, define_job
+from durably import Schedule, Step, SystemClock, create_durably, define_job
 from durably_testing import FaultyStorage, ManualClock, MemoryStorage
 
 
@@ -183,5 +183,44 @@ async def test_worker__re_measures_the_offset_every_minute_and_claims_by_it(
         run = await d.get_run(run_id)
         assert run is not None
         assert run.started_at == clock.now() + timedelta(seconds=200)
+    finally:
+        await d.stop()
+
+
+class CountingServerClockMemory(ServerClockMemory):
+    """Counts the scheduler's reads of the upcoming schedules."""
+
+    reads = 0
+
+    async def upcoming_schedules(self, job_names: Any, limit: int) -> Any:
+        self.reads += 1
+        return await super().upcoming_schedules(job_names, limit)
+
+
+async def test_scheduler__sleeps_until_the_slot_by_the_database_clock(clock: ManualClock) -> None:
+    """This machine's clock an hour ahead of the database's: the next hourly slot (by
+    the database's clock) is an hour away, not due, and the scheduler sleeps until it
+    instead of waking again and again for an hour."""
+    storage = CountingServerClockMemory(clock, timedelta(hours=-1))
+
+    async def nothing(step: Step, payload: Any) -> None:
+        return None
+
+    hourly = define_job("h", run=nothing, schedule=Schedule("@hourly"))
+    d = create_durably(
+        storage, jobs={"h": hourly}, clock=ControlledSystemClock(clock), polling_interval=3600
+    )
+    try:
+        await d.init()
+        assert d.clock_offset == timedelta(hours=-1)
+        await eventually(lambda: clock.sleepers >= 2, "the worker and the scheduler asleep")
+        reads = storage.reads
+        await asyncio.sleep(0.05)  # a spinning scheduler would read many more times
+        assert storage.reads == reads
+        [record] = await d.schedules.list()
+        assert record.next_fire_at == clock.now()  # an hour from the database's now
+        await clock.advance(3600)
+        await eventually(lambda: d.get_runs(), "the slot fired")
+        assert len(await d.get_runs()) == 1
     finally:
         await d.stop()

@@ -36,17 +36,20 @@ from engine_support import eventually, recorder
 from libsql_support import TursoServer
 
 from durably import (
+    EnqueueResult,
     RunStatus,
+    Schedule,
+    ScheduleFire,
     Step,
     StorageFullError,
     StorageLostError,
     create_durably,
     define_job,
 )
-from durably._worker import FULL_BACKOFF
+from durably._backoff import FULL_BACKOFF
 from durably_libsql._executor import HranaExecutor
 from durably_sqlite import SqliteExecutor
-from durably_testing import ManualClock
+from durably_testing import ManualClock, MemoryStorage
 from durably_testing.clock import settle
 
 MIB = 1024 * 1024
@@ -264,6 +267,50 @@ async def test_worker__retries_within_seconds_of_space_returning(
         await eventually(completed, "the run completing once space is back")
     finally:
         await d.close()
+
+
+class FullOnFire(MemoryStorage):
+    """Firing a schedule fails with ``StorageFullError`` while ``full``."""
+
+    full = False
+
+    async def fire_schedule(self, fire: ScheduleFire) -> list[EnqueueResult] | None:
+        if self.full:
+            raise StorageFullError("Storage full: the disk is full (test)")
+        return await super().fire_schedule(fire)
+
+
+async def test_scheduler__retries_within_seconds_of_space_returning(clock: ManualClock) -> None:
+    """The scheduler's loop backs off like the worker's: at most ``FULL_BACKOFF``
+    between two attempts to fire a slot on a full disk (it used to double up to
+    30 s), so the slot fires within seconds of space returning."""
+
+    async def nothing(step: Step, payload: Any) -> None:
+        return None
+
+    storage = FullOnFire()
+    hourly = define_job("h", run=nothing, schedule=Schedule("@hourly"))
+    d = create_durably(storage, jobs={"h": hourly}, clock=clock, polling_interval=1.0)
+    errors = recorder(d, "worker:error")
+    try:
+        await d.init()
+        await eventually(lambda: d.schedules.list(), "the declared schedule stored")
+        storage.full = True
+        await settle()
+        await clock.advance(3600)  # the slot is due; firing it fails
+        await eventually(lambda: len(errors) >= 1, "the first fire failing")
+        for _ in range(8):
+            seen = len(errors)
+            await settle()
+            await clock.advance(FULL_BACKOFF)
+            await eventually(more_than(errors, seen), "a retry within FULL_BACKOFF")
+        assert {e.context for e in errors} == {"schedule"}
+        storage.full = False
+        await settle()
+        await clock.advance(FULL_BACKOFF)
+        await eventually(lambda: d.get_runs(), "the slot fired once space is back")
+    finally:
+        await d.stop()
 
 
 async def test_libsql_remote__full_disk_is_a_storage_full_error(disk: Any, tursodb: Path) -> None:

@@ -5,20 +5,19 @@ what is due, and sleeps again; it also wakes when this process changes a schedul
 or registers a job, and at least every ``max(REFRESH, polling_interval)`` seconds
 to notice schedules changed by other processes. With no job registered it never
 reads anything. A storage failure is reported (``worker:error``, context
-``schedule``) and retried with backoff; it never stops the loop.
+``schedule``) and retried with backoff (:mod:`durably._backoff`); it never
+stops the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 
+from ._backoff import jittered, next_backoff
 from ._clock import sleep_or_wake
 from ._schedules import REFRESH, Schedules
 from ._services import Services
-
-MAX_BACKOFF = 30.0
 
 
 class Scheduler:
@@ -57,16 +56,19 @@ class Scheduler:
                 backoff = 0.0
             except Exception as exc:  # any adapter failure: report, back off, keep going
                 services.report_error(exc, "schedule")
-                backoff = min(MAX_BACKOFF, max(services.settings.polling_interval, backoff * 2))
-                await self._wait(backoff * (0.5 + random.random() / 2))
+                backoff = next_backoff(backoff, exc, services.settings.polling_interval)
+                await self._wait(jittered(backoff))
                 continue
             if not services.jobs:
                 await self._wait(None)  # nothing of ours can be scheduled: wait for a job
                 continue
             delay = max(REFRESH, services.settings.polling_interval)
             if next_at is not None:
-                # from the clock's own time, not the millisecond one: wake at the slot
-                left = (next_at - services.clock.now()).total_seconds()
+                # from the clock's own time, not the millisecond one: wake at the slot;
+                # corrected like ``services.now`` (slots are judged by the database's
+                # clock too), or a clock ahead of the database's would spin until then
+                now = services.clock.now() + services.clock_offset
+                left = (next_at - now).total_seconds()
                 delay = min(delay, max(0.0, left))
             await self._wait(delay)
 

@@ -6,8 +6,8 @@ wake-up (a run triggered or finished in this process) or the polling interval
 or every slot busy) it does maintenance, at most once per polling interval:
 releasing expired leases and purging old runs when ``retain_runs`` is set. No
 failure of the storage (whatever it raises) stops the loop: it is reported as
-``worker:error`` and retried with backoff — up to 30 s, but only up to 2 s (or
-the polling interval) after a full disk, which usually clears at once.
+``worker:error`` and retried with backoff (:mod:`durably._backoff`: up to 30 s,
+but only up to 2 s after a full disk, which usually clears at once).
 
 Once a minute it also re-measures the database clock's offset (see
 :mod:`durably._services`). One failure does stop it: the database is gone. A storage that can tell
@@ -25,23 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from ._backoff import jittered, next_backoff
 from ._clock import sleep_or_wake
-from ._errors import StorageError, StorageFullError, StorageLostError
+from ._errors import StorageError, StorageLostError
 from ._execution import Execution
 from ._records import Run
 from ._services import Services
 from ._storage import ClaimableSubscription, SupportsIdentityCheck
-
-MAX_BACKOFF = 30.0
-"""The longest wait between two claims after a storage failure (seconds)."""
-FULL_BACKOFF = 2.0
-"""The longest wait after ``StorageFullError`` (unless the polling interval is
-longer): space usually comes back at once (a file deleted, a log rotated), and a
-retry costs one refused write."""
 
 
 async def claim(services: Services) -> Run | None:
@@ -155,11 +148,8 @@ class Worker:
                 break
             except Exception as exc:  # any adapter failure: report, back off, keep going
                 services.report_error(exc, "claim")
-                cap = MAX_BACKOFF
-                if isinstance(exc, StorageFullError):
-                    cap = max(settings.polling_interval, FULL_BACKOFF)
-                backoff = min(cap, max(settings.polling_interval, backoff * 2))
-                await self._wait(backoff * (0.5 + random.random() / 2))
+                backoff = next_backoff(backoff, exc, settings.polling_interval)
+                await self._wait(jittered(backoff))
                 continue
             if not claimed:  # idle, or every slot busy: maintenance (rate-limited)
                 await self._maintain()
