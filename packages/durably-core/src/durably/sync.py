@@ -275,6 +275,12 @@ class SyncDurably:
         return self._runtime.durably.clock
 
     @property
+    def clock_offset(self) -> timedelta:
+        """The database's clock minus this process's, as last measured: see
+        :attr:`durably.Durably.clock_offset`."""
+        return self._runtime.durably.clock_offset
+
+    @property
     def worker_id(self) -> str:
         """The lease owner this instance writes into the runs it claims."""
         return self._runtime.durably.worker_id
