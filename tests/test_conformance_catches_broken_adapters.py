@@ -1,6 +1,6 @@
-"""The conformance cases of atomicity and of error mapping catch what they are
-for: the suite, run (with pytester) on adapters each broken in one way, fails
-exactly the cases of that guarantee and passes the rest.
+"""The conformance cases of atomicity, of error mapping and of the database clock
+catch what they are for: the suite, run (with pytester) on adapters each broken in
+one way, fails exactly the cases of that guarantee and passes the rest.
 
 - Atomicity: ``MemoryStorage`` copies in which one operation decides on what it
   read, awaits (``asyncio.sleep(0)``), and only then writes — a claim that
@@ -9,6 +9,8 @@ exactly the cases of that guarantee and passes the rest.
 - Error mapping: a memory store that encodes its arguments as a driver binds
   parameters and lets the ``UnicodeEncodeError`` escape, one that raises a driver
   exception once closed, and one that comes back empty after ``close()``.
+- The database clock (``SupportsDatabaseTime``): one that answers a fixed instant
+  (PostgreSQL's ``now()`` in a transaction), one that answers naive local time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.slow
 BROKEN_ADAPTERS = r'''
 import asyncio
 import sqlite3
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -177,6 +180,31 @@ for _operation in STORAGE_OPERATIONS:
 
 class TestUnmappedDriverText(MemorySuite):
     store = UnmappedDriverText
+
+
+class TransactionStartClock(MemoryStorage):
+    """database_time() answers one instant, as PostgreSQL's now() does inside a
+    transaction (the transaction's start), instead of the clock at the call."""
+
+    _at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    async def database_time(self):
+        return self._at
+
+
+class TestTransactionStartClock(MemorySuite):
+    store = TransactionStartClock
+
+
+class NaiveLocalClock(MemoryStorage):
+    """database_time() answers the server's local time, naive, in microseconds."""
+
+    async def database_time(self):
+        return datetime.now()
+
+
+class TestNaiveLocalClock(MemorySuite):
+    store = NaiveLocalClock
 '''
 
 # the suite's own lists of where text reaches storage, and of the operations
@@ -229,6 +257,12 @@ EXPECTED_FAILURES = {
         # a schedule's text, and a fired run's labels
         "test_schedule__text_that_cannot_be_stored_is_refused",
         "test_fire__is_all_or_nothing",
+    },
+    "TestTransactionStartClock": {
+        "test_capability__database_time_is_none_or_aware_utc_at_milliseconds",
+    },
+    "TestNaiveLocalClock": {
+        "test_capability__database_time_is_none_or_aware_utc_at_milliseconds",
     },
     "TestRacySignal": {
         "test_concurrent__signals_one_accepted_the_others_conflict",

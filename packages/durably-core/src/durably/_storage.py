@@ -397,7 +397,12 @@ class SupportsDatabaseTime(Protocol):
     lease expiry is judged by the database's clock, not by each worker's."""
 
     async def database_time(self) -> datetime | None:
-        """The database server's current time (aware UTC, millisecond precision), or
-        ``None`` when the database has no clock of its own (an embedded database is
-        read on this machine's clock). One round trip; it may raise ``StorageError``."""
+        """The database server's clock at the moment of the call (aware UTC, truncated
+        to milliseconds) — on PostgreSQL ``clock_timestamp()``, not ``now()``, which
+        is the transaction's start — or ``None`` when the database has no clock of its
+        own (an embedded database is read on this machine's clock; ``None`` is final:
+        the engine never asks again). One round trip and nothing else (the engine times
+        it), outside any transaction; it may raise ``StorageError`` (reported, the last
+        offset kept, asked again on the worker's next round). Only this method reads the
+        database's clock: every stored instant is still the ``now`` the engine passes."""
         ...

@@ -9,6 +9,7 @@ Part of :mod:`durably_testing.conformance`; import from there.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from durably import (
@@ -45,9 +46,16 @@ class CapabilityCases(ConformanceBase):
             return
         assert first.utcoffset() == timedelta(0), f"database_time() {first!r} is not aware UTC"
         assert first.microsecond % 1000 == 0, f"database_time() {first!r} is finer than ms"
+        await asyncio.sleep(0.02)
         second = await storage.database_time()
         assert second is not None
         assert second >= first - timedelta(seconds=1), "the database clock went back"
+        # the clock at the call, not a cached value or the transaction's start
+        # (PostgreSQL's now()); a slow machine only makes the difference larger
+        assert second - first >= timedelta(milliseconds=10), (
+            f"database_time() did not advance over 20 ms ({first} then {second}): it must "
+            "read the clock at the moment of the call (PostgreSQL: clock_timestamp())"
+        )
 
     async def test_capability__after_close_works_or_raises_storage_error(
         self, storage: Storage
