@@ -3,7 +3,7 @@
 Each worker passes its own "now" to every storage operation, so two workers whose
 clocks disagree by more than the lease used to steal each other's live runs: the
 one ahead sees every lease as expired. A storage whose database is a server
-(:class:`durably.SupportsDatabaseTime`: remote libSQL) reports the server's time;
+(:class:`durably.SupportsDatabaseTime`: remote libSQL, PostgreSQL) reports the server's time;
 the engine measures the offset between that clock and its own at ``migrate()`` and
 every minute, and corrects the time it uses when it runs on the system clock.
 """
@@ -37,8 +37,18 @@ class SkewedClock(SystemClock):
         return super().now_ms() + self.skew
 
 
-async def test_libsql_remote__a_worker_an_hour_ahead_does_not_steal_a_live_run(
-    libsql_server: TursoServer,
+@pytest.fixture(params=["libsql-remote", "postgres"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A database on a server with its own clock: tursodb, or a PostgreSQL schema."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    server: TursoServer = request.getfixturevalue("libsql_server")
+    return server.url
+
+
+@pytest.mark.slow  # starts a server (conftest marks it by fixture name; this one is dynamic)
+async def test_server__a_worker_an_hour_ahead_does_not_steal_a_live_run(
+    server_url: str,
 ) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
@@ -54,7 +64,7 @@ async def test_libsql_remote__a_worker_an_hour_ahead_does_not_steal_a_live_run(
     async def quick(step: Step, payload: Any) -> str:
         return "stolen"
 
-    url = libsql_server.url
+    url = server_url
     a = create_durably(url, jobs={"j": define_job("j", run=slow)}, lease_duration=30)
     b = create_durably(url, jobs={"j": define_job("j", run=quick)}, clock=SkewedClock(3600))
     try:

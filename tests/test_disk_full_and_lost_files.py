@@ -8,7 +8,9 @@ SQLite's ``max_page_count`` instead, which fails writes with the same
 a full disk used to back off to 30 s between claims; now it retries at most every
 2 s, and after a full disk the first write checkpoints and truncates the WAL (on
 SQLite, and on a libSQL server in the same request), so the space that came back
-goes to the database, not to more WAL frames.
+goes to the database, not to more WAL frames. On PostgreSQL, a tablespace on such a
+tmpfs holds the tables: the server's ``disk_full`` (SQLSTATE 53100) is the same
+``StorageFullError`` with the same retries.
 
 Lost files: the database file deleted, or replaced by another, while a worker runs
 on it. It used to go unnoticed (the open connection kept "completing" runs into a
@@ -25,15 +27,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ci_support import unavailable
 from engine_support import eventually, recorder
 from libsql_support import TursoServer
+from postgres_support import PostgresServer, fresh_schema
 
 from durably import (
     EnqueueResult,
@@ -356,6 +362,149 @@ async def test_libsql_remote__after_a_full_disk_the_wal_is_emptied_before_the_ne
     finally:
         await d.storage.close()
         server.stop()
+
+
+class Tablespace:
+    """A PostgreSQL tablespace on a size-limited tmpfs of its own: a schema's tables
+    and indexes moved there meet a full disk (SQLSTATE 53100) when the tmpfs is
+    filled, while the server's WAL, on its own disk, never does."""
+
+    def __init__(self, server: PostgresServer, megabytes: int) -> None:
+        self.server = server
+        # the server's user must reach it: not under the test's private tmp_path
+        self.directory = Path(tempfile.mkdtemp(prefix="durably-ts-"))
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(self.directory)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            self.directory.rmdir()
+            unavailable(
+                "A full disk on PostgreSQL needs a tmpfs mounted for a tablespace: run the "
+                f"tests as root (mount said: {done.stderr.decode().strip()})"
+            )
+        if server.user is not None:
+            shutil.chown(self.directory, server.user)
+        self.name = self.directory.name.replace("-", "_")
+        server.psql(f"CREATE TABLESPACE {self.name} LOCATION '{self.directory}'")
+        self._filler: Path | None = None
+
+    def take(self, schema: str) -> None:
+        """Move the tables and indexes of ``schema`` here."""
+        self.server.psql(
+            "DO $$ DECLARE r record; BEGIN "
+            f"FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = '{schema}' LOOP "
+            f"EXECUTE format('ALTER TABLE %I.%I SET TABLESPACE {self.name}', "
+            f"'{schema}', r.tablename); END LOOP; "
+            f"FOR r IN SELECT indexname FROM pg_indexes WHERE schemaname = '{schema}' LOOP "
+            f"EXECUTE format('ALTER INDEX %I.%I SET TABLESPACE {self.name}', "
+            f"'{schema}', r.indexname); END LOOP; END $$"
+        )
+
+    def fill(self) -> None:
+        self._filler = fill(self.directory)
+
+    def free(self) -> None:
+        assert self._filler is not None
+        self._filler.unlink()
+
+    def remove(self, schema: str) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.server.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            self.server.psql(f"DROP TABLESPACE IF EXISTS {self.name}")
+        subprocess.run(["umount", "-l", str(self.directory)], check=False)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
+
+
+@pytest.fixture
+def pg_space(postgres: PostgresServer) -> Iterator[Callable[[int], tuple[Tablespace, str]]]:
+    """``pg_space(megabytes)``: a :class:`Tablespace` of that size and the name of a
+    fresh schema on the session's server (both removed after)."""
+    made: list[tuple[Tablespace, str]] = []
+
+    def make(megabytes: int) -> tuple[Tablespace, str]:
+        made.append((Tablespace(postgres, megabytes), fresh_schema(postgres, "full")))
+        return made[-1]
+
+    yield make
+    for space, schema in made:
+        space.remove(schema)
+
+
+async def test_postgres__full_disk_is_a_storage_full_error_and_nothing_is_acknowledged(
+    pg_space: Any, postgres: PostgresServer
+) -> None:
+    """The server refuses with SQLSTATE 53100 (disk_full): a StorageFullError, the
+    transaction rolled back; once space is back, writes go on. Before: a plain
+    StorageError, and the worker backed off to 30 s."""
+    space, schema = pg_space(4)
+    d = create_durably(postgres.url_for(schema=schema), jobs={"j": define_job("j", run=one_step)})
+    try:
+        await d.migrate()
+        space.take(schema)
+        await d.jobs.j.trigger({})
+        space.fill()
+        with pytest.raises(StorageFullError, match="the disk is full"):
+            await trigger_until_full(d, 100_000, 100)
+        acknowledged = len(await d.get_runs())
+        space.free()
+        await d.jobs.j.trigger({})
+        assert len(await d.get_runs()) == acknowledged + 1
+    finally:
+        await d.close()
+
+
+async def test_postgres__worker_retries_within_seconds_of_space_returning(
+    pg_space: Any, postgres: PostgresServer, clock: ManualClock
+) -> None:
+    """As on SQLite: every claim on the full disk fails (a trigger makes each update
+    of a run need a new page, as the claim of a run on a full page does), each retry
+    comes at most ``FULL_BACKOFF`` after the last, and the run completes once space
+    is back."""
+    space, schema = pg_space(4)
+    d = create_durably(
+        postgres.url_for(schema=schema),
+        jobs={"j": define_job("j", run=one_step)},
+        clock=clock,
+        polling_interval=1.0,
+    )
+    try:
+        await d.migrate()
+        space.take(schema)
+        postgres.psql(
+            f"CREATE TABLE {schema}.test_pad (b text) TABLESPACE {space.name}; "
+            f"CREATE FUNCTION {schema}.test_grow() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN INSERT INTO {schema}.test_pad "
+            "SELECT string_agg(md5(i::text), '') FROM generate_series(1, 300) i; "
+            "RETURN NEW; END $$; "
+            f"CREATE TRIGGER test_grow BEFORE UPDATE ON {schema}.durably_runs "
+            f"FOR EACH ROW EXECUTE FUNCTION {schema}.test_grow()"
+        )
+        run_id = (await d.jobs.j.trigger({})).id
+        space.fill()
+        errors = recorder(d, "worker:error")
+        d.start()
+        await eventually(lambda: len(errors) >= 1, "the first claim failing")
+        for _ in range(8):
+            seen = len(errors)
+            await settle()
+            await clock.advance(FULL_BACKOFF)
+            await eventually(more_than(errors, seen), "a retry within FULL_BACKOFF")
+        assert {e.context for e in errors} == {"claim"}
+        assert all("the disk is full" in e.error for e in errors)
+        space.free()
+        await settle()
+        await clock.advance(FULL_BACKOFF)
+
+        async def completed() -> bool:
+            run = await d.get_run(run_id)
+            return run is not None and run.status is RunStatus.COMPLETED
+
+        await eventually(completed, "the run completing once space is back")
+    finally:
+        await d.close()
 
 
 # -- lost files --

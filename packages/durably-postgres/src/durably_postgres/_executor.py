@@ -8,7 +8,8 @@
   started, which the claim of :class:`durably.sql.PostgresStorage` relies on).
 - Errors are durably's: a unique violation → :class:`durably.sql.ConstraintViolation`
   (table and columns named); text PostgreSQL cannot store (U+0000, a lone surrogate)
-  → :class:`durably.ValidationError`; a refused password → ``StorageAuthError``; a
+  → :class:`durably.ValidationError`; a full disk (SQLSTATE 53100) →
+  ``StorageFullError``; a refused password → ``StorageAuthError``; a
   server that cannot be reached → ``StorageConnectionError``; a connection lost
   while a write was in flight → ``StorageOutcomeUnknownError`` (``SqlStorage``
   checks whether it landed). Connecting and reads are retried with backoff for a
@@ -36,6 +37,7 @@ from durably import (
     StorageBusyError,
     StorageConnectionError,
     StorageError,
+    StorageFullError,
     StorageOutcomeUnknownError,
     StorageReadOnlyError,
     ValidationError,
@@ -132,6 +134,11 @@ def map_error(
         return StorageError(f"PostgreSQL at {where}: {exc}; create the database first")
     if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
         return StorageReadOnlyError(f"PostgreSQL at {where} is read-only: {exc}")
+    if isinstance(exc, asyncpg.DiskFullError):  # 53100: the statement was rolled back
+        return StorageFullError(
+            f"PostgreSQL at {where}: the disk is full ({exc}); free some space on the "
+            "server: the worker retries every few seconds"
+        )
     if isinstance(
         exc,
         asyncpg.DeadlockDetectedError
