@@ -143,7 +143,7 @@ def test_errors__every_public_error_is_a_durably_error() -> None:
         for name in durably.__all__
         if inspect.isclass(obj := getattr(durably, name)) and issubclass(obj, BaseException)
     ]
-    assert len(errors) == 23
+    assert len(errors) == 25
     for cls in errors:
         assert issubclass(cls, DurablyError), cls
 
