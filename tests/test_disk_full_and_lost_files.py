@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import os
 import shutil
 import sqlite3
@@ -176,6 +177,35 @@ async def trigger_until_full(d: Any, pad: int, attempts: int) -> None:
         await d.jobs.j.trigger({"pad": "x" * pad})
 
 
+async def retries_within_full_backoff_until_freed(
+    d: Any, clock: ManualClock, run_id: str, free: Callable[[], Any]
+) -> None:
+    """Start the worker of ``d`` on a full disk: every claim fails, each retry comes
+    at most ``FULL_BACKOFF`` seconds (of the manual clock) after the last; after
+    ``free()`` (a coroutine or not) the run ``run_id`` completes at the next retry."""
+    errors = recorder(d, "worker:error")
+    d.start()
+    await eventually(lambda: len(errors) >= 1, "the first claim failing")
+    for _ in range(8):
+        seen = len(errors)
+        await settle()  # the worker, having reported, goes to its backoff sleep
+        await clock.advance(FULL_BACKOFF)
+        await eventually(more_than(errors, seen), "a retry within FULL_BACKOFF")
+    assert {e.context for e in errors} == {"claim"}
+    assert all("the disk is full" in e.error for e in errors)
+    freed = free()
+    if inspect.isawaitable(freed):
+        await freed
+    await settle()
+    await clock.advance(FULL_BACKOFF)
+
+    async def completed() -> bool:
+        run = await d.get_run(run_id)
+        return run is not None and run.status is RunStatus.COMPLETED
+
+    await eventually(completed, "the run completing once space is back")
+
+
 def executor_of(d: Any) -> SqliteExecutor:
     executor = d.storage.executor
     assert isinstance(executor, SqliteExecutor)
@@ -252,25 +282,9 @@ async def test_worker__retries_within_seconds_of_space_returning(
         with sqlite3.connect(database) as other:  # no WAL left: the claim must grow one
             other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await space.fill(executor_of(d))
-        errors = recorder(d, "worker:error")
-        d.start()
-        await eventually(lambda: len(errors) >= 1, "the first claim failing")
-        for _ in range(8):
-            seen = len(errors)
-            await settle()  # the worker, having reported, goes to its backoff sleep
-            await clock.advance(FULL_BACKOFF)
-            await eventually(more_than(errors, seen), "a retry within FULL_BACKOFF")
-        assert {e.context for e in errors} == {"claim"}
-        assert all("the disk is full" in e.error for e in errors)
-        await space.free(executor_of(d))
-        await settle()
-        await clock.advance(FULL_BACKOFF)
-
-        async def completed() -> bool:
-            run = await d.get_run(run_id)
-            return run is not None and run.status is RunStatus.COMPLETED
-
-        await eventually(completed, "the run completing once space is back")
+        await retries_within_full_backoff_until_freed(
+            d, clock, run_id, lambda: space.free(executor_of(d))
+        )
     finally:
         await d.close()
 
@@ -484,25 +498,7 @@ async def test_postgres__worker_retries_within_seconds_of_space_returning(
         )
         run_id = (await d.jobs.j.trigger({})).id
         space.fill()
-        errors = recorder(d, "worker:error")
-        d.start()
-        await eventually(lambda: len(errors) >= 1, "the first claim failing")
-        for _ in range(8):
-            seen = len(errors)
-            await settle()
-            await clock.advance(FULL_BACKOFF)
-            await eventually(more_than(errors, seen), "a retry within FULL_BACKOFF")
-        assert {e.context for e in errors} == {"claim"}
-        assert all("the disk is full" in e.error for e in errors)
-        space.free()
-        await settle()
-        await clock.advance(FULL_BACKOFF)
-
-        async def completed() -> bool:
-            run = await d.get_run(run_id)
-            return run is not None and run.status is RunStatus.COMPLETED
-
-        await eventually(completed, "the run completing once space is back")
+        await retries_within_full_backoff_until_freed(d, clock, run_id, space.free)
     finally:
         await d.close()
 
