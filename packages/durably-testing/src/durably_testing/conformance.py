@@ -493,6 +493,22 @@ class StorageConformance(
         assert await by(labels={"b": "2"}, job_names=("job-b",)) == {r3.id}
         assert await by(labels={"b": "2"}, statuses=(RunStatus.LEASED,)) == set()
 
+    async def test_get_runs__two_hundred_labels_in_one_filter(self, storage: Storage) -> None:
+        """A filter's size must not be bounded by the SQL it makes: one subquery per
+        label failed at ~60 labels on a libSQL server (tables per statement) and
+        ~500 on SQLite (expression depth). Each label is a key *and* its value."""
+        labels = {f"k{i}": f"v{i}" for i in range(200)}
+        every = await self.create(storage, labels=labels)
+        more = await self.create(storage, labels={**labels, "extra": "x"})
+        await self.create(storage, labels={**labels, "k199": "other"})  # one value differs
+        await self.create(storage, labels={k: labels[k] for k in list(labels)[:199]})
+        # the same keys and the same values, paired otherwise
+        await self.create(storage, labels={f"k{i}": f"v{(i + 1) % 200}" for i in range(200)})
+        found = set(await self.ids(storage, RunFilter(labels=labels)))
+        assert found == {every.id, more.id}, "200 labels did not match the runs having them"
+        counted = await storage.count_runs(RunFilter(labels=labels))
+        assert sum(counted.values()) == 2
+
     # -- count_runs --
 
     async def test_count_runs__by_status_with_the_filters_of_get_runs(

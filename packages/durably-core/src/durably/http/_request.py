@@ -8,8 +8,8 @@ stored); JSON nested deeper than ``MAX_JSON_DEPTH`` is refused because decoding
 and encoding it recurse, and a value stored from a shallow stack could fail to
 decode later from a deeper one; integers must fit SQL's 64 bits; a query may
 repeat a filter at most ``MAX_FILTER_VALUES`` times, and name at most
-``MAX_LABEL_FILTERS`` labels (each is one more subquery of the SQL statement:
-1,100 of them are too deep for SQLite, ~60 too many for a libSQL server).
+``MAX_LABEL_FILTERS`` labels (a bound on the work one request asks for; the
+storages match any number of labels in one subquery).
 """
 
 from __future__ import annotations

@@ -251,10 +251,19 @@ _GET_COMPLETED_STEPS = (
     'ORDER BY "index", started_at, id'
 )
 _GET_LOGS = f"SELECT {LOG_COLUMNS} FROM durably_logs WHERE run_id = ? ORDER BY created_at, id"
-_LABEL_MATCH = (
-    "EXISTS (SELECT 1 FROM durably_run_labels AS l WHERE l.run_id = durably_runs.id "
-    "AND l.key = ? AND l.value = ?)"
-)
+
+
+def _label_match(count: int) -> str:
+    """Runs carrying all of ``count`` labels (``count`` key and value parameters
+    follow): one subquery whatever the count, counting the run's labels among the
+    pairs — a run has one row per key. One ``EXISTS`` per label made a statement
+    of one more table (a libSQL server allows 63) and one more level of ``AND``
+    (SQLite's expression depth ran out at ~500) per label."""
+    pairs = ", ".join(["(?, ?)"] * count)
+    return (
+        "(SELECT count(*) FROM durably_run_labels AS l WHERE l.run_id = durably_runs.id "
+        f"AND (l.key, l.value) IN (VALUES {pairs})) = {count}"
+    )
 
 
 def _json_text(value: Any) -> str:
@@ -300,9 +309,10 @@ def _where(query: RunFilter) -> tuple[str, list[SqlValue]]:
         names = query.job_names
         where.append(f"job_name IN {_in_list(len(names))}" if names else "FALSE")
         params += names
-    for key, value in (query.labels or {}).items():
-        where.append(_LABEL_MATCH)
-        params += (key, value)
+    if query.labels:
+        where.append(_label_match(len(query.labels)))
+        for key, value in query.labels.items():
+            params += (key, value)
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
