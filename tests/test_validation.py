@@ -21,6 +21,7 @@ from durably import (
     create_durably,
     define_job,
 )
+from durably._validate import MAX_JSON_DEPTH
 
 LONE = "\ud800"  # a lone surrogate: a str Python accepts and no database can store
 
@@ -87,6 +88,38 @@ async def test_trigger__text_that_cannot_be_stored_is_refused(
     with pytest.raises(ValidationError, match="not valid Unicode"):
         await d.jobs.j.trigger({}, **options)
     assert await d.get_runs() == []
+
+
+def nested(depth: int) -> Any:
+    """A value of ``depth`` levels of objects and arrays, alternating."""
+    value: Any = 1
+    for level in range(depth):
+        value = {"a": value} if level % 2 else [value]
+    return value
+
+
+async def test_trigger__input_nested_deeper_than_the_http_limit_is_refused(
+    make_durably: Any,
+) -> None:
+    """One limit for every edge: the HTTP handler's (``MAX_JSON_DEPTH``). trigger()
+    used to accept ~990 levels (as deep as the stack let msgspec encode), which a
+    deeper stack may not decode again."""
+    d = make_durably({"j": define_job("j", run=ok)})
+    await d.migrate()
+    for depth in (MAX_JSON_DEPTH + 1, 900):
+        with pytest.raises(ValidationError, match=f"input for job 'j'.*more than {MAX_JSON_DEPTH}"):
+            await d.jobs.j.trigger(nested(depth))
+        with pytest.raises(ValidationError, match="nested more than"):
+            await d.jobs.j.trigger_and_wait({"x": nested(depth)}, timeout=1)
+        with pytest.raises(ValidationError, match=r"Item 1: .*nested more than"):
+            await d.jobs.j.batch_trigger([{}, nested(depth)])
+    assert await d.get_runs() == []
+    # at the limit, and wide rather than deep: stored and read back
+    wide = [nested(MAX_JSON_DEPTH - 1) for _ in range(50)]
+    run_id = (await d.jobs.j.trigger(nested(MAX_JSON_DEPTH))).id
+    wide_id = (await d.jobs.j.trigger(wide)).id
+    assert (await d.get_run(run_id)).input == nested(MAX_JSON_DEPTH)
+    assert (await d.get_run(wide_id)).input == wide
 
 
 async def test_trigger__validator_raising_another_exception_is_a_validation_error(

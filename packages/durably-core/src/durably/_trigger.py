@@ -18,6 +18,7 @@ from ._records import Disposition, NewRun, Run, RunStatus
 from ._services import Services
 from ._validate import (
     adapter_for,
+    check_json_depth,
     encode_validated,
     validate_coalesce,
     validate_key,
@@ -161,6 +162,7 @@ class Triggers:
             )
         try:
             input_json = encode_validated(services.codec, definition.input, input)
+            check_json_depth(services.codec, input_json)
         except ValidationError as exc:
             raise ValidationError(
                 f"{where}Invalid input for job {definition.name!r}: {exc}"

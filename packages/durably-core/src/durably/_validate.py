@@ -38,6 +38,11 @@ MAX_DURATION = 100 * 365 * 86400.0
 MAX_COUNT = 2**31 - 1
 #: The largest integer SQLite, libSQL and PostgreSQL store (``get_runs`` limit and offset).
 SQL_INT_MAX = (1 << 63) - 1
+#: Deepest nesting of objects and arrays in a value a client gives (a job's input;
+#: over HTTP, the request body). Decoding and encoding recurse, and how deep they
+#: get depends on the stack they are called from: ~990 levels were accepted, and a
+#: value stored from a shallow stack could fail to decode later on a deeper one.
+MAX_JSON_DEPTH = 100
 
 
 def describe_pydantic_error(exc: pydantic.ValidationError) -> str:
@@ -89,6 +94,35 @@ def decode_validated(codec: Codec, tp: Any, value: Any) -> Any:
         raise ValidationError(describe_pydantic_error(exc)) from None
     except Exception as exc:  # a user validator raising something else: same outcome
         raise ValidationError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def json_depth_within(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` nests objects and arrays at most ``limit`` deep (without
+    recursing)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if not isinstance(item, dict | list):
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
+
+
+def check_json_depth(codec: Codec, encoded: str) -> None:
+    """A ``ValidationError`` when the JSON text ``encoded`` nests objects and arrays
+    more than :data:`MAX_JSON_DEPTH` deep. Text with fewer brackets than that cannot
+    nest deeper: the usual value costs two counts of its text, not a decoding."""
+    if encoded.count("[") + encoded.count("{") <= MAX_JSON_DEPTH:
+        return
+    try:
+        within = json_depth_within(codec.decode(encoded))
+    except RecursionError:  # deeper than this stack decodes
+        within = False
+    if not within:
+        raise ValidationError(f"objects and arrays nested more than {MAX_JSON_DEPTH} deep")
 
 
 def check_text(what: str, value: str) -> str:

@@ -21,13 +21,18 @@ import msgspec
 from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 
-from .._validate import SQL_INT_MAX, check_text, validate_key, validate_labels
+from .._validate import (
+    MAX_JSON_DEPTH,
+    SQL_INT_MAX,
+    check_text,
+    json_depth_within,
+    validate_key,
+    validate_labels,
+)
 from ._auth import SignalRequest, TriggerRequest
 
 #: Default of ``create_handler(max_body_size=...)``: 1 MiB.
 DEFAULT_MAX_BODY_SIZE = 1 << 20
-#: Deepest nesting of objects and arrays a JSON body may have.
-MAX_JSON_DEPTH = 100
 #: How many times ``jobName`` or ``status`` may appear in a query.
 MAX_FILTER_VALUES = 100
 #: How many distinct ``label.*`` filters a query may have.
@@ -81,23 +86,9 @@ def decode_json(body: bytes) -> Any:
         raise RequestError("Invalid JSON body") from None
     except RecursionError:  # msgspec's answer to nesting deeper than the stack allows
         raise RequestError(too_deep) from None
-    if not _depth_within(value, MAX_JSON_DEPTH):
+    if not json_depth_within(value):
         raise RequestError(too_deep)
     return value
-
-
-def _depth_within(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests containers at most ``limit`` deep (without recursing)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if not isinstance(item, dict | list):
-            continue
-        if depth > limit:
-            return False
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return True
 
 
 def trigger_request(body: Any) -> TriggerRequest:
