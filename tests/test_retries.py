@@ -547,6 +547,51 @@ async def test_step_retry__retry_of_a_cancelled_backoff_continues_the_series(
     assert (run.status, run.output) == (RunStatus.COMPLETED, "ok after 2")
 
 
+async def test_step_retry__branches_of_step_all_failing_together_each_keep_their_series(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    """Two branches fail at once, both with long backoffs: neither failure is taken
+    for the last (no step:fail), both are recorded, the run wakes for the earlier
+    attempt, and each branch's count goes on after the wait instead of from 1."""
+    a = Flaky(clock, failures=1)
+    b = Flaky(clock, failures=2)
+
+    async def job(step: Step, payload: Any) -> Any:
+        return await step.all({"a": a, "b": b})
+
+    d = make_durably({"j": job_of(job, retry=LONG)})
+    events = recorder(d)
+    run_id = await start(d)
+    t0 = clock.now()
+    assert await d.process_one()
+    run = await d.get_run(run_id)
+    assert (run.status, run.wake_at) == (RunStatus.WAITING, t0 + timedelta(seconds=10))
+    records = await d.get_attempts(run_id)
+    assert sorted((r.step_name, r.attempt, r.next_attempt_at) for r in records) == [
+        ("a", 1, t0 + timedelta(seconds=10)),
+        ("b", 1, t0 + timedelta(seconds=10)),
+    ]
+    await clock.advance(10)
+    assert await d.process_one()  # a succeeds; b's attempt 2 fails: 20 s more
+    assert (await d.get_run(run_id)).wake_at == t0 + timedelta(seconds=30)
+    await clock.advance(20)
+    assert await d.process_one()
+    run = await d.get_run(run_id)
+    assert (run.status, run.output) == (RunStatus.COMPLETED, {"a": "ok after 2", "b": "ok after 3"})
+    assert b.calls == [t0, t0 + timedelta(seconds=10), t0 + timedelta(seconds=30)]
+    assert sorted((r.step_name, r.attempt) for r in await d.get_attempts(run_id)) == [
+        ("a", 1),
+        ("b", 1),
+        ("b", 2),
+    ]
+    assert not [e for e in events if e.type == "step:fail"]
+    assert sorted((e.step_name, e.attempt) for e in events if e.type == "step:retry") == [
+        ("a", 1),
+        ("b", 1),
+        ("b", 2),
+    ]
+
+
 # -- records of every attempt, and the success path --
 
 

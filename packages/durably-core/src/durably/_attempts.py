@@ -96,7 +96,8 @@ def retry_time(
         policy is None
         or attempt >= policy.max_attempts
         or isinstance(exc, LeaseLostError | StorageError)
-        or x.cancel_flag.is_set()
+        # stopping, unless only to wait for a sibling branch's next attempt
+        or (x.cancel_flag.is_set() and not x.retry_waiting)
         or not retries(policy, exc)
     ):
         return None
@@ -262,6 +263,16 @@ async def checkpoint_attempts(
                 await x._step_failed(name, index, started, exc, failed)
                 raise
             failed = msgspec.structs.replace(failed, next_attempt_at=next_at)
+            if x.retry_waiting:
+                # a sibling branch of step.all already stops the run to wait for its
+                # next attempt: this failure is recorded now (its series goes on after
+                # the wait, not from 1) and the run wakes for the earlier attempt
+                if not await storage.record_attempt(run.id, x.generation, failed, ended):
+                    raise x.lease_lost(f"the failure of step {name!r} was not recorded") from exc
+                attempts.append(attempt_record(x, failed))
+                announce_retry(x, failed)
+                x.suspend_for_retry(failed, next_at, announce=False)
+                raise RetryLater(name, next_at) from exc
             if (next_at - ended).total_seconds() >= x.services.settings.lease_renew_interval:
                 # a long wait: the run waits without a slot; the failure is recorded
                 # with the wait once the job has unwound

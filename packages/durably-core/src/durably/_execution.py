@@ -193,9 +193,20 @@ class Execution:
     def suspend_for_retry(self, failed: NewAttempt, wake_at: datetime, *, announce: bool) -> None:
         """A step's next attempt is due at ``wake_at``, after ``failed``: once the job
         has unwound, the run waits for it without a slot. Until then nothing more may
-        run (a step that is started raises at once)."""
+        run (a step that is started raises at once). Called again — another branch
+        of ``step.all`` failed meanwhile, its record already written — the run wakes
+        for the earlier of the two attempts (the other waits on in place or again)."""
+        if self._retry_wait is not None:
+            first, due, first_announce = self._retry_wait
+            self._retry_wait = (first, min(due, wake_at), first_announce)
+            return
         self._retry_wait = (failed, wake_at, announce)
         self.cancel_flag.set()
+
+    @property
+    def retry_waiting(self) -> bool:
+        """The job is unwinding so that the run waits for a step's next attempt."""
+        return self._retry_wait is not None
 
     async def _wait_for_retry(self, failed: NewAttempt, wake_at: datetime, announce: bool) -> None:
         """The failure's record and the run's wait for the next attempt, in one write."""
