@@ -5,6 +5,8 @@ on a timer.
 - ``gate``: before step ``i`` the job waits until ``$OPS_DIR/<gate>-<i>`` exists.
 - ``fail_until_fixed``: the step ``check`` raises until ``$OPS_DIR/fixed`` exists, so
   a failed run succeeds when retried after the "fix".
+- ``flaky``: a first step ``fetch`` fails its first call and is retried 0.3 s later
+  (longer than the lease renewal: the run waits for it without a slot).
 
 A second job, ``expense``, waits for a person: after its step ``submit`` it waits
 (without a worker slot) for the signal ``approval`` — a :class:`Decision`, sent with
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from durably import Step, create_durably, define_job
+from durably import Retry, Step, create_durably, define_job
 
 
 def _dir() -> Path:
@@ -32,6 +34,7 @@ class ImportIn(BaseModel):
     rows: int = 3
     gate: str | None = None
     fail_until_fixed: bool = False
+    flaky: bool = False
 
 
 class ImportOut(BaseModel):
@@ -45,6 +48,14 @@ async def _gate(name: str) -> None:
         await asyncio.sleep(0.01)
 
 
+def _fetch() -> str:
+    calls = _dir() / "fetch-calls"
+    calls.write_text(calls.read_text() + "x" if calls.exists() else "x")
+    if calls.read_text() == "x":
+        raise ConnectionError("HTTP 503")
+    return "ok"
+
+
 def _check() -> str:
     if not (_dir() / "fixed").exists():
         raise RuntimeError("row 2: price is not a number ('12,50')")
@@ -53,6 +64,8 @@ def _check() -> str:
 
 @define_job("import-csv", input=ImportIn, output=ImportOut)
 async def import_csv(step: Step, payload: ImportIn) -> ImportOut:
+    if payload.flaky:
+        await step.run("fetch", _fetch, retry=Retry(max_attempts=2, initial=0.3, jitter=0))
     for i in range(payload.rows):
         if payload.gate is not None:
             await _gate(f"{payload.gate}-{i}")

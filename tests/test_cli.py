@@ -332,6 +332,21 @@ def test_cli__a_worker_stopped_mid_run_hands_its_lease_back(ops: Ops) -> None:
     assert second.wait() == 0
 
 
+def test_cli__worker_prints_retries_and_counts_runs_waiting_to_retry(ops: Ops) -> None:
+    """A step's backoff longer than the lease renewal releases the slot: the worker
+    prints the retry (attempt, error, delay) and counts the run as waiting to retry,
+    not as running or failed."""
+    worker = ops.start("worker", "ops_app:durably", "--concurrency", "1")
+    run_id = ops.trigger(rows=1, flaky=True)
+    assert ops.status_is(run_id, "completed")["run"]["output"] == {"imported": 1}
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    out = worker.output()
+    line = f"step:retry     import-csv {run_id}  fetch attempt 1 failed: HTTP 503; next in 0.3s"
+    assert line in out, out
+    assert "1 completed, 0 failed, 0 cancelled, 0 suspended, 1 waiting to retry" in out
+
+
 def test_cli__signal_answers_a_waiting_run_that_holds_no_worker(ops: Ops) -> None:
     """A run waiting for a person releases its worker's only slot; ``durably signal``
     (another process, no job code) answers it, and the worker resumes it."""

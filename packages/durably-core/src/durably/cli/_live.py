@@ -106,6 +106,10 @@ class _Status:
     cancelled: int = 0
     #: Runs that suspended on a durable wait (their slot released; any worker resumes them).
     suspended: int = 0
+    #: Runs that wait for a retry without a slot: the whole run's, or a step's backoff
+    #: of at least this many seconds (the worker's lease_renew_interval).
+    retrying: int = 0
+    slotless_backoff: float = 5.0
     last_error: str = ""
     stopping: str = ""
 
@@ -121,6 +125,9 @@ class _Status:
         elif kind == "run:waiting":
             self.running.pop(run_id, None)
             self.suspended += 1
+        elif kind == "run:retry" or (kind == "step:retry" and event.delay >= self.slotless_backoff):
+            self.running.pop(run_id, None)
+            self.retrying += 1
         elif kind in ("run:complete", "run:fail", "run:cancel"):
             self.running.pop(run_id, None)
             if kind == "run:complete":
@@ -141,7 +148,8 @@ class _Status:
         head.append(f"completed {self.completed}  ", style="green")
         head.append(f"failed {self.failed}  ", style="red" if self.failed else "")
         head.append(f"cancelled {self.cancelled}  ")
-        head.append(f"suspended {self.suspended}")
+        head.append(f"suspended {self.suspended}  ")
+        head.append(f"retrying {self.retrying}")
         if self.stopping:
             head.append(f"\n{self.stopping}", style="yellow")
         if self.last_error:
@@ -160,6 +168,8 @@ class _Status:
 _PLAIN_EVENTS = (
     "run:leased",
     "run:waiting",
+    "run:retry",
+    "step:retry",
     "run:complete",
     "run:fail",
     "run:cancel",
@@ -173,7 +183,9 @@ async def run_worker(durably: Durably, url: str, concurrency: int | None, grace:
     interactive = out.is_terminal
     await durably.migrate()
     slots = concurrency or durably.settings.max_concurrent_runs
-    status = _Status(durably.worker_id, url, slots)
+    status = _Status(
+        durably.worker_id, url, slots, slotless_backoff=durably.settings.lease_renew_interval
+    )
     signals = asyncio.Queue[int]()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -228,7 +240,8 @@ async def run_worker(durably: Durably, url: str, concurrency: int | None, grace:
         await durably.close()
     out.print(
         f"durably worker stopped: {status.completed} completed, {status.failed} failed, "
-        f"{status.cancelled} cancelled, {status.suspended} suspended"
+        f"{status.cancelled} cancelled, {status.suspended} suspended, "
+        f"{status.retrying} waiting to retry"
     )
 
 

@@ -245,6 +245,12 @@ def event_line(event: Event) -> Text:
 
 def _event_detail(event: Event) -> str:
     fields = {f: getattr(event, f) for f in event.__struct_fields__}
+    if event.type in ("step:retry", "run:retry"):
+        which = f"{fields['step_name']} " if event.type == "step:retry" else ""
+        return (
+            f"{which}attempt {fields['attempt']} failed: {fields['error']}; "
+            f"next in {fields['delay']:g}s"
+        )
     if "step_name" in fields and event.type.startswith("step:"):
         extra = fields.get("error") or ""
         return f"{fields['step_name']} {extra}".strip()
