@@ -70,7 +70,7 @@ class Process:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
             raise AssertionError(
-                f"{self.proc.args} still running after {timeout:g}s; its threads and "
+                f"{self.proc.args!r} still running after {timeout:g}s; its threads and "
                 f"output:\n{self.output()[-6000:]}"
             ) from None
 
