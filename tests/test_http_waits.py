@@ -32,6 +32,8 @@ WAIT_KEYS = {
     "suspendedAt",
     "resolvedAt",
     "firstResumedAt",
+    "inputWaitMs",
+    "executionSlotWaitMs",
 }
 
 
@@ -71,6 +73,7 @@ async def test_waits__read_a_runs_waits(durably: Durably, clock: ManualClock) ->
         assert wait["metadata"] == {"q": "ship it?"}
         assert wait["deadlineAt"] is not None
         assert wait["suspendedAt"] is not None
+        assert (wait["inputWaitMs"], wait["executionSlotWaitMs"]) == (None, None), "no result"
         one = await client.get(f"/wait?runId={run_id}&name=answer")
         assert one.json() == wait
         run = (await client.get(f"/run?runId={run_id}")).json()
@@ -123,6 +126,9 @@ async def test_signal__after_the_deadline_is_expired(durably: Durably, clock: Ma
         assert r.status_code == 409
         assert r.json()["reason"] == "expired"
         assert r.json()["wait"]["outcome"] == "timeout"
+        # suspended for the whole hour; the worker woke at the deadline: no slot wait
+        wait = (await client.get(f"/wait?runId={run_id}&name=answer")).json()
+        assert (wait["inputWaitMs"], wait["executionSlotWaitMs"]) == (3_600_000, 0)
 
 
 async def test_wait_routes__on_run_access_guards_every_one(durably: Durably) -> None:

@@ -304,6 +304,47 @@ async def test_wait__a_signal_from_another_process_resumes_within_the_polling_in
         assert resumed == signalled, "woken by the notification, not by a poll"
 
 
+async def test_wait__durations_of_the_input_and_of_the_wait_for_a_worker(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    """``input_wait``: suspended until the signal came (30 s); ``execution_slot_wait``:
+    from the signal until a worker resumed the run (5 s: none was running)."""
+    approval = Approval()
+    d = make_durably(approval_jobs(approval))
+    run_id = (await d.jobs.approve.trigger({})).id
+    assert await d.process_one()
+    [wait] = await d.get_waits(run_id)
+    assert (wait.input_wait, wait.execution_slot_wait) == (None, None)
+    await clock.advance(30)
+    await d.signal(run_id, "approval", {"approved": True, "by": "ann"})
+    [wait] = await d.get_waits(run_id)
+    assert (wait.input_wait, wait.execution_slot_wait) == (timedelta(seconds=30), None)
+    await clock.advance(5)
+    assert await d.process_one()
+    [wait] = await d.get_waits(run_id)
+    assert wait.first_resumed_at == clock.now()
+    assert (wait.input_wait, wait.execution_slot_wait) == (
+        timedelta(seconds=30),
+        timedelta(seconds=5),
+    )
+
+
+async def test_wait__no_durations_to_report_when_the_result_came_first(make_durably: Any) -> None:
+    d = make_durably()
+
+    async def job(step: Step, payload: Any) -> Any:
+        wait = await step.prepare_wait("answer")
+        await d.signal(step.run_id, "answer", 1)
+        return (await step.wait_for(wait)).payload
+
+    d.register({"j": define_job("j", run=job)})
+    run_id = (await d.jobs.j.trigger({})).id
+    assert await d.process_one()
+    [wait] = await d.get_waits(run_id)
+    assert wait.suspended_at is None
+    assert (wait.input_wait, wait.execution_slot_wait) == (timedelta(0), timedelta(0))
+
+
 async def test_wait__deadline_with_no_worker_alive_fires_at_the_next_start(
     make_durably: Any, clock: ManualClock
 ) -> None:

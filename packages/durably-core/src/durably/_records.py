@@ -7,7 +7,7 @@ the core alone decides what is serializable.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -285,6 +285,18 @@ class Wait(msgspec.Struct, frozen=True, kw_only=True):
     resolved_at: datetime | None = None
     #: When the run was first claimed again after it suspended on this wait.
     first_resumed_at: datetime | None = None
+
+    @property
+    def input_wait(self) -> timedelta | None:
+        """Time the run spent suspended before the result came (``None``: no result
+        yet; zero: it came before the run suspended)."""
+        return _lifecycle.input_wait(self)
+
+    @property
+    def execution_slot_wait(self) -> timedelta | None:
+        """Time from the result (or the suspension, if later) to the claim that first
+        resumed the run (``None``: no result yet, or not resumed yet)."""
+        return _lifecycle.execution_slot_wait(self)
 
 
 class NewWait(msgspec.Struct, frozen=True, kw_only=True):

@@ -31,9 +31,11 @@ __all__ = [
     "claimed",
     "completed",
     "concurrency_blocked",
+    "execution_slot_wait",
     "failed",
     "has_live_lease",
     "holds_lease",
+    "input_wait",
     "is_claimable",
     "is_terminal",
     "next_attempt",
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 
 import msgspec
@@ -404,6 +406,36 @@ def signalled(wait: Wait, signal_id: str | None, payload: object, now: datetime)
         signal_id=signal_id,
         resolved_at=now,
     )
+
+
+_NO_TIME = timedelta(0)
+
+
+def input_wait(wait: Wait) -> timedelta | None:
+    """How long the run was suspended before the wait's result came: from its first
+    suspension on the wait to the result (a timeout's time is its deadline), never
+    negative; zero when the result came before the run suspended on it; ``None``
+    while there is no result (also when the wait ended with its run, without one)."""
+    if wait.outcome is None or wait.resolved_at is None:
+        return None
+    if wait.suspended_at is None:
+        return _NO_TIME
+    return max(_NO_TIME, wait.resolved_at - wait.suspended_at)
+
+
+def execution_slot_wait(wait: Wait) -> timedelta | None:
+    """How long the run, its result known, waited for a worker: from the later of the
+    result and the first suspension to the claim that first resumed it, never
+    negative (a key's other run holding its lease lengthens it); zero when the
+    result came before the run suspended on it; ``None`` with no result yet, or not
+    resumed yet."""
+    if wait.outcome is None or wait.resolved_at is None:
+        return None
+    if wait.suspended_at is None:
+        return _NO_TIME
+    if wait.first_resumed_at is None:
+        return None
+    return max(_NO_TIME, wait.first_resumed_at - max(wait.resolved_at, wait.suspended_at))
 
 
 def wait_ended(wait: Wait, status: WaitStatus, now: datetime) -> Wait:

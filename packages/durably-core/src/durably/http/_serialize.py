@@ -8,7 +8,7 @@ untouched. Timestamps are ISO-8601 UTC with milliseconds and ``Z``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -98,7 +98,14 @@ def client_wait(wait: Wait) -> dict[str, Any]:
         "suspendedAt": iso(wait.suspended_at),
         "resolvedAt": iso(wait.resolved_at),
         "firstResumedAt": iso(wait.first_resumed_at),
+        "inputWaitMs": milliseconds(wait.input_wait),
+        "executionSlotWaitMs": milliseconds(wait.execution_slot_wait),
     }
+
+
+def milliseconds(duration: timedelta | None) -> int | None:
+    """A duration as whole milliseconds (the reference's ``…Ms`` fields), or null."""
+    return None if duration is None else round(duration / timedelta(milliseconds=1))
 
 
 def client_schedule(schedule: ScheduleRecord) -> dict[str, Any]:
