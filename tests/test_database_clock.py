@@ -93,6 +93,44 @@ async def test_server__a_worker_an_hour_ahead_does_not_steal_a_live_run(
         await b.close()
 
 
+@pytest.mark.slow
+async def test_server__wait_deadlines_and_signals_are_judged_by_the_database_clock(
+    server_url: str,
+) -> None:
+    """A wait prepared by a worker an hour behind, signalled by a process an hour
+    ahead: its deadline is the database's time + 10 min (not an hour early), the
+    signal is accepted (an hour-ahead clock saw the deadline long past), and the
+    worker an hour behind resumes the run at once (it saw the signal's time as an
+    hour away)."""
+
+    async def job(step: Step, payload: Any) -> str:
+        wait = await step.prepare_wait("answer", timeout=600)
+        return (await step.wait_for(wait)).outcome
+
+    jobs = {"j": define_job("j", run=job)}
+    behind = create_durably(server_url, jobs=jobs, clock=SkewedClock(-3600))
+    ahead = create_durably(server_url, jobs=jobs, clock=SkewedClock(3600))
+    try:
+        await behind.migrate()
+        await ahead.migrate()
+        run_id = (await behind.jobs.j.trigger({})).id
+        assert await behind.process_one()
+        wait = await behind.get_wait(run_id, "answer")
+        assert wait is not None
+        assert wait.deadline_at is not None
+        expected = SystemClock().now() + timedelta(minutes=10)
+        assert abs(wait.deadline_at - expected) < timedelta(seconds=30)
+        receipt = await ahead.signal(run_id, "answer", "yes")
+        assert receipt.disposition == "accepted"
+        assert await behind.process_one()
+        run = await behind.get_run(run_id)
+        assert run is not None
+        assert (run.status, run.output) == ("completed", "signal")
+    finally:
+        await behind.close()
+        await ahead.close()
+
+
 async def test_manual_clock__never_corrected_and_database_time_never_asked(
     libsql_server: TursoServer, clock: ManualClock
 ) -> None:
