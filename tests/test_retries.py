@@ -782,6 +782,30 @@ async def test_run_timeout__the_job_is_stopped_at_its_deadline(
     assert next(e for e in events if e.type == "run:fail").failed_step_name == "slow"
 
 
+async def test_run_timeout__a_run_suspended_on_a_wait_fails_when_it_is_next_claimed(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    """The deadline does not wake a run waiting for a signal (docs/semantics.md): the
+    signal that resumes it after the deadline finds the run timed out."""
+
+    async def job(step: Step, payload: Any) -> str:
+        wait = await step.prepare_wait("approval")
+        answer = await step.wait_for(wait)
+        return str(answer.payload)
+
+    d = make_durably({"j": job_of(job, timeout=60)})
+    run_id = await start(d)
+    assert await d.process_one()
+    assert (await d.get_run(run_id)).status is RunStatus.WAITING
+    await clock.advance(120)
+    assert not await d.process_one(), "nothing wakes it at its deadline"
+    await d.signal(run_id, "approval", "yes")
+    assert await d.process_one()
+    run = await d.get_run(run_id)
+    assert run.status is RunStatus.FAILED
+    assert (run.error or "").startswith("Run timed out: job 'j' did not finish within 60s")
+
+
 async def test_run_timeout__counts_from_the_first_start_and_bounds_retries(
     make_durably: Any, clock: ManualClock
 ) -> None:
