@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -381,6 +382,10 @@ def test_cli__signal_answers_a_waiting_run_that_holds_no_worker(ops: Ops) -> Non
     assert f"signalled wait 'approval' of run {waiting}" in out
     done = ops.status_is(waiting, "completed")
     assert done["run"]["output"] == {"status": "paid", "by": "ann"}
+    # how long it waited for the answer, then for a worker (durations: not compared)
+    shown = ops.ok("runs", "show", waiting)
+    assert "WAITED / FOR A WORKER" in shown, shown
+    assert re.search(r"\d+(\.\d)?(ms|s|m) / \d+(\.\d)?(ms|s|m)", shown), shown
     # the same signal again is a duplicate (exit 0); another one is refused
     again = ops.json("signal", waiting, "approval", "--payload", decision, "--signal-id", "ann-1")
     assert again["disposition"] == "duplicate"

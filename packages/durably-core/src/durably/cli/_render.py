@@ -7,7 +7,7 @@ command (``events``: one per line).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -66,9 +66,13 @@ def ago(t: datetime | None, now: datetime | None = None) -> str:
 
 
 def duration(start: datetime | None, end: datetime | None) -> str:
-    if start is None or end is None:
+    return "-" if start is None or end is None else span(end - start)
+
+
+def span(length: timedelta | None) -> str:
+    if length is None:
         return "-"
-    ms = (end - start).total_seconds() * 1000
+    ms = length.total_seconds() * 1000
     if ms < 1000:
         return f"{ms:.0f}ms"
     if ms < 60_000:
@@ -199,9 +203,11 @@ def run_detail(
 
 
 def waits_table(run: Run, waits: Sequence[Wait]) -> Table:
-    """A run's durable waits: what each waits for, until when, and what ended it."""
+    """A run's durable waits: what each waits for, until when, what ended it, and how
+    long the run waited for it (``input_wait``) and then for a worker
+    (``execution_slot_wait``)."""
     table = Table(title="waits", title_justify="left", box=None, header_style="bold")
-    for column in ("NAME", "KIND", "STATUS", "DEADLINE", "RESULT"):
+    for column in ("NAME", "KIND", "STATUS", "DEADLINE", "RESULT", "WAITED / FOR A WORKER"):
         table.add_column(column)
     for wait in waits:
         if wait.outcome == "signal":
@@ -220,6 +226,7 @@ def waits_table(run: Run, waits: Sequence[Wait]) -> Table:
             status_text(wait.status.value),
             format_ts(wait.deadline_at) if wait.deadline_at else "-",
             result,
+            f"{span(wait.input_wait)} / {span(wait.execution_slot_wait)}",
         )
     return table
 
