@@ -592,6 +592,35 @@ async def test_step_retry__branches_of_step_all_failing_together_each_keep_their
     ]
 
 
+async def test_step_retry__a_branch_failing_for_good_fails_the_join_at_once(
+    make_durably: Any, clock: ManualClock
+) -> None:
+    """Beside a branch whose next attempt is 10 s away, a NonRetryableError fails
+    step.all and the run at once: no wait for an attempt that could not help, and
+    that branch's failure is recorded without a next attempt."""
+    a = Flaky(clock, failures=1)
+    b = Flaky(clock, failures=99, error=NonRetryableError)
+
+    async def job(step: Step, payload: Any) -> Any:
+        return await step.all({"a": a, "b": b})
+
+    d = make_durably({"j": job_of(job, retry=LONG)})
+    events = recorder(d)
+    run_id = await start(d)
+    assert await d.process_one()
+    run = await d.get_run(run_id)
+    assert (run.status, run.error, run.wake_at) == (RunStatus.FAILED, "try 1", None)
+    assert (len(a.calls), len(b.calls)) == (1, 1)
+    records = await d.get_attempts(run_id)
+    assert sorted((r.step_name, r.attempt, r.next_attempt_at) for r in records) == [
+        ("a", 1, None),
+        ("b", 1, None),
+    ]
+    assert not [e for e in events if e.type == "step:retry"]
+    assert [e.step_name for e in events if e.type == "step:fail"] == ["b"]
+    assert next(e for e in events if e.type == "run:fail").failed_step_name == "b"
+
+
 # -- records of every attempt, and the success path --
 
 

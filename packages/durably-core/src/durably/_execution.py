@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import msgspec
 import pydantic
 
 from ._attempts import (
@@ -221,6 +222,20 @@ class Execution:
         self.outcome = "waiting"
         if announce:
             announce_retry(self, failed)
+
+    async def _drop_retry_wait(self, failed: NewAttempt) -> bool:
+        """The failure a step's next attempt was to wait after, recorded as it was, with
+        no next attempt (the job failed meanwhile). ``False``: not written, the lease
+        was lost (handled)."""
+        await self.flush_quietly()
+        failed = msgspec.structs.replace(failed, next_attempt_at=None)
+        if not await self.storage.record_attempt(self.run.id, self.generation, failed, self.now()):
+            self.stop_reason = "lease-lost"
+            await self._after_stop()
+            return False
+        if self.attempts is not None:
+            self.attempts.append(attempt_record(self, failed))
+        return True
 
     # -- steps --
 
@@ -661,10 +676,16 @@ class Execution:
         if self._retry_wait is not None and self.stop_reason is None:
             if exc is not None and not isinstance(exc, Exception | RetryLater):
                 raise exc  # the process is going down (see below)
-            # whatever the job did once a step's next attempt was to wait (returned,
-            # raised), it stopped there: the run waits for that attempt
-            await self._wait_for_retry(*self._retry_wait)
-            return
+            if not isinstance(exc, Exception) or isinstance(exc, LeaseLostError | StorageError):
+                # whatever else the job did once a step's next attempt was to wait
+                # (returned, caught and went on), it stopped there: the run waits
+                await self._wait_for_retry(*self._retry_wait)
+                return
+            # the job failed — a branch of step.all failed for good beside the step
+            # whose next attempt was to wait: that attempt will not come; the run
+            # fails (or retries as a whole) below
+            if not await self._drop_retry_wait(self._retry_wait[0]):
+                return
         if self.timed_out and self.stop_reason is None:
             assert job.timeout is not None
             await self._fail(self._timed_out(job.timeout), self.timed_out_in)

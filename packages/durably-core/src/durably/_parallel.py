@@ -7,7 +7,8 @@ every branch, as ``asyncio.gather(..., return_exceptions=True)`` does, so the ru
 never finishes while a sibling is still writing. Then: a lost lease wins over
 everything, a cancellation next, and among ordinary failures the branch that
 started first (the lowest step index) decides the error, as it names the run's
-failed step.
+failed step — also when another branch waits for its next attempt (a branch that
+failed for good fails the join whatever a retry of the other would give).
 
 While branches overlap, the one "current step" of the execution cannot say which
 branch wrote a ``step.log`` entry: each branch runs in its own task, whose context
@@ -23,6 +24,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from ._attempts import RetryLater
 from ._errors import LeaseLostError, ValidationError
 
 if TYPE_CHECKING:
@@ -84,9 +86,14 @@ async def run_all(
         if found is not None:
             raise found
     # a process going down (KeyboardInterrupt, a simulated crash) is not a failure
-    fatal = next((e for e in errors if not isinstance(e, Exception)), None)
+    fatal = next((e for e in errors if not isinstance(e, Exception | RetryLater)), None)
     if fatal is not None:
         raise fatal
-    name, first = failures[0]
+    # a branch that failed for good fails the join, also while another one's next
+    # attempt is to be waited for: that attempt would not make the join succeed
+    failed = [(name, exc) for name, exc in failures if isinstance(exc, Exception)]
+    if not failed:
+        raise errors[0]  # RetryLater: the run waits for a branch's next attempt
+    name, first = failed[0]
     x.failed_step_name = name
     raise first
