@@ -197,6 +197,16 @@ class Codec:
         The NaN check rides on the decoding a checkpoint does anyway: only when the
         text holds ``null`` (or pydantic's ``NaN``/``Infinity``) and its decoding
         differs from the value is the value walked for the number."""
+        if tp is not None and tp in _EXACT_SCALARS and type(value) is tp:
+            # an int, str or bool returned for that type: what pydantic would check and
+            # write is the value itself (a subclass, e.g. a bool for int, goes the long way)
+            try:
+                data = self._encoder.encode(value)
+            except (TypeError, OverflowError, ValueError):
+                pass  # e.g. an int beyond 64 bits: pydantic's turn
+            else:
+                native = self._decoder.decode(data)
+                return data.decode(), native, native
         if tp is None:
             try:
                 data = self._encoder.encode(value)
@@ -260,6 +270,8 @@ class Codec:
 
 
 _MISSING: Any = object()
+#: Return types whose values a checkpoint stores without pydantic when returned exactly.
+_EXACT_SCALARS = frozenset((int, str, bool))
 
 
 def return_type_of(fn: Callable[..., Any]) -> tuple[Any, bool]:

@@ -42,7 +42,7 @@ from .._timefmt import format_ts, parse_ts
 from ..lifecycle import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, TERMINAL_STATUSES
 from ._attempts import DELETE_ATTEMPTS, SqlAttempts, attempt_write
 from ._group import GroupCommit
-from ._outcome import resolved
+from ._outcome import resolve_lost, resolved
 from ._rows import (
     FENCE,
     HELD,
@@ -634,11 +634,16 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         *,
         attempt: NewAttempt | None = None,
     ) -> bool:
+        try:
+            return await self._persist_step(run_id, generation, step, now, attempt)
+        except StorageOutcomeUnknownError:
+            pass
+
         async def landed() -> bool | None:
             # one batch: the step row there means its attempt record is too
             return await self._landed(_LANDED_STEP, (step.id, generation, run_id))
 
-        return await resolved(
+        return await resolve_lost(
             lambda: self._persist_step(run_id, generation, step, now, attempt), landed
         )
 
@@ -651,6 +656,10 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         attempt: NewAttempt | None = None,
     ) -> bool:
         now_s = format_ts(now)
+        # a step's instants are often the write's own (or of its millisecond): one
+        # formatting instead of three
+        started = step.started_at
+        started_s = now_s if started == now else format_ts(started)
         completed = step.completed_at
         completed_s = (
             None if completed is None else now_s if completed == now else format_ts(completed)
@@ -662,7 +671,7 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
             step.status.value,
             step.output_json,
             step.error,
-            format_ts(step.started_at),
+            started_s,
             completed_s,
             run_id,
             generation,
@@ -727,18 +736,27 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         async def write() -> bool:
             return await self.executor.execute(_PROGRESS, params) > 0
 
+        try:
+            return await write()
+        except StorageOutcomeUnknownError:
+            pass
         # writing the same progress twice is harmless: send again while the lease holds
-        return await resolved(write, lambda: self._lease_state(run_id, generation))
+        return await resolve_lost(write, lambda: self._lease_state(run_id, generation))
 
     async def append_logs(
         self, run_id: str, generation: int, logs: Sequence[NewLog], now: datetime
     ) -> bool:
+        try:
+            return await self._append_logs(run_id, generation, logs)
+        except StorageOutcomeUnknownError:
+            pass
+
         async def landed() -> bool | None:
             if not logs:
                 return await self._lease_state(run_id, generation)
             return await self._landed(_LANDED_LOG, (logs[0].id, generation, run_id))
 
-        return await resolved(lambda: self._append_logs(run_id, generation, logs), landed)
+        return await resolve_lost(lambda: self._append_logs(run_id, generation, logs), landed)
 
     async def _append_logs(self, run_id: str, generation: int, logs: Sequence[NewLog]) -> bool:
         if not logs:
