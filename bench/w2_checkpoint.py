@@ -1,11 +1,13 @@
 """W2 — checkpoint overhead: one run of N sequential trivial steps, µs per step.
 
 At ``synchronous`` NORMAL and FULL (WAL file). Per round, interleaved so load
-changes hit all alike: raw sqlite3 (bare table, steps-shaped table), then one
+changes hit all alike: raw sqlite3 (bare table, steps-shaped table, and the
+checkpoint's shape: that INSERT and the run row's UPDATE in one transaction), then one
 durably run of N ``await step.run(...)`` calls of a trivial ``async def`` step,
 timed inside the job (first step to last). Medians over the rounds, after one
 warm-up run. Also: the same run end to end (trigger → completed, per step) and
-with a sync step function (each call hops to a worker thread by design).
+with a sync step function (each call hops to a worker thread by design). ``ratios``:
+each round's figure over its own raw bare insert (the target: every one ≤ 2).
 
     uv run python bench/w2_checkpoint.py [--steps N] [--rounds R]
 """
@@ -62,16 +64,18 @@ async def main(n: int, rounds: int) -> None:
             await durably_round(d / "durably.db", synchronous, n, False)  # warm-up
             bare: list[float] = []
             steps: list[float] = []
+            shaped: list[float] = []
             ours: list[float] = []
             e2e: list[float] = []
             for _ in range(rounds):
                 bare.append(raw_us_per_insert(d / "raw_bare.db", synchronous, n, "bare"))
                 steps.append(raw_us_per_insert(d / "raw_steps.db", synchronous, n, "steps"))
+                shaped.append(raw_us_per_insert(d / "raw_ckpt.db", synchronous, n, "checkpoint"))
                 inside, total = await durably_round(d / "durably.db", synchronous, n, False)
                 ours.append(inside)
                 e2e.append(total)
             threaded, _ = await durably_round(d / "durably.db", synchronous, n, True)
-        b, s, o, e = (statistics.median(x) for x in (bare, steps, ours, e2e))
+        b, s, c, o, e = (statistics.median(x) for x in (bare, steps, shaped, ours, e2e))
         emit(
             "W2",
             f"µs per step, async step fn, synchronous={synchronous}",
@@ -79,8 +83,11 @@ async def main(n: int, rounds: int) -> None:
             "µs",
             raw=b,
             raw_steps=s,
+            raw_checkpoint=c,
             ratio=o / b,
             ratio_steps=o / s,
+            ratio_checkpoint=o / c,
+            ratios=[round(x / y, 2) for x, y in zip(ours, bare, strict=True)],
             synchronous=synchronous,
             steps=n,
             rounds=rounds,
