@@ -5,7 +5,7 @@ Each script runs in its own process and prints its JSON lines (passed through
 here) and its own table; at the end comes the machine and every figure in one
 markdown table (what the README's performance section shows).
 
-    uv run python bench/run_all.py [w1 w2 w3 w4 w5 libsql sse postgres waits]
+    uv run python bench/run_all.py [w1 w2 w3 w4 w5 libsql sse postgres waits overhead memory]
     # or: uv run nox -s bench
 """
 
@@ -30,6 +30,8 @@ SCRIPTS = {
     "sse": "sse_load.py",  # HTTP/SSE handler under many streams and reconnects
     "postgres": "pg_workloads.py",  # W1/W2/W4/W5 on a PostgreSQL server started for it
     "waits": "waits.py",  # durable waits: slots, resume after a signal, restart
+    "overhead": "step_overhead.py",  # the engine's CPU per step and each unused hook's
+    "memory": "memory_bound.py",  # RSS with 10,000 queued runs and 200 SSE clients
 }
 
 

@@ -94,6 +94,55 @@ async def replay_round(n: int) -> float:
     return cpu[1] / n * 1e6
 
 
+def _ns_per_call(check: Any, n: int = 200_000) -> float:
+    """ns per ``check()`` minus an empty call's: the hook's own cost."""
+
+    def empty() -> bool:
+        return False
+
+    costs = []
+    for fn in (check, empty):
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.perf_counter_ns() - t0) / n)
+        costs.append(best)
+    return max(costs[0] - costs[1], 0.0)
+
+
+async def hook_costs() -> dict[str, float]:
+    """ns per step of each feature's guard on the success path, evaluated as
+    ``Execution.checkpoint`` evaluates it, on a live execution that uses none of
+    them. Durable waits have no code on a step's path (they are step.wait_for /
+    step.sleep themselves)."""
+    from durably.sql._group import GroupCommit, _others_ready
+
+    costs: dict[str, float] = {}
+
+    @define_job("hooks")
+    async def hooks_job(step: Step, payload: dict[str, Any]) -> None:
+        ex: Any = step._x  # the engine's own object: what checkpoint reads
+        started = ex.now()
+        retry = timeout = None
+        group = GroupCommit(None)  # type: ignore[arg-type]  # its guard reads no executor
+        loop = asyncio.get_running_loop()
+        costs["lease check (fresh lease, not cancelled, nothing buffered)"] = _ns_per_call(
+            lambda: started >= ex.fresh_until or ex.cancel_flag.is_set() or ex.flush_needed()
+        )
+        costs["retries and attempt records (no policy, no timeout)"] = _ns_per_call(
+            lambda: retry is not None or timeout is not None or ex.policied
+        )
+        costs["group commit (a lone run: nothing queued, nothing else ready)"] = _ns_per_call(
+            lambda: not group._queue and not _others_ready(loop)
+        )
+
+    async with create_durably(MemoryStorage(), jobs={"hooks": hooks_job}) as durably:
+        await durably.jobs.hooks.trigger_and_wait({})
+    return costs
+
+
 async def main(n: int, rounds: int) -> None:
     header(f"engine overhead per step: {n} trivial steps, {rounds} rounds, no database")
     await one_round(n)  # warm-up: validators, caches
@@ -120,6 +169,8 @@ async def main(n: int, rounds: int) -> None:
             samples=[round(x, 2) for x in samples],
             note="minimum of the rounds; thread CPU time, no database",
         )
+    for hook, ns in (await hook_costs()).items():
+        emit("hook", hook, ns / 1000, "µs", note="per step when unused; wall time, best of 5")
     print_table()
 
 

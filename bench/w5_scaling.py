@@ -1,4 +1,4 @@
-"""W5 — scaling: 1, 2 and 4 worker processes on one SQLite file.
+"""W5 — scaling: 1, 2, 4 and 8 worker processes on one SQLite file.
 
 The worker processes start first (``max_concurrent_runs`` 1 each, polling
 0.05 s) and wait on an empty queue; this process then enqueues R runs x S
@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -28,7 +31,7 @@ from _bench import emit, header, print_table, raw_connect, sqlite_url
 from durably import Step, create_durably, define_job
 
 POLL = 0.05
-PROCESSES = (1, 2, 4)
+PROCESSES = (1, 2, 4, 8)
 
 
 async def trivial() -> int:
@@ -43,11 +46,25 @@ async def w5_job(step: Step, payload: dict[str, Any]) -> int:
 
 
 async def worker(db: str, synchronous: str) -> None:
+    """Work until SIGTERM; then print the CPU seconds used since "ready" (the run's
+    share, without the start-up's imports)."""
+    profile_dir = os.environ.get("DURABLY_W5_PROFILE")
+    profile = cProfile.Profile() if profile_dir else None
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with create_durably(
         sqlite_url(Path(db)), jobs={"w5": w5_job}, synchronous=synchronous, polling_interval=POLL
     ):
+        if profile is not None:  # where a worker's time goes, dumped at the end
+            profile.enable()
+        cpu0 = time.process_time()
         print("ready", flush=True)
-        await asyncio.Event().wait()
+        await stop.wait()
+        cpu = time.process_time() - cpu0
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(str(Path(profile_dir) / f"w5-{Path(db).stem}-{os.getpid()}.prof"))
+    print(json.dumps(cpu), flush=True)
 
 
 RAW_CHILD = """
@@ -102,8 +119,11 @@ def spawn_worker(db: Path, synchronous: str) -> subprocess.Popen[str]:
     )
 
 
-async def durably_scaling(d: Path, synchronous: str, procs: int, runs: int, steps: int) -> float:
-    """Seconds from the enqueue to the last completion with ``procs`` workers."""
+async def durably_scaling(
+    d: Path, synchronous: str, procs: int, runs: int, steps: int
+) -> tuple[float, float]:
+    """(seconds from the enqueue to the last completion with ``procs`` workers, CPU
+    seconds the workers used from start to exit: where the time went)."""
     db = d / f"durably_{procs}.db"
     durably = create_durably(sqlite_url(db), jobs={"w5": w5_job}, synchronous=synchronous)
     await durably.migrate()
@@ -127,20 +147,22 @@ async def durably_scaling(d: Path, synchronous: str, procs: int, runs: int, step
     finally:
         for w in workers:
             w.terminate()
+        cpu = 0.0
         for w in workers:
-            w.wait()
+            out, _ = w.communicate()
+            cpu += json.loads(out.strip().splitlines()[-1])
         await durably.close()
-    return elapsed
+    return elapsed, cpu
 
 
-async def main(runs: int, steps: int, synchronous: str) -> None:
-    header(f"W5 scaling: {runs} runs x {steps} steps, 1/2/4 worker processes, {synchronous}")
+async def main(runs: int, steps: int, synchronous: str, processes: tuple[int, ...]) -> None:
+    header(f"W5 scaling: {runs} runs x {steps} steps, 1/2/4/8 worker processes, {synchronous}")
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        for procs in PROCESSES:
+        for procs in processes:
             bare = raw_scaling(d, synchronous, procs, "bare", 2000)
             shaped = raw_scaling(d, synchronous, procs, "steps", 2000)
-            elapsed = await durably_scaling(d, synchronous, procs, runs, steps)
+            elapsed, cpu = await durably_scaling(d, synchronous, procs, runs, steps)
             steps_s = runs * steps / elapsed
             emit(
                 "W5",
@@ -154,7 +176,13 @@ async def main(runs: int, steps: int, synchronous: str) -> None:
                 ratio_steps=shaped / steps_s,
                 processes=procs,
                 runs_per_s=runs / elapsed,
-                note=f"{runs / elapsed:,.0f} runs/s; raw = {procs} process(es) inserting",
+                cpu_us_per_step=cpu / (runs * steps) * 1e6,
+                cores_busy=cpu / elapsed,
+                note=(
+                    f"{runs / elapsed:,.0f} runs/s; workers' CPU {cpu / (runs * steps) * 1e6:,.0f} "
+                    f"µs per step, {cpu / elapsed:.2f} cores busy; raw = {procs} process(es) "
+                    "inserting"
+                ),
             )
     print_table()
 
@@ -167,5 +195,14 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--sync", default="NORMAL")
+    parser.add_argument("--processes", default=",".join(map(str, PROCESSES)))
+    parser.add_argument(
+        "--profile-dir",
+        default=None,
+        help="write each worker's cProfile stats there (w5-durably_<procs>-<pid>.prof)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.runs, args.steps, args.sync))
+    if args.profile_dir:
+        os.environ["DURABLY_W5_PROFILE"] = str(Path(args.profile_dir).resolve())
+    counts = tuple(int(p) for p in args.processes.split(","))
+    asyncio.run(main(args.runs, args.steps, args.sync, counts))
