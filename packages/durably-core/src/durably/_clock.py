@@ -32,12 +32,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class SystemClock:
     """The real clock."""
 
-    def __init__(self) -> None:
-        #: The last ``now_ms`` reading: (milliseconds since the epoch, its datetime).
-        #: A step reads the clock twice and takes ~0.1 ms, so most readings fall in the
-        #: millisecond of the one before, and building a datetime costs ~10x the check.
-        #: (One tuple, replaced whole: a reading from a step's thread sees either.)
-        self._last_ms: tuple[int, datetime] = (-1, _EPOCH)
+    #: The last ``now_ms`` reading: (milliseconds since the epoch, its datetime).
+    #: A step reads the clock twice and takes ~0.1 ms, so most readings fall in the
+    #: millisecond of the one before, and building a datetime costs ~10x the check.
+    #: (One tuple, replaced whole on the instance: a reading from a step's thread
+    #: sees either. A class default, so a subclass's own ``__init__`` needs nothing.)
+    _last_ms: tuple[int, datetime] = (-1, _EPOCH)
 
     def now(self) -> datetime:
         return _EPOCH + timedelta(microseconds=time.time_ns() // 1000)
