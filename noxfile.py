@@ -36,6 +36,11 @@ SETUP_SCRIPTS = [
 #: for new code that lands with fewer tests. Raise it as it rises.
 COVERAGE_FLOOR = 93
 
+#: pytest-xdist workers at most (one per core up to this; see ``_workers``): many
+#: tests wait on subprocesses and servers rather than on the CPU, and more workers
+#: than this only trade the waits for contention.
+MAX_WORKERS = 4
+
 
 def _sync(session: nox.Session) -> None:
     session.run("uv", "sync", "--frozen", "--all-packages", external=True)
@@ -61,9 +66,21 @@ def typecheck(session: nox.Session) -> None:
     session.run("uv", "run", "--frozen", "mypy", external=True)
 
 
+def _workers() -> list[str]:
+    """pytest-xdist's arguments: one worker process per core (at most
+    ``MAX_WORKERS``; ``DURABLY_TEST_WORKERS`` overrides, 0 runs in this process).
+
+    Tests are handed out by module, and by class for the test classes
+    (``loadscope``), so a module's or a class's fixtures are made once; every
+    fixture is per process anyway (servers on free ports, ``tmp_path``)."""
+    workers = os.environ.get("DURABLY_TEST_WORKERS") or str(min(os.cpu_count() or 1, MAX_WORKERS))
+    return ["-n", workers, "--dist", "loadscope"] if workers != "0" else ["-p", "no:xdist"]
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite, every backend, in one pytest invocation, with coverage.
+    """The whole test suite, every backend, in one pytest invocation (one worker per
+    core, see ``_workers``), with coverage.
 
     Installs what the tests need first (SETUP_SCRIPTS); a skipped test fails
     (tests/conftest.py). Arguments after ``--`` go to pytest, e.g.
@@ -72,11 +89,21 @@ def tests(session: nox.Session) -> None:
     """
     _sync(session)
     _setup(session)
-    run = ["uv", "run", "--frozen", "coverage"]
-    session.run(*run, "erase", external=True)
-    session.run(*run, "run", "-m", "pytest", *session.posargs, external=True)
+    run = ["uv", "run", "--frozen"]
+    session.run(*run, "coverage", "erase", external=True)
+    workers = _workers()
+    if "-n" in workers:
+        # each process measures itself from its interpreter's start (coverage's .pth
+        # reads COVERAGE_PROCESS_START), so what the durably pytest plugin imports
+        # before any conftest counts too; tests/conftest.py drops the variable in the
+        # workers, so the processes the tests start are not measured
+        env = {"COVERAGE_PROCESS_START": str(ROOT / "pyproject.toml")}
+        session.run(*run, "pytest", *workers, *session.posargs, env=env, external=True)
+    else:
+        session.run(*run, "coverage", "run", "-m", "pytest", *session.posargs, external=True)
+    session.run(*run, "coverage", "combine", "--quiet", external=True)
     floor = [] if session.posargs else [f"--fail-under={COVERAGE_FLOOR}"]
-    session.run(*run, "report", *floor, external=True)
+    session.run(*run, "coverage", "report", *floor, external=True)
 
 
 @nox.session(default=False)
@@ -86,7 +113,7 @@ def quick(session: nox.Session) -> None:
     without the servers, browsers and worker processes; it needs no setup script.
     Arguments after ``--`` go to pytest."""
     _sync(session)
-    pytest = ["uv", "run", "--frozen", "pytest", "-m", "not slow"]
+    pytest = ["uv", "run", "--frozen", "pytest", *_workers(), "-m", "not slow"]
     session.run(*pytest, *session.posargs, external=True)
 
 

@@ -5,6 +5,7 @@ a skipped test is a failure, and what is not in the quick tier is marked ``slow`
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,16 @@ from durably import Durably, Storage, create_durably
 from durably_testing.clock import ManualClock
 
 #: Backends the engine tests are parametrized over (one pytest invocation covers all).
-BACKENDS = ["memory", "sqlite-file", "sqlite-memory", "libsql-file", "libsql-remote", "postgres"]
+#: Not libsql-file: durably-libsql opens a ``file:`` URL with durably-sqlite's executor,
+#: so it would run sqlite-file's code again; the libSQL conformance class on a
+#: ``file:`` URL (tests/test_conformance_libsql.py) checks that path end to end.
+BACKENDS = ["memory", "sqlite-file", "sqlite-memory", "libsql-remote", "postgres"]
 #: The quick tier (``-m "not slow"``) runs the engine tests on the model and on the
 #: embedded default; the other backends are in the whole run only.
 QUICK_BACKENDS = frozenset({"memory", "sqlite-file"})
 #: Backends whose ``same_db_as`` is a new connection to the same database (the others
 #: live only in this process, so a second instance shares the storage object).
-SEPARATE_CONNECTIONS = frozenset({"sqlite-file", "libsql-file", "libsql-remote", "postgres"})
+SEPARATE_CONNECTIONS = frozenset({"sqlite-file", "libsql-remote", "postgres"})
 
 
 @pytest.fixture
@@ -46,8 +50,13 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
         "memory": "memory://",
         "sqlite-file": f"sqlite:///{tmp_path / 'durably.db'}",
         "sqlite-memory": "sqlite:///:memory:",
-        "libsql-file": f"file:{tmp_path / 'durably.db'}",
     }[backend]
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # this worker measures its coverage since it started (nox -s tests); the processes
+    # its tests start are not measured (pyproject.toml, [tool.coverage.run])
+    os.environ.pop("COVERAGE_PROCESS_START", None)
 
 
 MakeDurably = Callable[..., Durably]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,8 +262,14 @@ def test_fuzz__no_route_answers_5xx(target: Target, data: st.DataObject) -> None
     fuzz(target, data)
 
 
+#: Examples of the long fuzz per handler: 600 in the whole run (about 15 s each on a
+#: loaded machine; the examples differ from run to run, so runs add up); raise it to
+#: fuzz longer, e.g. ``DURABLY_FUZZ_EXAMPLES=20000 uv run pytest tests/test_http_fuzz.py``.
+LONG_EXAMPLES = int(os.environ.get("DURABLY_FUZZ_EXAMPLES", "600"))
+
+
 @pytest.mark.slow
-@settings(max_examples=3000, **SETTINGS)
+@settings(max_examples=LONG_EXAMPLES, **SETTINGS)
 @given(data=st.data())
 def test_fuzz__no_route_answers_5xx__long(target: Target, data: st.DataObject) -> None:
     fuzz(target, data)

@@ -36,7 +36,6 @@ def url_for(backend: str, machine: StorageStateMachine) -> str:
         "memory": lambda: "memory://",
         "sqlite-memory": lambda: "sqlite:///:memory:",
         "sqlite-file": lambda: f"sqlite:///{machine.tmp_path / 'durably.db'}",
-        "libsql-file": lambda: f"file:{machine.tmp_path / 'libsql.db'}",
         # one tursodb server for the session, its tables emptied for each example
         "libsql-remote": fresh_shared_database,
         # one PostgreSQL server for the session, a new schema for each example
@@ -55,7 +54,6 @@ SCHEMES = {
     "memory": "memory",
     "sqlite-memory": "sqlite",
     "sqlite-file": "sqlite",
-    "libsql-file": "file",
     "libsql-remote": "http",
     "postgres": "postgresql",
 }
@@ -111,14 +109,12 @@ def test_backends__agree_side_by_side() -> None:
 
 def test_side_by_side__every_installed_backend_takes_part() -> None:
     # the workspace installs every in-tree plugin (uv sync --all-packages)
-    everything = ["memory", "sqlite-file", "sqlite-memory", "libsql-file"]
+    everything = ["memory", "sqlite-file", "sqlite-memory"]
     assert side_by_side_backends(BackendRegistry().schemes) == everything
 
 
 def test_side_by_side__a_missing_backend_fails() -> None:
-    with pytest.raises(
-        pytest.fail.Exception, match=r"\['sqlite-file', 'sqlite-memory', 'libsql-file'\]"
-    ):
+    with pytest.raises(pytest.fail.Exception, match=r"\['sqlite-file', 'sqlite-memory'\]"):
         side_by_side_backends({"memory"})
 
 
