@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 from _bench import emit, header, sqlite_url
 from pydantic import BaseModel
-from sse_load import serve
+from sse_load import _request, serve
 
 from durably import Step, create_durably, define_job
 
@@ -50,11 +50,7 @@ async def reader(
 ) -> None:
     """One SSE client reading everything until ``stop``. ``opened[0]``: how many
     clients are still to connect; the last one sets ``all_open``."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
-    )
-    await writer.drain()
+    reader, writer = await _request(port, path, keep=True)
     opened[0] -= 1
     if opened[0] == 0:
         all_open.set()
