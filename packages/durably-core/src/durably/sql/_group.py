@@ -60,6 +60,8 @@ class GroupCommit:
         self._queue: list[_Member] = []
         #: the drains in flight (the loop keeps only weak references to tasks)
         self._draining: set[asyncio.Task[None]] = set()
+        #: the drain that will take the queue, not started yet
+        self._pending: asyncio.Task[None] | None = None
 
     async def write(self, statements: Sequence[Statement]) -> list[list[Row]]:
         """Each statement's rows, as ``executor.batch(statements)`` returns them, once
@@ -69,14 +71,19 @@ class GroupCommit:
             return await _run(self._executor, statements)
         future: asyncio.Future[list[list[Row]]] = loop.create_future()
         self._queue.append((statements, future))
-        if len(self._queue) == 1:
-            # runs after what is ready now: every checkpoint of this turn joins first
+        pending = self._pending
+        if pending is None or pending.done():
+            # runs after what is ready now: every checkpoint of this turn joins first.
+            # (A drain cancelled before it ran, as a loop shut down, is replaced: the
+            # queue it left behind holds only its cancelled callers.)
             task = loop.create_task(self._drain())
+            self._pending = task
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
         return await future
 
     async def _drain(self) -> None:
+        self._pending = None  # what is queued from now on needs the next drain
         # a caller cancelled before its turn came is not written: it was told it was not
         group = [member for member in self._queue if not member[1].done()]
         self._queue = []
