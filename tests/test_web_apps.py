@@ -35,6 +35,10 @@ def expected_lines(user: str, days: int) -> int:
 
 class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    # the listen backlog: socketserver's default of 5 is less than the clients a test
+    # connects at once (24); on a loaded machine the accepting thread falls behind
+    # and the connections past the backlog are reset
+    request_queue_size = 128
 
 
 class QuietHandler(WSGIRequestHandler):
