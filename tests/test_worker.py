@@ -202,12 +202,31 @@ async def test_worker__stopped_worker_claims_nothing(make_durably: Any) -> None:
     assert (await d.get_run(triggered.id)).status is RunStatus.PENDING
 
 
-async def test_worker__polls_for_runs_triggered_elsewhere(
+async def test_worker__started_without_init_migrates_before_it_claims(
     make_durably: Any, clock: ManualClock
+) -> None:
+    # no job: the scheduler reads nothing, so only the worker can create the tables
+    d = make_durably({})
+    errors = recorder(d, "worker:error")
+    d.start()
+    await eventually(lambda: clock.sleepers >= 1, "the worker idling")
+    assert errors == []  # before: "no such table: durably_runs", again every backoff
+    other = make_durably(
+        {"d": define_job("double", input=In, output=Out, run=double)}, same_db_as=d
+    )
+    assert await other.get_runs() == []
+
+
+async def test_worker__polls_for_runs_triggered_elsewhere(
+    make_durably: Any, clock: ManualClock, backend: str
 ) -> None:
     jobs = {"d": define_job("double", input=In, output=Out, run=double)}
     worker = make_durably(jobs, polling_interval=2)
-    other = make_durably(jobs, same_db_as=worker)
+    # PostgreSQL's NOTIFY would wake the worker at once (tests/test_postgres.py):
+    # the other process announces on a channel nobody listens to, so only the poll
+    # can find the run
+    quiet = {"channel": "nobody_listens"} if backend == "postgres" else {}
+    other = make_durably(jobs, same_db_as=worker, **quiet)
     worker.start()
     # the worker's idle poll, and its scheduler's wait (it has a job)
     await eventually(lambda: clock.sleepers == 2, "the worker idling")

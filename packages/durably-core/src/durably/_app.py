@@ -93,7 +93,7 @@ class Durably:
             bus=EventBus(clock, on_listener_error),
             settings=settings,
         )
-        self._worker = Worker(self._services)
+        self._worker = Worker(self._services, ready=self._ready)
         self._triggers = Triggers(
             self._services, labels_schema, ready=self._ready, wake=self._worker.notify
         )

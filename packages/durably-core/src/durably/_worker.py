@@ -1,6 +1,7 @@
 """The worker: claims runs into free slots and executes them.
 
-One loop per ``Durably``: it fills every free slot at once, then waits for a
+One loop per ``Durably``: it migrates the database first if this instance has
+not (``start()`` without ``init()``), then fills every free slot at once, then waits for a
 wake-up (a run triggered or finished in this process) or the polling interval
 — a single idle poll shared by all slots. When a round claims nothing (idle,
 or every slot busy) it does maintenance, at most once per polling interval:
@@ -43,8 +44,11 @@ async def claim(services: Services) -> Run | None:
 
 
 class Worker:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, ready: Callable[[], Awaitable[None]]) -> None:
         self._services = services
+        #: migrates the database once (``Durably._ready``): ``start()`` without
+        #: ``init()`` on a new database must claim, not report a missing table
+        self._ready = ready
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -138,6 +142,7 @@ class Worker:
                 # is busy would make the loop spin)
                 self._next_wake = None
             try:
+                await self._ready()
                 await self._periodic_checks()
                 claimed = await self._fill_slots()
                 backoff = 0.0
