@@ -453,6 +453,56 @@ async def test_scheduler__wakes_at_each_slot_and_reads_little(clock: ManualClock
     assert len(fired) == 4
 
 
+class HeldUpcomingRead(MemoryStorage):
+    """``upcoming_schedules`` (the scheduler's last read before it plans its sleep)
+    waits for ``release`` while armed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.held = asyncio.Event()
+        self.release: asyncio.Future[None] | None = None
+
+    async def upcoming_schedules(self, *args: Any, **kwargs: Any) -> Any:
+        if self.armed:
+            self.armed = False
+            self.release = asyncio.get_running_loop().create_future()
+            self.held.set()
+            await self.release
+        return await super().upcoming_schedules(*args, **kwargs)
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_scheduler__slot_reached_while_it_plans_its_sleep_still_fires(
+    clock: ManualClock, turns: int
+) -> None:
+    """The clock reaches the next slot in the loop turn between the scheduler
+    planning its sleep (after reading the schedules) and that sleep starting: the
+    slot still fires then. The scheduler used to compute the delay (600 s, to the
+    slot) before its sleep started, so the sleep counted from the slot instead: it
+    fired a whole delay late (never, here: nothing moves the clock again). Each
+    ``turns`` puts the clock's move at another point of that interleaving."""
+    storage = HeldUpcomingRead()
+    d = create_durably(
+        storage, jobs={"t": job(schedule=Schedule("@hourly"))}, clock=clock, polling_interval=600
+    )
+    async with d:
+        for _ in range(4):  # 00:40, a refresh each 600 s
+            await idle(clock)
+            await clock.advance(600)
+        await idle(clock)
+        storage.armed = True
+        await clock.advance(600)  # 00:50: the refresh reads the next slot, 01:00
+        await eventually(storage.held.is_set, "the scheduler reading the schedules")
+        assert storage.release is not None
+        storage.release.set_result(None)  # it plans a 600 s sleep ...
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await clock.advance(600)  # ... and the clock reaches the slot
+        await eventually(lambda: d.get_runs(), "the 01:00 slot fired")
+        assert slots_of(await d.get_runs()) == ["2026-01-01T01:00:00.000Z"]
+
+
 async def test_scheduler__reads_nothing_without_jobs(clock: ManualClock) -> None:
     storage = FaultyStorage(MemoryStorage())
     d = create_durably(storage, clock=clock, polling_interval=3600)

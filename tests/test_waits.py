@@ -21,9 +21,11 @@ from durably import (
     Step,
     ValidationError,
     WaitStatus,
+    create_durably,
     define_job,
 )
 from durably_testing.clock import ManualClock, settle
+from durably_testing.memory import MemoryStorage
 
 
 class Decision(pydantic.BaseModel):
@@ -217,6 +219,68 @@ async def test_sleep__two_workers_woken_at_the_deadline_resume_it_once(
     await settle()
     assert resumed == [start + timedelta(hours=1)]
     assert len(leased_a) + len(leased_b) == 2, "claimed once to start, once to resume"
+
+
+class HeldWakeRead(MemoryStorage):
+    """``next_wake_at`` (the last read of the worker's maintenance, before it plans
+    its sleep) waits for ``release`` while ``held`` is armed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.held = asyncio.Event()
+        self.release: asyncio.Future[None] | None = None
+
+    async def next_wake_at(self, now: Any) -> Any:
+        if self.armed:
+            self.armed = False
+            self.release = asyncio.get_running_loop().create_future()
+            self.held.set()
+            await self.release
+        return await super().next_wake_at(now)
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_sleep__deadline_reached_while_the_worker_plans_its_sleep_still_wakes_it(
+    clock: ManualClock, turns: int
+) -> None:
+    """The clock reaches a waiting run's deadline in the loop turn between the worker
+    planning its idle sleep (after its maintenance read) and that sleep starting: the
+    run still resumes at the deadline. The worker used to compute the delay (300 s,
+    to the deadline) before the sleep started, so the sleep was counted from the
+    deadline instead: the run resumed a whole delay late (never, here: nothing
+    moves the clock again). Seen on PostgreSQL, where a round trip that ended in
+    ``advance``'s last settling turn made that interleaving (about 1 run in 100
+    under load); each ``turns`` puts the clock's move at another point of it."""
+    resumed_at: list[Any] = []
+
+    async def job(step: Step, payload: Any) -> str:
+        await step.sleep("cool-down", 900)
+        resumed_at.append(clock.now())
+        return "rested"
+
+    storage = HeldWakeRead()
+    d = create_durably(
+        storage, jobs={"j": define_job("j", run=job)}, clock=clock, polling_interval=600
+    )
+    try:
+        await d.init()
+        start = clock.now()
+        run_id = (await d.jobs.j.trigger({})).id
+        await status_is(d, run_id, RunStatus.WAITING)
+        await settle()  # the worker sleeps until its next poll (600 s: before the deadline)
+        storage.armed = True
+        await clock.advance(600)  # that poll: its maintenance reads the next deadline
+        await eventually(storage.held.is_set, "the maintenance reading the next wake-up")
+        assert storage.release is not None
+        storage.release.set_result(None)  # the worker plans a 300 s sleep ...
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await clock.advance(300)  # ... and the clock reaches the deadline
+        await status_is(d, run_id, RunStatus.COMPLETED)
+        assert resumed_at == [start + timedelta(seconds=900)]
+    finally:
+        await d.stop()
 
 
 async def test_waiting_runs_hold_no_slot(make_durably: Any, clock: ManualClock) -> None:

@@ -30,6 +30,7 @@ from durably import (
 )
 from durably_testing.clock import ManualClock, settle
 from durably_testing.faults import FaultyStorage
+from durably_testing.memory import MemoryStorage
 
 
 class In(pydantic.BaseModel):
@@ -287,6 +288,54 @@ async def test_trigger_and_wait__timeout_leaves_run_going(
     assert run.status is RunStatus.LEASED
     gates.release.set()
     assert (await d.wait_for_run(run.id)).status is RunStatus.COMPLETED
+
+
+class HeldRunRead(MemoryStorage):
+    """``get_run`` (what ``wait_for_run`` reads before it plans its sleep) waits for
+    ``release`` while armed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.held = asyncio.Event()
+        self.release: asyncio.Future[None] | None = None
+
+    async def get_run(self, run_id: str) -> Run | None:
+        if self.armed:
+            self.armed = False
+            self.release = asyncio.get_running_loop().create_future()
+            self.held.set()
+            await self.release
+        return await super().get_run(run_id)
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_wait_for_run__timeout_reached_while_it_plans_its_sleep_still_ends_it(
+    clock: ManualClock, turns: int
+) -> None:
+    """The clock reaches the timeout in the loop turn between ``wait_for_run``
+    planning its sleep (after reading the run) and that sleep starting: the wait
+    still times out then. It used to compute the delay (5 s) before the sleep
+    started, so the sleep counted from the timeout instead: it ended a whole delay
+    late (never, here: nothing moves the clock again). Each ``turns`` puts the
+    clock's move at another point of that interleaving."""
+    storage = HeldRunRead()
+    d = create_durably(
+        storage, jobs={"g": define_job("g", run=Gates().job)}, clock=clock, polling_interval=600
+    )
+    run_id = (await d.jobs.g.trigger({})).id  # no worker: it stays pending
+    storage.armed = True
+    waiting = asyncio.create_task(d.wait_for_run(run_id, timeout=5))
+    await eventually(storage.held.is_set, "the wait reading the run")
+    assert storage.release is not None
+    storage.release.set_result(None)  # it plans a 5 s sleep ...
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await clock.advance(5)  # ... and the clock reaches the timeout
+    await eventually(waiting.done, "the wait timing out")
+    with pytest.raises(WaitTimeoutError):
+        await waiting
+    await d.close()
 
 
 async def test_trigger_and_wait__on_progress_and_on_log_for_this_run(make_durably: Any) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, sleep_or_wake
 from ._errors import (
     ConflictError,
     NotFoundError,
@@ -504,6 +504,15 @@ class Durably:
         # events (see EventBus.wants).
         unsubscribes = [services.bus.on(t, listener) for t in sorted(TERMINAL_EVENT_TYPES)]
         deadline = None if timeout is None else services.clock.now() + timedelta(seconds=timeout)
+
+        def next_check() -> float:
+            # read when the sleep starts (sleep_or_wake), not before it: the clock may
+            # move in between, and the timeout must not fire that much late
+            wait = services.settings.polling_interval
+            if deadline is None:
+                return wait
+            return min(wait, max(0.0, (deadline - services.clock.now()).total_seconds()))
+
         try:
             while True:
                 # cleared before the read, so a terminal event during it is not missed
@@ -517,13 +526,9 @@ class Durably:
                     raise RunFailedError(run_id, run.error, failed_step[0])
                 if run.status == RunStatus.CANCELLED:
                     raise RunCancelledError(run_id)
-                wait = services.settings.polling_interval
-                if deadline is not None:
-                    left = (deadline - services.clock.now()).total_seconds()
-                    if left <= 0:
-                        raise WaitTimeoutError(run_id, timeout or 0.0)
-                    wait = min(wait, left)
-                await _first_of(settled.wait(), services.clock.sleep(wait))
+                if deadline is not None and deadline <= services.clock.now():
+                    raise WaitTimeoutError(run_id, timeout or 0.0)
+                await sleep_or_wake(services.clock, settled, next_check)
         finally:
             for unsubscribe in unsubscribes:
                 unsubscribe()
@@ -605,15 +610,6 @@ def _takes_now(migrate: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):  # no signature to read: call it as the protocol says
         return True
     return any(p.name == "now" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
-
-
-async def _first_of(*aws: Any) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
 
 
 def _row_index(value: Any) -> bool:

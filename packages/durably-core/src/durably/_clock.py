@@ -71,14 +71,28 @@ def now_ms_reader(clock: Clock) -> Callable[[], datetime]:
     return lambda: now_ms(clock)
 
 
-async def sleep_or_wake(clock: Clock, wake: asyncio.Event, seconds: float | None) -> None:
+async def sleep_or_wake(
+    clock: Clock, wake: asyncio.Event, seconds: float | Callable[[], float] | None
+) -> None:
     """Wait ``seconds`` of ``clock``'s time (``None``: no limit) or until ``wake`` is
-    set, whichever comes first (the idle waits of the worker and the scheduler)."""
+    set, whichever comes first (the idle waits of the worker and the scheduler).
+
+    A wait toward a deadline passes ``seconds`` as a function, read when the sleep
+    starts: the sleep is a task of its own, which starts a loop turn after this is
+    called, and the clock may move in between (a manual clock advanced by a test, a
+    loaded loop); a delay computed before would count from the wrong time and wake
+    that much past the deadline (with a manual clock: maybe never)."""
     waits: set[asyncio.Future[object]] = {asyncio.ensure_future(wake.wait())}
     if seconds is not None:
-        waits.add(asyncio.ensure_future(clock.sleep(seconds)))
+        waits.add(asyncio.ensure_future(_sleep(clock, seconds)))
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waits:
             waiter.cancel()
+
+
+async def _sleep(clock: Clock, seconds: float | Callable[[], float]) -> None:
+    # the delay is read and the clock's sleep started in the same step: nothing runs
+    # between them
+    await clock.sleep(seconds() if callable(seconds) else seconds)

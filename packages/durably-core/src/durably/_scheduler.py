@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
 
 from ._backoff import jittered, next_backoff
 from ._clock import sleep_or_wake
@@ -62,17 +65,24 @@ class Scheduler:
             if not services.jobs:
                 await self._wait(None)  # nothing of ours can be scheduled: wait for a job
                 continue
-            delay = max(REFRESH, services.settings.polling_interval)
-            if next_at is not None:
-                # from the clock's own time, not the millisecond one: wake at the slot;
-                # corrected like ``services.now`` (slots are judged by the database's
-                # clock too), or a clock ahead of the database's would spin until then
-                now = services.clock.now() + services.clock_offset
-                left = (next_at - now).total_seconds()
-                delay = min(delay, max(0.0, left))
-            await self._wait(delay)
+            # read when the sleep starts, not now: the clock may move in between
+            # (sleep_or_wake)
+            await self._wait(partial(self._delay, next_at))
 
-    async def _wait(self, seconds: float | None) -> None:
+    def _delay(self, next_at: datetime | None) -> float:
+        """Until the next slot, or the refresh interval if that comes first."""
+        services = self._services
+        delay = max(REFRESH, services.settings.polling_interval)
+        if next_at is not None:
+            # from the clock's own time, not the millisecond one: wake at the slot;
+            # corrected like ``services.now`` (slots are judged by the database's
+            # clock too), or a clock ahead of the database's would spin until then
+            now = services.clock.now() + services.clock_offset
+            left = (next_at - now).total_seconds()
+            delay = min(delay, max(0.0, left))
+        return delay
+
+    async def _wait(self, seconds: float | Callable[[], float] | None) -> None:
         if self._wake.is_set() or self._stopping:
             return
         await sleep_or_wake(self._services.clock, self._wake, seconds)

@@ -160,7 +160,8 @@ class Worker:
                 await self._maintain()
             if self._stopping:
                 break
-            await self._wait(self._poll_delay())
+            # the delay is read when the sleep starts, not now (sleep_or_wake)
+            await self._wait(self._poll_delay)
 
     async def _subscribe(self) -> None:
         storage = self._services.storage
@@ -204,7 +205,7 @@ class Worker:
             delay = min(delay, max(until, 0.0))
         return delay
 
-    async def _wait(self, seconds: float) -> None:
+    async def _wait(self, seconds: float | Callable[[], float]) -> None:
         if self._wake.is_set() or self._stopping:
             return
         await sleep_or_wake(self._services.clock, self._wake, seconds)
