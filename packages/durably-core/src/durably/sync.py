@@ -79,11 +79,55 @@ def _refuse_inside_a_loop(what: str) -> None:
     )
 
 
+#: How long the main thread blocks at a time while it waits (see _slice).
+_WAIT_SLICE = 0.25
+
+
+def _slice() -> float | None:
+    """How long a wait in this thread blocks at a time: ``None`` (until done) except
+    in the main thread, which waits in slices of ``_WAIT_SLICE`` seconds.
+
+    CPython runs signal handlers — Ctrl-C's ``KeyboardInterrupt`` — in the main
+    thread, between two bytecodes, and a blocking lock or queue wait is cut short by a
+    signal only if the signal arrives *during* the wait. One that arrives just before
+    (the thread preempted between its last check and the wait: a loaded machine, or
+    Ctrl-C pressed as the call starts) is left pending until the wait ends by itself:
+    for ``trigger_and_wait``, when the run finishes. A slice ends, the pending
+    handler runs, and the ``KeyboardInterrupt`` comes at most one slice late."""
+    return _WAIT_SLICE if threading.current_thread() is threading.main_thread() else None
+
+
+def _until_done(future: concurrent.futures.Future[Any], timeout: float) -> None:
+    """Block until ``future`` is done, ``timeout`` seconds at a time (see ``_slice``)."""
+    # A plain lock the done callback releases: each slice is one C call. A slice of
+    # future.result(timeout) would enter the future's condition (a Python `with`)
+    # each time, and a KeyboardInterrupt raised inside its __enter__, after the lock
+    # was taken, would leave it held: the loop thread could never complete the future.
+    done = threading.Lock()
+    done.acquire()
+    future.add_done_callback(lambda _: done.release())
+    while not done.acquire(timeout=timeout):
+        pass  # the slice ended: a pending signal's handler runs here
+
+
+def _get(items: queue.SimpleQueue[Any]) -> Any:
+    """The next item, waited for in slices in the main thread (see ``_slice``)."""
+    timeout = _slice()
+    while True:
+        try:
+            return items.get(timeout=timeout)
+        except queue.Empty:
+            continue  # the slice ended: a pending signal's handler runs here
+
+
 def _wait(future: concurrent.futures.Future[T]) -> T:
     """The result of work on the loop, waited for in this thread. Interrupted (Ctrl-C),
     the work is cancelled on the loop: a run being waited for keeps going."""
     try:
-        return future.result()
+        timeout = _slice()
+        if timeout is not None:
+            _until_done(future, timeout)
+        return future.result()  # done, or (another thread) blocks until it is
     except BaseException:
         future.cancel()
         raise
@@ -490,7 +534,7 @@ class SyncDurably:
 
         future = runtime.thread.submit(pump())
         try:
-            while (event := events.get()) is not _END:
+            while (event := _get(events)) is not _END:
                 yield event
             future.result()  # its error, if it ended with one
         finally:
@@ -643,7 +687,7 @@ class SyncJobHandle(Generic[I, O]):
         if on_progress is not None or on_log is not None:
             future.add_done_callback(lambda _: calls.put(_END))
             try:
-                while (call := calls.get()) is not _END:
+                while (call := _get(calls)) is not _END:
                     callback, value = call
                     try:
                         callback(value)
