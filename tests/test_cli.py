@@ -13,6 +13,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -131,6 +132,39 @@ def test_cli__events_follows_runs_that_another_process_executes(ops: Ops) -> Non
     worker.wait()
     events.signal(signal.SIGINT)
     assert events.wait() == EXIT_CODES["interrupted"]
+
+
+#: ``durably ARGS`` with a SIGINT raised the moment asyncio.run has installed its
+#: handler, handled before asyncio.run resets its count of interrupts to 0.
+SIGINT_AS_ASYNCIO_RUN_STARTS = """
+import signal, sys
+from durably.cli import main
+install = signal.signal
+def installing(signum, handler):
+    previous = install(signum, handler)
+    if getattr(getattr(handler, "func", None), "__name__", "") == "_on_sigint":
+        signal.raise_signal(signal.SIGINT)  # its handler runs as this call returns
+    return previous
+signal.signal = installing
+sys.argv = ["durably", *sys.argv[1:]]
+main()
+"""
+
+
+def test_cli__ctrl_c_as_the_command_starts_is_an_interruption(ops: Ops) -> None:
+    """asyncio.run's handler cancels the command's task and counts the interrupt, then
+    sets the count to 0 (CPython 3.11 to 3.13): the cancellation came out of
+    asyncio.run instead of KeyboardInterrupt, a traceback and exit 1."""
+    done = subprocess.run(
+        [sys.executable, "-c", SIGINT_AS_ASYNCIO_RUN_STARTS, "events"],
+        capture_output=True,
+        text=True,
+        env=ops.env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == EXIT_CODES["interrupted"], done.stderr
+    assert done.stderr == "durably: interrupted\n"
 
 
 def test_cli__acting_on_runs_needs_no_job_code(ops: Ops) -> None:

@@ -79,7 +79,11 @@ def run_command(main: Callable[[], Awaitable[T]]) -> T:
     except DurablyError as exc:
         click.echo(f"durably: {exc}", err=True)
         sys.exit(EXIT_CODES[exit_code_of(exc)])
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Only asyncio.run's SIGINT handler cancels the command's task; it turns that
+        # into KeyboardInterrupt, except for a SIGINT handled right as it installs the
+        # handler (before it resets its count of interrupts): then the cancellation
+        # itself comes out (CPython 3.11 to 3.13 at least).
         click.echo("durably: interrupted", err=True)
         sys.exit(EXIT_CODES["interrupted"])
 
