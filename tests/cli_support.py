@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from ci_support import unavailable
+from process_support import signal_state
 
 T = TypeVar("T")
 
@@ -66,12 +67,13 @@ class Process:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            signals = signal_state(self.proc.pid)
             self.proc.send_signal(signal.SIGABRT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
             raise AssertionError(
-                f"{self.proc.args!r} still running after {timeout:g}s; its threads and "
-                f"output:\n{self.output()[-6000:]}"
+                f"{self.proc.args!r} still running after {timeout:g}s; its signals: "
+                f"{signals}; its threads and output:\n{self.output()[-6000:]}"
             ) from None
 
     def reap(self) -> None:

@@ -26,6 +26,21 @@ T = TypeVar("T")
 WORKER = Path(__file__).parent / "workers" / "durably_worker.py"
 
 
+def signal_state(pid: int) -> str:
+    """The signal lines of ``/proc/PID/status`` (pending, blocked, ignored, caught), for
+    the message of a process that did not exit on a signal: a SIGINT ignored or
+    blocked from its start (inherited) and one lost in the process look alike from
+    outside."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError as exc:
+        return f"(no /proc status: {exc})"
+    wanted = ("SigQ", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    return " ".join(
+        line.replace("\t", "") for line in status.splitlines() if line.startswith(wanted)
+    )
+
+
 def run_captured(
     args: list[str | Path], cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

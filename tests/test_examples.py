@@ -8,6 +8,7 @@ bounded timeout on every process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from process_support import signal_state
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TIMEOUT = 30.0  # the most any one example may take here; they need a few seconds
@@ -44,6 +46,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         "DURABLY_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
         "PYTHONUNBUFFERED": "1",
         "NO_COLOR": "1",
+        "PYTHONFAULTHANDLER": "1",  # SIGABRT dumps every thread (Example.finish)
     }
 
 
@@ -98,8 +101,16 @@ class Example:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            signals = signal_state(self.proc.pid)
+            # PYTHONFAULTHANDLER (the env fixture): SIGABRT prints every thread's stack
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
             self.close()
-            raise AssertionError(f"still running after {timeout}s:\n{self.output}") from None
+            raise AssertionError(
+                f"still running after {timeout}s; its signals: {signals}; its threads and "
+                f"output:\n{self.output}"
+            ) from None
         self._reader.join(timeout)
         return code, self.output
 
