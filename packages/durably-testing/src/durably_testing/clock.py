@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from durably import ValidationError
 
@@ -18,6 +20,13 @@ class ManualClock:
     Sleepers whose deadline is reached by an ``advance`` are woken in deadline
     order, and ``advance`` lets the event loop run them before returning, so a
     test can ``await clock.advance(31)`` and then observe what timers did.
+
+    A sleep is counted from the call to ``sleep()``, not from when its coroutine
+    first runs: wrapped in a task (a step's ``timeout=`` timer, ``asyncio.wait`` on
+    a sleep and an event), it first runs a loop turn later, and an ``advance`` that
+    ran in between must not push its end back by all the time it moved (on a real
+    clock the same gap makes it a loop turn late, not an hour). A sleep whose end
+    such an ``advance`` passed returns at once.
     """
 
     def __init__(self, start: datetime | None = None) -> None:
@@ -28,14 +37,16 @@ class ManualClock:
     def now(self) -> datetime:
         return self._now
 
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
+    def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
+        # not ``async def``: the deadline is read from the clock now, at the call
+        return self._sleep_until(self._now + timedelta(seconds=max(seconds, 0.0)))
+
+    async def _sleep_until(self, deadline: datetime) -> None:
+        if deadline <= self._now:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(
-            self._sleepers, (self._now + timedelta(seconds=seconds), next(self._counter), fut)
-        )
+        heapq.heappush(self._sleepers, (deadline, next(self._counter), fut))
         await fut
 
     @property
