@@ -417,6 +417,39 @@ def test_crash_harness__kills_in_backoffs_retry_once_and_on_time(tmp_path: Path)
     assert report.ok
 
 
+def test_checks__a_retry_written_after_a_stall_is_not_a_count_that_went_back(
+    tmp_path: Path,
+) -> None:
+    # process 0 starts attempt 1 of step 0 and is stalled (SIGSTOP) before its step:retry
+    # listener writes the record; process 1 takes the run over, records attempt 2; process
+    # 0 writes attempt 1's record after its SIGCONT: [2, 1] by time, yet no reset.
+    # Without the stall, the same order is a reset.
+    ms = 1_000_000
+    _put(tmp_path, e="start", run="r", i=0, x="0:1", p=0, t=100, w=100 * ms)
+    _put(tmp_path, e="start", run="r", i=0, x="1:1", p=1, t=300, w=300 * ms)
+    _put(tmp_path, e="retry", run="r", i=0, k=2, due=300 * ms, p=1, t=310)
+    _put(tmp_path, e="retry", run="r", i=0, k=1, due=100 * ms, p=0, t=400)
+    config = CrashConfig("sqlite:///unused.db", seed=1, steps=1, min_coverage=0)
+    runs = {"r": _Done(expected_output(1, 0, 1))}
+
+    def analyse(interruptions: list[tuple[int, Any, int]]) -> Any:
+        return _analyse(
+            config,
+            tmp_path,
+            [_Trial(0, "r")],
+            runs,
+            deaths={},
+            kills=0,
+            problems=(),
+            elapsed=0.0,
+            interruptions=interruptions,
+        )
+
+    assert analyse([(0, "stall", 150)]).attempt_counts_reset == 0
+    assert analyse([]).attempt_counts_reset == 1
+    assert analyse([(0, "stall", 350)]).attempt_counts_reset == 1  # stalled after it
+
+
 def test_checks__a_retry_before_its_due_time_and_a_count_that_went_back(tmp_path: Path) -> None:
     # step 0: attempt 1 failed, due at wall time 1_000 ms; the next start was decided
     # at 990 ms (early). Step 1: attempts 1 and 2 retried, then attempt 1 again (reset).

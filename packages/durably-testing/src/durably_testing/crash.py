@@ -161,7 +161,8 @@ for some step was that step's ``retry``). Checked:
 ``attempt counts reset`` (must be 0)
     steps whose ``retry`` records do not carry strictly increasing attempt numbers:
     the count went back (a crash made it start over), or one attempt was retried
-    twice.
+    twice. A lower number written after a higher one by a process stalled since
+    before the higher one was recorded is not counted: its listener wrote it late.
 
 Schedules (``--schedules``)
 ---------------------------
@@ -1339,11 +1340,18 @@ def _retries(
         if entry["e"] in ("retry", "start"):
             target = retried if entry["e"] == "retry" else started
             target[(str(entry["run"]), int(entry["i"]))].append(entry)
+    stalls: dict[int, list[int]] = defaultdict(list)
+    for process, what, at in interruptions:
+        if what == "stall":
+            stalls[process].append(at)
     early = reset = 0
     for key, records in retried.items():
         records.sort(key=lambda r: int(r["t"]))
         numbers = [int(r["k"]) for r in records]
-        if any(b <= a for a, b in itertools.pairwise(numbers)):
+        if any(
+            b["k"] <= a["k"] and not _written_late(b, a, started.get(key, []), stalls)
+            for a, b in itertools.pairwise(records)
+        ):
             reset += 1
             problems.append(f"run {key[0]} step-{key[1]}: attempts retried in order {numbers}")
         times = [int(r["t"]) for r in records]
@@ -1374,6 +1382,35 @@ def _retries(
                 break
     recorded = sum(len(r) for r in retried.values())
     return _RetryFigures(recorded, in_backoff, early, reset)
+
+
+def _written_late(
+    late: Mapping[str, Any],
+    before: Mapping[str, Any],
+    starts: Sequence[Mapping[str, Any]],
+    stalls: Mapping[int, Sequence[int]],
+) -> bool:
+    """Is ``late`` (a lower attempt number recorded after ``before``) the record of an
+    attempt that began before ``before``'s, written late because its process was
+    stalled in between? A record is written by the ``step:retry`` listener after the
+    failure is committed: a process stopped between its attempt's start and that
+    listener writes it after its SIGCONT, when another worker has taken the run over
+    and recorded the next attempt (seen on libSQL: ``[2, 1]``). A higher number
+    recorded first by a process that was running is still a reset, and an equal one
+    (one attempt retried twice) always is."""
+    if int(late["k"]) >= int(before["k"]):
+        return False
+    process = int(late["p"])
+    own = [int(s["t"]) for s in starts if _writer(s) == process and int(s["t"]) < int(late["t"])]
+    if not own:
+        return False
+    began = max(own)
+    return any(began < at <= int(before["t"]) for at in stalls.get(process, ()))
+
+
+def _writer(start: Mapping[str, Any]) -> int:
+    """The process of a ``start`` record (its token is ``"process:n"``)."""
+    return int(start["p"]) if "p" in start else int(str(start["x"]).split(":", 1)[0])
 
 
 def _coverage(
