@@ -60,3 +60,24 @@ def at_once(call: Callable[[T], R], items: Iterable[T]) -> list[R]:
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
         futures = [pool.submit(call, item) for item in items]
         return [f.result() for f in futures]
+
+
+class HeldOnce:
+    """A storage mixin: the read a subclass guards with ``await self.hold()`` waits for
+    ``release`` once, while ``armed``; ``held`` is set when it does. The tests of a
+    clock moved while a loop plans its sleep stop the loop at its last read with it.
+    Put it before the storage class: ``class Held(HeldOnce, MemoryStorage)``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.armed = False
+        self.held = asyncio.Event()
+        self.release: asyncio.Future[None] | None = None
+
+    async def hold(self) -> None:
+        if not self.armed:
+            return
+        self.armed = False
+        self.release = asyncio.get_running_loop().create_future()
+        self.held.set()
+        await self.release

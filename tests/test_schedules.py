@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from engine_support import eventually, recorder
+from engine_support import HeldOnce, eventually, recorder
 from pydantic import BaseModel
 
 from durably import (
@@ -453,22 +453,12 @@ async def test_scheduler__wakes_at_each_slot_and_reads_little(clock: ManualClock
     assert len(fired) == 4
 
 
-class HeldUpcomingRead(MemoryStorage):
+class HeldUpcomingRead(HeldOnce, MemoryStorage):
     """``upcoming_schedules`` (the scheduler's last read before it plans its sleep)
     waits for ``release`` while armed."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed = False
-        self.held = asyncio.Event()
-        self.release: asyncio.Future[None] | None = None
-
     async def upcoming_schedules(self, *args: Any, **kwargs: Any) -> Any:
-        if self.armed:
-            self.armed = False
-            self.release = asyncio.get_running_loop().create_future()
-            self.held.set()
-            await self.release
+        await self.hold()
         return await super().upcoming_schedules(*args, **kwargs)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pydantic
 import pytest
-from engine_support import eventually, recorder, status_is
+from engine_support import HeldOnce, eventually, recorder, status_is
 
 from durably import (
     NotFoundError,
@@ -221,22 +221,12 @@ async def test_sleep__two_workers_woken_at_the_deadline_resume_it_once(
     assert len(leased_a) + len(leased_b) == 2, "claimed once to start, once to resume"
 
 
-class HeldWakeRead(MemoryStorage):
+class HeldWakeRead(HeldOnce, MemoryStorage):
     """``next_wake_at`` (the last read of the worker's maintenance, before it plans
     its sleep) waits for ``release`` while ``held`` is armed."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed = False
-        self.held = asyncio.Event()
-        self.release: asyncio.Future[None] | None = None
-
     async def next_wake_at(self, now: Any) -> Any:
-        if self.armed:
-            self.armed = False
-            self.release = asyncio.get_running_loop().create_future()
-            self.held.set()
-            await self.release
+        await self.hold()
         return await super().next_wake_at(now)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pydantic
 import pytest
-from engine_support import eventually, recorder, status_is
+from engine_support import HeldOnce, eventually, recorder, status_is
 
 from durably import (
     LogData,
@@ -290,22 +290,12 @@ async def test_trigger_and_wait__timeout_leaves_run_going(
     assert (await d.wait_for_run(run.id)).status is RunStatus.COMPLETED
 
 
-class HeldRunRead(MemoryStorage):
+class HeldRunRead(HeldOnce, MemoryStorage):
     """``get_run`` (what ``wait_for_run`` reads before it plans its sleep) waits for
     ``release`` while armed."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed = False
-        self.held = asyncio.Event()
-        self.release: asyncio.Future[None] | None = None
-
     async def get_run(self, run_id: str) -> Run | None:
-        if self.armed:
-            self.armed = False
-            self.release = asyncio.get_running_loop().create_future()
-            self.held.set()
-            await self.release
+        await self.hold()
         return await super().get_run(run_id)
 
 

@@ -1409,7 +1409,8 @@ def _written_late(
 
 
 def _writer(start: Mapping[str, Any]) -> int:
-    """The process of a ``start`` record (its token is ``"process:n"``)."""
+    """The process of a ``start`` record (its token ``x`` is ``"process:n"`` when it
+    has no ``p``)."""
     return int(start["p"]) if "p" in start else int(str(start["x"]).split(":", 1)[0])
 
 
@@ -1428,9 +1429,7 @@ def _coverage(
     first_done: dict[str, int] = {}
     for e in entries:
         t = int(e["t"])
-        writer = e.get("p")
-        if writer is None and e["e"] == "start":  # a start's token names its writer
-            writer = int(str(e["x"]).split(":", 1)[0])
+        writer = _writer(e) if e["e"] == "start" else e.get("p")
         # after its last step, or at a wait (where the run may suspend), a process no
         # longer holds the run (a "got" record says when it does again)
         finished = e["e"] == "waits" or (e["e"] == "done" and int(e["i"]) == steps - 1)
