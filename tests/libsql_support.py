@@ -64,6 +64,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (IPv4), from ``/proc``: its socket
+    inodes matched against the kernel's table of listening sockets."""
+    inodes: set[str] = set()
+    with contextlib.suppress(OSError):
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd.path)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    if not inodes:
+        return set()
+    ports: set[int] = set()
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        for line in table:
+            fields = line.split()
+            # local address "0100007F:1F90", state 0A = LISTEN, inode in column 10
+            if fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
+
+
 def pipeline_ready(url: str, timeout: float = 0.5) -> bool:
     """Whether the server answers an empty pipeline (a raw socket: cheaper than an
     HTTP client per poll, and the connection is closed at once either way)."""
@@ -89,15 +112,20 @@ class TursoServer:
     def __init__(self, binary: Path, database: Path, port: int | None = None) -> None:
         self.binary = binary
         self.database = database
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        #: 0 until the first start: the server binds a port of the kernel's choice,
+        #: read from its own listening socket (a port picked here and passed on could
+        #: be taken by another process in between — e.g. another xdist worker's server).
+        self.port = port or 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log = database.with_name(database.name + ".server.log")
         _servers.append(self)
 
-    def start(self) -> TursoServer:
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> TursoServer:
+        """Start the server; a restart keeps the port. Ready means: THIS process
+        listens on the port and answers a pipeline — whoever else answers on it (a
+        server that took the port while this one was down) does not count."""
         assert self.process is None, "already running"
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + ready_timeout
         while True:
             with self.log.open("ab") as log:
                 self.process = subprocess.Popen(
@@ -108,23 +136,30 @@ class TursoServer:
                     start_new_session=True,
                 )
             while time.monotonic() < deadline:
-                if pipeline_ready(self.url):
-                    return self
                 if self.process.poll() is not None:
-                    break  # e.g. the port is still held after a kill: try again
+                    break  # e.g. the port is held by another process: try again
+                ports = listening_ports(self.process.pid)
+                if self.port == 0 and ports:
+                    self.port = min(ports)
+                if self.port in ports and pipeline_ready(self.url):
+                    return self
                 time.sleep(0.005)
             else:
                 self.stop()
-                raise RuntimeError(f"tursodb did not become ready on {self.url} ({self.log})")
+                raise RuntimeError(f"tursodb did not become ready on {self.address} ({self.log})")
             self.process.wait()
             self.process = None
             if time.monotonic() >= deadline:
-                raise RuntimeError(f"tursodb exited at start on {self.url} ({self.log})")
+                raise RuntimeError(f"tursodb exited at start on {self.address} ({self.log})")
             time.sleep(0.05)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def kill(self) -> None:
         """SIGKILL: the server dies at once, mid-request if it was in one."""
