@@ -91,7 +91,10 @@ def tests(session: nox.Session) -> None:
     _setup(session)
     run = ["uv", "run", "--frozen"]
     session.run(*run, "coverage", "erase", external=True)
-    workers = _workers()
+    # where the time goes: the slowest tests at the end of the output, and every
+    # test's time in .cache/test-times.xml (JUnit XML)
+    timing = ["--durations=25", "--junitxml=.cache/test-times.xml"]
+    workers = [*_workers(), *timing]
     if "-n" in workers:
         # each process measures itself from its interpreter's start (coverage's .pth
         # reads COVERAGE_PROCESS_START), so what the durably pytest plugin imports
