@@ -107,3 +107,34 @@ def test_a_loop_ending_with_checkpoints_queued_strands_nothing(tmp_path: Path) -
 
     assert asyncio.run(later()) == [True, True]
     asyncio.run(s.close())
+
+
+async def test_completions_and_failures_join_the_group_each_fenced(tmp_path: Path) -> None:
+    # runs of a worker's slots often finish in the same loop turn: their final writes
+    # share one transaction with each other and with checkpoints made in that turn
+    ex = CountingExecutor(SqliteExecutor(tmp_path / "g.db"))
+    s = SqlStorage(ex)
+    await s.migrate()
+    runs = await leased(s, 5)
+    ex.batches.clear()
+    assert await s.complete_run(runs[0], 1, '"a"', T0, delete_steps=True)
+    assert ex.batches == [4]  # alone: waits closed, steps and logs deleted, the update
+    ex.batches.clear()
+    results = await asyncio.gather(
+        s.complete_run(runs[1], 1, "1", T0, delete_steps=False),
+        s.fail_run(runs[2], 1, "boom", T0),
+        s.complete_run(runs[3], 2, "3", T0, delete_steps=True),  # not its lease
+        s.persist_step(runs[4], 1, step(4), T0),
+    )
+    assert list(results) == [True, True, False, True]
+    assert ex.batches == [2 + 2 + 4 + 3]  # one transaction
+    stored = [await s.get_run(run_id) for run_id in runs]
+    assert [(r.status.value, r.output, r.error) for r in stored if r is not None] == [
+        ("completed", "a", None),
+        ("completed", 1, None),
+        ("failed", None, "boom"),
+        ("leased", None, None),
+        ("leased", None, None),
+    ]
+    assert [x.id for x in await s.get_steps(runs[4])] == [step(4).id]
+    await s.close()

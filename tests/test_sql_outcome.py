@@ -159,6 +159,28 @@ async def test_persist_step__written_once(storage: Any, when: str) -> None:
 
 
 @WHEN
+async def test_complete_and_fail__group_commit_resolved_per_run(storage: Any, when: str) -> None:
+    # runs finishing at once share one batch; its answer is lost: each run finds out
+    # for itself (written once), and the one whose lease is lost is refused
+    s, ex = storage
+    runs = [await leased(s, n) for n in range(1, 4)]
+    ex.lose(when)
+    results = await asyncio.gather(
+        s.complete_run(runs[0], 1, '"a"', T0, delete_steps=True),
+        s.complete_run(runs[1], 2, '"b"', T0, delete_steps=True),
+        s.fail_run(runs[2], 1, "boom", T0),
+    )
+    assert (ex.lost, ex.lost_batch) == (1, 4 + 4 + 2)  # one group of three
+    assert list(results) == [True, False, True]
+    stored = [await s.get_run(run_id) for run_id in runs]
+    assert [(r.status, r.output, r.error) for r in stored if r is not None] == [
+        (RunStatus.COMPLETED, "a", None),
+        (RunStatus.LEASED, None, None),
+        (RunStatus.FAILED, None, "boom"),
+    ]
+
+
+@WHEN
 async def test_persist_step__group_commit_resolved_per_run(storage: Any, when: str) -> None:
     # checkpoints of several runs made at once are written in one batch; its answer is
     # lost: each run finds out for itself, and the one whose lease is lost is refused

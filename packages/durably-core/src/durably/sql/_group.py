@@ -1,16 +1,17 @@
-"""Group commit: the checkpoints of concurrent runs in one transaction.
+"""Group commit: checkpoints and completions of concurrent runs in one transaction.
 
 A checkpoint is one short transaction, and on a file database its commit (at
-``synchronous=FULL`` an fsync) costs more than the statements in it. When several
-runs of one process checkpoint in the same turn of the event loop, their batches
+``synchronous=FULL`` an fsync; at ``NORMAL`` still the WAL frames of every page it
+changed) costs more than the statements in it. When several runs of one process
+checkpoint, complete or fail in the same turn of the event loop, their batches
 are written as ONE batch (one ``BEGIN IMMEDIATE`` … ``COMMIT``; one request to a
 remote libSQL server) and each caller gets the results of its own statements:
 
 - Each member's statements keep their own fence (``status = 'leased' AND
   lease_generation = ?`` of their own run) and end with their own ``changes()``
-  read: a member whose lease was lost writes nothing and is told so, the others
-  are written. Members of one run (parallel branches) are applied in order, as
-  they would be one after the other.
+  read (a completion: its own ``RETURNING``): a member whose lease was lost writes
+  nothing and is told so, the others are written. Members of one run (parallel
+  branches) are applied in order, as they would be one after the other.
 - A batch is all or nothing. When the group's batch fails with an error that one
   member's statements may have caused (a constraint, text that cannot be stored),
   nothing was written: each member is written again on its own and gets its own

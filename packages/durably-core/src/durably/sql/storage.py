@@ -346,7 +346,8 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
-        #: checkpoints of concurrent runs, written together (durably/sql/_group.py)
+        #: checkpoints and completions of concurrent runs, written together
+        #: (durably/sql/_group.py)
         self._group = GroupCommit(executor)
 
     async def migrate(self, now: datetime | None = None) -> None:
@@ -823,14 +824,17 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         """A run's fenced final ``update`` (``_COMPLETE`` or ``_FAIL``; its parameters
         end with the run id and generation) with its pending waits closed and, with
         ``delete_steps``, its steps and logs deleted: atomically, and only while the
-        lease holds. Whether it was written."""
+        lease holds. Whether it was written. Group-committed with the checkpoints and
+        completions of other runs ready in the same loop turn (``durably/sql/_group.py``):
+        runs of a worker's slots often finish together, and a commit of its own would
+        cost more than the statements (each member keeps its own fence)."""
         guard: Params = params[-2:]
         statements: list[Statement] = [(_CLOSE_WAITS, ("closed", now_s, guard[0], *guard))]
         if delete_steps:
             held = (guard[0], *guard)
             statements += [(_DELETE_STEPS_IF_HELD, held), (_DELETE_LOGS_IF_HELD, held)]
         statements.append((update + " RETURNING 1", params))
-        results = await self.executor.batch(statements)
+        results = await self._group.write(statements)
         return bool(results[-1])
 
     # -- control --

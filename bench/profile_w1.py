@@ -1,0 +1,145 @@
+"""Where W1's time goes: R runs x S trivial steps on N slots, under cProfile.
+
+W1 (``bench/w1_throughput.py``) at 8 slots and ``synchronous=NORMAL`` is bound by
+the Python of one core, not by SQLite's commits: this prints the functions by own
+time from the worker's start to the last ``run:complete`` (the runs are enqueued
+before, as in W1), and how much of it is SQLite's own work.
+
+``--no-profile`` measures instead: steps/s without cProfile and the raw sqlite3
+one-insert-per-commit rate measured around it in the same run (as W1 does), one
+line per round; alternate it with another checkout's ``durably-core`` (``PYTHONPATH``)
+to compare two versions on a shared machine.
+
+    uv run python bench/profile_w1.py [--runs R] [--steps S] [--slots N] [--sync NORMAL|FULL]
+        [--out FILE.prof] [--no-profile] [--rounds K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _bench import raw_baseline, sqlite_url
+
+import durably
+from durably import Step, create_durably, define_job
+
+CPU: list[float] = []  # the process's CPU seconds of each round, worker start to last completion
+
+
+async def trivial() -> int:
+    return 1
+
+
+@define_job("w1")
+async def w1_job(step: Step, payload: dict[str, Any]) -> int:
+    for i in range(payload["steps"]):
+        await step.run(f"s{i}", trivial)
+    return payload["steps"]
+
+
+async def one_round(
+    path: Path,
+    synchronous: str,
+    runs: int,
+    steps: int,
+    slots: int,
+    profile: cProfile.Profile | None,
+) -> float:
+    """Seconds from the worker's start to the last completion."""
+    app = create_durably(
+        sqlite_url(path), jobs={"w1": w1_job}, synchronous=synchronous, max_concurrent_runs=slots
+    )
+    await app.migrate()
+    await app.jobs.w1.batch_trigger([{"steps": steps}] * runs)
+    done = asyncio.Event()
+    count = 0
+
+    def on_complete(_: Any) -> None:
+        nonlocal count
+        count += 1
+        if count == runs:
+            done.set()
+
+    app.on("run:complete", on_complete)
+    if profile is not None:
+        profile.enable()
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    app.start()
+    await done.wait()
+    elapsed = time.perf_counter() - t0
+    CPU.append(time.process_time() - c0)
+    if profile is not None:
+        profile.disable()
+    await app.close()
+    return elapsed
+
+
+async def main(args: argparse.Namespace) -> None:
+    total = args.runs * args.steps
+    if args.no_profile:
+        with tempfile.TemporaryDirectory() as tmp:  # warm-up: imports, caches
+            await one_round(Path(tmp) / "warm.db", args.sync, 20, args.steps, args.slots, None)
+        CPU.clear()
+        for r in range(args.rounds):
+            with tempfile.TemporaryDirectory() as tmp:
+                d = Path(tmp)
+                bare, _ = raw_baseline(d, args.sync, 1000)
+                elapsed = await one_round(
+                    d / "d.db", args.sync, args.runs, args.steps, args.slots, None
+                )
+                bare2, _ = raw_baseline(d, args.sync, 1000)
+            raw = 1e6 / ((bare + bare2) / 2)
+            steps_s = total / elapsed
+            print(
+                f"round {r}: {steps_s:,.0f} steps/s, raw {raw:,.0f} inserts/s, "
+                f"{steps_s / raw:.3f}x raw, {CPU[-1] / total * 1e6:.1f} µs CPU per step "
+                f"({Path(durably.__file__).parent})",
+                flush=True,
+            )
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        await one_round(d / "warm.db", args.sync, 20, args.steps, args.slots, None)  # warm-up
+        profile = cProfile.Profile(time.thread_time)  # CPU time: no noise from a shared machine
+        elapsed = await one_round(d / "d.db", args.sync, args.runs, args.steps, args.slots, profile)
+    print(
+        f"{args.runs} runs x {args.steps} steps, {args.slots} slots, synchronous={args.sync}: "
+        f"{elapsed / total * 1e6:.1f} µs per step under cProfile"
+    )
+    stats = pstats.Stats(profile)
+    if args.out:
+        stats.dump_stats(args.out)
+    raw_stats: Any = stats.stats  # type: ignore[attr-defined]  # pstats' table, undocumented
+    all_time = sum(row[2] for row in raw_stats.values())
+    sqlite = sum(
+        row[2]
+        for (_, _, name), row in raw_stats.items()
+        if name == "<method 'execute' of 'sqlite3.Cursor' objects>"
+        or name.startswith(
+            ("<method 'fetchall' of 'sqlite3", "<method 'execute' of 'sqlite3.Connection")
+        )
+    )
+    print(f"SQLite's own work: {sqlite / all_time:.0%} of the profiled time; the rest is Python")
+    stats.sort_stats("tottime").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--sync", default="NORMAL")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    asyncio.run(main(args))
