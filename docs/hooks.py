@@ -78,6 +78,7 @@ PROTOCOLS = (
     "durably.Storage",
     "durably.SupportsIdentityCheck",
     "durably.SupportsDatabaseTime",
+    "durably.SupportsClaimBatch",
     "durably.Clock",
     "durably.sql.Executor",
 )

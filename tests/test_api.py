@@ -106,6 +106,7 @@ EXPECTED_ALL = [
     "StorageLostError",
     "StorageOutcomeUnknownError",
     "StorageReadOnlyError",
+    "SupportsClaimBatch",
     "SupportsDatabaseTime",
     "SupportsIdentityCheck",
     "SystemClock",

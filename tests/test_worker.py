@@ -800,3 +800,102 @@ async def test_context_manager__interrupt_hands_the_runs_back(
     assert run.lease_expires_at is not None
     assert run.lease_expires_at <= clock.now()
     assert [s.name for s in await other.get_steps(triggered.id)] == ["first"]
+
+
+class BatchingMemory(MemoryStorage):
+    """MemoryStorage offering ``claim_batch`` (claims one after another, atomically in
+    one loop turn); records every claim call. ``refuse``: it raises
+    ``NotImplementedError`` instead (offered in type only, like PostgreSQL)."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.refuse = refuse
+
+    async def claim_next(
+        self,
+        owner: str,
+        now: datetime,
+        lease_expires_at: datetime,
+        job_names: Sequence[str] | None = None,
+    ) -> Run | None:
+        self.calls.append("next")
+        return await super().claim_next(owner, now, lease_expires_at, job_names)
+
+    async def claim_batch(
+        self,
+        owner: str,
+        now: datetime,
+        lease_expires_at: datetime,
+        count: int,
+        job_names: Sequence[str] | None = None,
+    ) -> list[Run]:
+        self.calls.append(f"batch{count}")
+        if self.refuse:
+            raise NotImplementedError
+        runs = []
+        for _ in range(count):
+            run = await super().claim_next(owner, now, lease_expires_at, job_names)
+            if run is None:
+                break
+            runs.append(run)
+        return runs
+
+
+async def test_worker__claims_free_slots_in_one_batch_while_runs_are_waiting(
+    clock: ManualClock,
+) -> None:
+    storage = BatchingMemory()
+    gates = Gates()
+    d = create_durably(
+        storage, jobs={"g": define_job("g", run=gates.job)}, clock=clock, max_concurrent_runs=3
+    )
+    ids = [(await d.jobs.g.trigger({"i": i})).id for i in range(8)]
+    d.start()
+    await eventually(lambda: gates.entered == 3, "three runs started")
+    await settle()
+    # no sign of a backlog yet: one at a time, until the slots are full
+    assert storage.calls == ["next"] * 3
+    gates.release.set()
+    for run_id in ids:
+        await status_is(d, run_id, RunStatus.COMPLETED)
+    assert gates.entered == 8  # each run once
+    batches = [call for call in storage.calls[3:] if call.startswith("batch")]
+    assert batches, storage.calls  # the slots freed by finished runs, claimed together
+    assert all(call in ("next", "batch2", "batch3") for call in storage.calls), storage.calls
+    assert len(storage.calls) < 8 + 1, storage.calls  # fewer claims than runs
+    await d.stop()
+
+
+async def test_worker__a_run_at_a_time_is_claimed_alone(clock: ManualClock) -> None:
+    # no backlog (the last claim found nothing): no batch, whatever the free slots
+    storage = BatchingMemory()
+    d = create_durably(
+        storage,
+        jobs={"d": define_job("double", input=In, output=Out, run=double)},
+        clock=clock,
+        max_concurrent_runs=4,
+    )
+    d.start()
+    for n in range(3):
+        await d.jobs.d.trigger_and_wait({"n": n})
+    assert set(storage.calls) == {"next"}, storage.calls
+    await d.stop()
+
+
+async def test_worker__claim_batch_not_implemented_claims_one_at_a_time(
+    clock: ManualClock,
+) -> None:
+    storage = BatchingMemory(refuse=True)
+    gates = Gates()
+    gates.release.set()
+    d = create_durably(
+        storage, jobs={"g": define_job("g", run=gates.job)}, clock=clock, max_concurrent_runs=3
+    )
+    ids = [(await d.jobs.g.trigger({"i": i})).id for i in range(9)]
+    d.start()
+    for run_id in ids:
+        await status_is(d, run_id, RunStatus.COMPLETED)
+    assert gates.entered == 9
+    assert len([call for call in storage.calls if call.startswith("batch")]) == 1, storage.calls
+    await d.stop()
