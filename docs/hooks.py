@@ -78,7 +78,6 @@ PROTOCOLS = (
     "durably.Storage",
     "durably.SupportsIdentityCheck",
     "durably.SupportsDatabaseTime",
-    "durably.SupportsClaimBatch",
     "durably.Clock",
     "durably.sql.Executor",
 )

@@ -106,7 +106,6 @@ EXPECTED_ALL = [
     "StorageLostError",
     "StorageOutcomeUnknownError",
     "StorageReadOnlyError",
-    "SupportsClaimBatch",
     "SupportsDatabaseTime",
     "SupportsIdentityCheck",
     "SystemClock",

@@ -95,13 +95,7 @@ from ._schedule import (
 )
 from ._schedules import Schedules
 from ._step import Step, StepLog
-from ._storage import (
-    ClaimableSubscription,
-    Storage,
-    SupportsClaimBatch,
-    SupportsDatabaseTime,
-    SupportsIdentityCheck,
-)
+from ._storage import ClaimableSubscription, Storage, SupportsDatabaseTime, SupportsIdentityCheck
 from ._trigger import TriggerResult
 from ._waits import SignalReceipt, WaitHandle, WaitResult
 
@@ -193,7 +187,6 @@ __all__ = [
     "StorageLostError",
     "StorageOutcomeUnknownError",
     "StorageReadOnlyError",
-    "SupportsClaimBatch",
     "SupportsDatabaseTime",
     "SupportsIdentityCheck",
     "SystemClock",

@@ -373,32 +373,6 @@ class ClaimableSubscription(Protocol):
 
 
 @runtime_checkable
-class SupportsClaimBatch(Protocol):
-    """A storage that can claim several runs in one atomic operation: a worker with
-    several free slots, whose last round filled every slot (runs are waiting), claims
-    them together instead of one operation (on SQLite, one transaction and one
-    commit) per run.
-    """
-
-    async def claim_batch(
-        self,
-        owner: str,
-        now: datetime,
-        lease_expires_at: datetime,
-        count: int,
-        job_names: Sequence[str] | None = None,
-    ) -> list[Run]:
-        """What ``count`` calls of :meth:`Storage.claim_next` with these arguments, one
-        after another, would claim — oldest first, each claim's guards judged after
-        the claims before it (one run per free concurrency key), each generation
-        bumped — in ONE atomic operation: all of them leased, or (it raises) none.
-        The runs in claim order; fewer than ``count`` (none) when fewer are
-        claimable. May raise ``NotImplementedError`` when this storage cannot offer
-        it after all: the worker then claims one run at a time."""
-        ...
-
-
-@runtime_checkable
 class SupportsIdentityCheck(Protocol):
     """A storage that can tell whether its database is still the one it opened.
 

@@ -35,7 +35,7 @@ from ._errors import StorageError, StorageLostError
 from ._execution import Execution
 from ._records import Run
 from ._services import Services
-from ._storage import ClaimableSubscription, SupportsClaimBatch, SupportsIdentityCheck
+from ._storage import ClaimableSubscription, SupportsIdentityCheck
 
 
 async def claim(services: Services) -> Run | None:
@@ -66,10 +66,6 @@ class Worker:
         self._check_identity = (
             storage.check_identity if isinstance(storage, SupportsIdentityCheck) else None
         )
-        self._claim_batch = storage.claim_batch if isinstance(storage, SupportsClaimBatch) else None
-        #: The last round that claimed ended with every slot taken: runs are waiting,
-        #: so the next one claims its free slots in one batch (where the storage can).
-        self._backlog = False
 
     @property
     def running(self) -> bool:
@@ -179,42 +175,18 @@ class Worker:
             self._services.report_error(exc, "subscribe")
 
     async def _fill_slots(self) -> bool:
-        """Claim runs into the free slots: one at a time, or — while runs are waiting
-        (the last round filled every slot) and the storage offers
-        :class:`~durably.SupportsClaimBatch` — all free slots in one batch, so that a
-        busy worker pays one claim transaction per round instead of one per run."""
         services = self._services
-        slots = services.settings.max_concurrent_runs
         claimed = False
-        while not self._stopping and len(self._running) < slots:
-            free = slots - len(self._running)
-            batch = self._claim_batch
-            if free > 1 and self._backlog and batch is not None:
-                now = services.now()
-                try:
-                    runs = await batch(services.owner, now, services.lease_expiry(now), free)
-                except NotImplementedError:  # not offered after all: one at a time
-                    self._claim_batch = None
-                    continue
-            else:
-                run = await claim(services)
-                runs, free = ([] if run is None else [run]), 1
-            for run in runs:
-                self._start(run)
-            claimed = claimed or bool(runs)
-            if len(runs) < free:  # nothing more to claim now
-                self._backlog = False
-                return claimed
-        if claimed:
-            self._backlog = True
+        while not self._stopping and len(self._running) < services.settings.max_concurrent_runs:
+            run = await claim(services)
+            if run is None:
+                break
+            claimed = True
+            task = asyncio.create_task(Execution(services, run).execute(), name=f"durably-{run.id}")
+            self._running.add(task)
+            self._leases[task] = (run.id, run.lease_generation)
+            task.add_done_callback(self._finished)
         return claimed
-
-    def _start(self, run: Run) -> None:
-        services = self._services
-        task = asyncio.create_task(Execution(services, run).execute(), name=f"durably-{run.id}")
-        self._running.add(task)
-        self._leases[task] = (run.id, run.lease_generation)
-        task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)

@@ -1,6 +1,5 @@
 """Conformance cases of the optional capabilities a storage may offer:
-:class:`durably.SupportsIdentityCheck`, :class:`durably.SupportsDatabaseTime` and
-:class:`durably.SupportsClaimBatch`.
+:class:`durably.SupportsIdentityCheck` and :class:`durably.SupportsDatabaseTime`.
 
 A storage that does not offer one passes its cases as they are (there is nothing
 to check); one that does must keep what the protocol's docstrings say.
@@ -14,10 +13,8 @@ import asyncio
 from datetime import timedelta
 
 from durably import (
-    RunStatus,
     Storage,
     StorageError,
-    SupportsClaimBatch,
     SupportsDatabaseTime,
     SupportsIdentityCheck,
 )
@@ -59,43 +56,6 @@ class CapabilityCases(ConformanceBase):
             f"database_time() did not advance over 20 ms ({first} then {second}): it must "
             "read the clock at the moment of the call (PostgreSQL: clock_timestamp())"
         )
-
-    async def test_capability__claim_batch_claims_as_claims_one_after_another(
-        self, storage: Storage
-    ) -> None:
-        if not isinstance(storage, SupportsClaimBatch):
-            return  # not offered: the worker claims one run at a time
-        try:
-            assert await storage.claim_batch("w", self.at(0), self.at(30), 0) == []
-        except NotImplementedError:
-            return  # not offered after all
-        # oldest first: a (key k), b, c (key k too: not while a holds its lease),
-        # d (another job), e
-        a = await self.create(storage, concurrency_key="k")
-        b = await self.create(storage)
-        c = await self.create(storage, job_name="job-b", concurrency_key="k")
-        d = await self.create(storage, job_name="job-c")
-        e = await self.create(storage)
-        jobs = ["job-a", "job-b"]
-        got = await storage.claim_batch("w", self.at(0), self.at(30), 3, jobs)
-        assert [r.id for r in got] == [a.id, b.id, e.id], (
-            "claim_batch must claim what claim_next would, one claim after another: oldest "
-            "first, one run per concurrency key, only the jobs named"
-        )
-        for run in got:
-            assert (run.status, run.lease_owner, run.lease_generation) == (
-                RunStatus.LEASED,
-                "w",
-                1,
-            )
-            assert run.lease_expires_at == self.at(30)
-            assert await storage.get_run(run.id) == run, "the claimed run differs from its row"
-        assert await storage.claim_batch("w", self.at(1), self.at(31), 4, jobs) == [], (
-            "nothing claimable is left among those jobs (c's key is leased)"
-        )
-        assert await storage.claim_batch("w", self.at(1), self.at(31), 2, []) == []
-        assert [r.id for r in await storage.claim_batch("w", self.at(1), self.at(31), 4)] == [d.id]
-        assert await self.status_of(storage, c.id) is RunStatus.PENDING
 
     async def test_capability__after_close_works_or_raises_storage_error(
         self, storage: Storage

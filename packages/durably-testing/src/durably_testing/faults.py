@@ -557,8 +557,6 @@ class FaultyStorage:
         return await self._invoke("fire_schedule", lambda: self.inner.fire_schedule(fire))
 
     # -- optional capabilities: forwarded when the inner storage has them --
-    # (not SupportsClaimBatch: through a FaultyStorage the worker claims one run at a
-    # time, so the calls the fault suite learns are the same on every backend)
 
     async def check_identity(self) -> None:
         inner = self.inner

@@ -371,20 +371,6 @@ class PostgresStorage(SqlStorage):
             # next candidate without it (the reference's loop does the same)
             skipped.append(key)
 
-    async def claim_batch(
-        self,
-        owner: str,
-        now: datetime,
-        lease_expires_at: datetime,
-        count: int,
-        job_names: Sequence[str] | None = None,
-    ) -> list[Run]:
-        """Not offered (raises ``NotImplementedError``; the worker claims one run at a
-        time): a claim here is a transaction of its own that may go round again past a
-        key taken meanwhile (:meth:`claim_next`), so several cannot be one atomic
-        operation."""
-        raise NotImplementedError("PostgreSQL claims one run per transaction")
-
     async def release_expired_leases(self, now: datetime) -> int:
         """:meth:`durably.Storage.release_expired_leases`, again when a run of the same
         key became pending meanwhile; released runs are announced."""

@@ -316,23 +316,6 @@ def _where(query: RunFilter) -> tuple[str, list[SqlValue]]:
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-def _claim(
-    owner: str, now: datetime, lease_expires_at: datetime, job_names: Sequence[str] | None
-) -> Statement:
-    """``_CLAIM`` and its parameters (``job_names``: ``None``, or not empty)."""
-    now_s = format_ts(now)
-    jobs = ""
-    names: Sequence[str] = ()
-    if job_names is not None:
-        jobs = f" AND c.job_name IN {_in_list(len(job_names))}"
-        names = job_names
-    params: list[SqlValue] = [owner, format_ts(lease_expires_at), now_s, now_s]
-    params += (*names, now_s)  # pending: job names, key guard
-    params += (now_s, *names, now_s)  # expired leases: expiry, job names, key guard
-    params += (now_s, *names, now_s)  # waiting runs: wake-up, job names, key guard
-    return _CLAIM.format(jobs=jobs), params
-
-
 class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
     """:class:`durably.Storage` over an :class:`~durably.sql.Executor` (SQLite dialect).
 
@@ -606,30 +589,20 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         lease_expires_at: datetime,
         job_names: Sequence[str] | None = None,
     ) -> Run | None:
-        if job_names is not None and not job_names:
-            return None
-        rows = await self.executor.fetch(*_claim(owner, now, lease_expires_at, job_names))
+        now_s = format_ts(now)
+        jobs = ""
+        names: Sequence[str] = ()
+        if job_names is not None:
+            if not job_names:
+                return None
+            jobs = f" AND c.job_name IN {_in_list(len(job_names))}"
+            names = job_names
+        params: list[SqlValue] = [owner, format_ts(lease_expires_at), now_s, now_s]
+        params += (*names, now_s)  # pending: job names, key guard
+        params += (now_s, *names, now_s)  # expired leases: expiry, job names, key guard
+        params += (now_s, *names, now_s)  # waiting runs: wake-up, job names, key guard
+        rows = await self.executor.fetch(_CLAIM.format(jobs=jobs), params)
         return to_run(rows[0]) if rows else None
-
-    async def claim_batch(
-        self,
-        owner: str,
-        now: datetime,
-        lease_expires_at: datetime,
-        count: int,
-        job_names: Sequence[str] | None = None,
-    ) -> list[Run]:
-        """:meth:`durably.SupportsClaimBatch.claim_batch`: ``claim_next``'s statement
-        ``count`` times in one batch (one transaction: each statement's guards see the
-        claims before it). Once one finds nothing, so do the ones after it."""
-        if count <= 0 or (job_names is not None and not job_names):
-            return []
-        statement = _claim(owner, now, lease_expires_at, job_names)
-        if count == 1:
-            rows = await self.executor.fetch(*statement)
-            return [to_run(rows[0])] if rows else []
-        results = await self.executor.batch([statement] * count)
-        return [to_run(rows[0]) for rows in results if rows]
 
     async def renew_lease(
         self, run_id: str, generation: int, now: datetime, lease_expires_at: datetime
