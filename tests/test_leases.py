@@ -313,12 +313,20 @@ async def test_concurrency_key__never_two_runs_of_a_key_at_once(make_durably: An
     active: dict[str, int] = {}
     max_active: dict[str, int] = {}
     overall = {"now": 0, "max": 0}
+    # The first runs of "k" and "k2" wait for each other inside their first step: a
+    # worker that ran everything one at a time would hang here (and fail), so runs of
+    # different keys provably overlap — whatever the machine's speed (yielding a few
+    # loop turns and hoping another run got in was not enough on a loaded machine).
+    started = {"k": asyncio.Event(), "k2": asyncio.Event()}
 
     async def work(key: str) -> None:
         active[key] = active.get(key, 0) + 1
         overall["now"] += 1
         max_active[key] = max(max_active.get(key, 0), active[key])
         overall["max"] = max(overall["max"], overall["now"])
+        if key in started and not started[key].is_set():
+            started[key].set()
+            await asyncio.wait_for(started["k2" if key == "k" else "k"].wait(), 60)
         for _ in range(5):
             await asyncio.sleep(0)
         active[key] -= 1
@@ -337,7 +345,7 @@ async def test_concurrency_key__never_two_runs_of_a_key_at_once(make_durably: An
         ids.append((await d.jobs[f"j{i}"].trigger({"key": f"free{i}"})).id)
     d.start()
     for run_id in ids:
-        await asyncio.wait_for(d.wait_for_run(run_id), 10)
+        await asyncio.wait_for(d.wait_for_run(run_id), 120)  # raises if a run failed
     assert max_active["k"] == 1
     assert max_active["k2"] == 1
     assert overall["max"] > 1
