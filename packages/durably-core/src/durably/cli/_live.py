@@ -30,7 +30,9 @@ async def follow_run(durably: Durably, run_id: str, timeout: float | None) -> Ru
     """Poll the run until it finishes, showing its status and progress; the last
     reading. Another process executes it, so its events never reach this one."""
     interval = min(durably.settings.polling_interval, 0.5)
-    deadline = None if timeout is None else time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = None if timeout is None else began + timeout
+    patience = hint_patience(durably.settings.polling_interval)
     err = console(stderr=True)
     bar = Progress(
         TextColumn("{task.fields[status]}"),
@@ -51,7 +53,8 @@ async def follow_run(durably: Durably, run_id: str, timeout: float | None) -> Ru
             run = await durably.get_run(run_id)
             if run is None:
                 raise click.ClickException(f"run {run_id} was deleted")
-            state = (run.status, run.progress)
+            note = _waiting_note(run, time.monotonic() - began, patience)
+            state = (run.status, run.progress, note)
             if state != last:
                 last = state
                 p = run.progress
@@ -62,11 +65,10 @@ async def follow_run(durably: Durably, run_id: str, timeout: float | None) -> Ru
                         status=status_text(status).markup,
                         total=None if p is None else p.total,
                         completed=0 if p is None else p.current,
-                        description=(p.message or "") if p else _waiting_note(run),
+                        description=(p.message or "") if p else note,
                     )
                 else:
-                    note = progress_text(p) or _waiting_note(run)
-                    click.echo(f"{status} {note}".rstrip(), err=True)
+                    click.echo(f"{status} {progress_text(p) or note}".rstrip(), err=True)
             if run.is_terminal:
                 return run
             if deadline is not None and time.monotonic() >= deadline:
@@ -77,8 +79,19 @@ async def follow_run(durably: Durably, run_id: str, timeout: float | None) -> Ru
             bar.stop()
 
 
-def _waiting_note(run: Run) -> str:
+def hint_patience(polling_interval: float) -> float:
+    """How long a run may stay pending before ``trigger --wait`` suggests starting a
+    worker: a running worker claims a new run within its polling interval (sooner when
+    woken), so only a run pending for longer than two of them (at least a second)
+    suggests that none is running."""
+    return max(1.0, 2 * polling_interval)
+
+
+def _waiting_note(run: Run, waited: float, patience: float) -> str:
+    """The line's note for a run that is not moving: who it waits for."""
     if run.status is RunStatus.PENDING:
+        if waited < patience:
+            return ""  # a worker may be about to claim it
         return "waiting for a worker (start one with `durably worker APP`)"
     if run.status is RunStatus.WAITING and run.waiting_on_wait_id is not None:
         return f"waiting for a signal (`durably runs show {run.id}` names its wait)"
