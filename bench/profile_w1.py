@@ -25,23 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _bench import raw_baseline, sqlite_url
+from _bench import raw_baseline, sqlite_share, sqlite_url
+from w1_throughput import w1_job
 
 import durably
-from durably import Step, create_durably, define_job
-
-CPU: list[float] = []  # the process's CPU seconds of each round, worker start to last completion
-
-
-async def trivial() -> int:
-    return 1
-
-
-@define_job("w1")
-async def w1_job(step: Step, payload: dict[str, Any]) -> int:
-    for i in range(payload["steps"]):
-        await step.run(f"s{i}", trivial)
-    return payload["steps"]
+from durably import create_durably
 
 
 async def one_round(
@@ -51,8 +39,9 @@ async def one_round(
     steps: int,
     slots: int,
     profile: cProfile.Profile | None,
-) -> float:
-    """Seconds from the worker's start to the last completion."""
+) -> tuple[float, float]:
+    """(seconds, the process's CPU seconds) from the worker's start to the last
+    completion."""
     app = create_durably(
         sqlite_url(path), jobs={"w1": w1_job}, synchronous=synchronous, max_concurrent_runs=slots
     )
@@ -75,11 +64,11 @@ async def one_round(
     app.start()
     await done.wait()
     elapsed = time.perf_counter() - t0
-    CPU.append(time.process_time() - c0)
+    cpu = time.process_time() - c0
     if profile is not None:
         profile.disable()
     await app.close()
-    return elapsed
+    return elapsed, cpu
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -87,12 +76,11 @@ async def main(args: argparse.Namespace) -> None:
     if args.no_profile:
         with tempfile.TemporaryDirectory() as tmp:  # warm-up: imports, caches
             await one_round(Path(tmp) / "warm.db", args.sync, 20, args.steps, args.slots, None)
-        CPU.clear()
         for r in range(args.rounds):
             with tempfile.TemporaryDirectory() as tmp:
                 d = Path(tmp)
                 bare, _ = raw_baseline(d, args.sync, 1000)
-                elapsed = await one_round(
+                elapsed, cpu = await one_round(
                     d / "d.db", args.sync, args.runs, args.steps, args.slots, None
                 )
                 bare2, _ = raw_baseline(d, args.sync, 1000)
@@ -100,7 +88,7 @@ async def main(args: argparse.Namespace) -> None:
             steps_s = total / elapsed
             print(
                 f"round {r}: {steps_s:,.0f} steps/s, raw {raw:,.0f} inserts/s, "
-                f"{steps_s / raw:.3f}x raw, {CPU[-1] / total * 1e6:.1f} µs CPU per step "
+                f"{steps_s / raw:.3f}x raw, {cpu / total * 1e6:.1f} µs CPU per step "
                 f"({Path(durably.__file__).parent})",
                 flush=True,
             )
@@ -109,7 +97,9 @@ async def main(args: argparse.Namespace) -> None:
         d = Path(tmp)
         await one_round(d / "warm.db", args.sync, 20, args.steps, args.slots, None)  # warm-up
         profile = cProfile.Profile(time.thread_time)  # CPU time: no noise from a shared machine
-        elapsed = await one_round(d / "d.db", args.sync, args.runs, args.steps, args.slots, profile)
+        elapsed, _ = await one_round(
+            d / "d.db", args.sync, args.runs, args.steps, args.slots, profile
+        )
     print(
         f"{args.runs} runs x {args.steps} steps, {args.slots} slots, synchronous={args.sync}: "
         f"{elapsed / total * 1e6:.1f} µs per step under cProfile"
@@ -117,17 +107,8 @@ async def main(args: argparse.Namespace) -> None:
     stats = pstats.Stats(profile)
     if args.out:
         stats.dump_stats(args.out)
-    raw_stats: Any = stats.stats  # type: ignore[attr-defined]  # pstats' table, undocumented
-    all_time = sum(row[2] for row in raw_stats.values())
-    sqlite = sum(
-        row[2]
-        for (_, _, name), row in raw_stats.items()
-        if name == "<method 'execute' of 'sqlite3.Cursor' objects>"
-        or name.startswith(
-            ("<method 'fetchall' of 'sqlite3", "<method 'execute' of 'sqlite3.Connection")
-        )
-    )
-    print(f"SQLite's own work: {sqlite / all_time:.0%} of the profiled time; the rest is Python")
+    share = sqlite_share(stats)
+    print(f"SQLite's own work: {share:.0%} of the profiled time; the rest is Python")
     stats.sort_stats("tottime").print_stats(args.top)
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _bench import sqlite_url
+from _bench import sqlite_share, sqlite_url
 
 from durably import Step, create_durably, define_job
 
@@ -50,15 +50,8 @@ async def main(n: int, synchronous: str, out: str | None) -> None:
     stats = pstats.Stats(profile)
     if out:
         stats.dump_stats(out)
-    raw: Any = stats.stats  # type: ignore[attr-defined]  # pstats' table, undocumented
-    total = sum(row[2] for row in raw.values())
-    sqlite = sum(
-        row[2]
-        for (_, _, name), row in raw.items()
-        if name in ("<method 'execute' of 'sqlite3.Cursor' objects>",)
-        or name.startswith("<method 'fetchall' of 'sqlite3")
-    )
-    print(f"SQLite's own work: {sqlite / total:.0%} of the profiled time; the rest is Python")
+    share = sqlite_share(stats)
+    print(f"SQLite's own work: {share:.0%} of the profiled time; the rest is Python")
     stats.sort_stats("tottime").print_stats(25)
 
 
