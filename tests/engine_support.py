@@ -9,6 +9,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+from durably_testing.clock import ManualClock
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -81,3 +83,17 @@ class HeldOnce:
         self.release = asyncio.get_running_loop().create_future()
         self.held.set()
         await self.release
+
+    async def release_then_advance(
+        self, clock: ManualClock, seconds: float, turns: int, what: str
+    ) -> None:
+        """Once the held read is reached (``what`` names it), let it return — the loop
+        then plans its sleep from it — and move ``clock`` by ``seconds`` after
+        ``turns`` loop turns: each ``turns`` puts the move at another point between the
+        read and the sleep's start."""
+        await eventually(self.held.is_set, what)
+        assert self.release is not None
+        self.release.set_result(None)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await clock.advance(seconds)

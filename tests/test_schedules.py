@@ -483,12 +483,8 @@ async def test_scheduler__slot_reached_while_it_plans_its_sleep_still_fires(
         await idle(clock)
         storage.armed = True
         await clock.advance(600)  # 00:50: the refresh reads the next slot, 01:00
-        await eventually(storage.held.is_set, "the scheduler reading the schedules")
-        assert storage.release is not None
-        storage.release.set_result(None)  # it plans a 600 s sleep ...
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        await clock.advance(600)  # ... and the clock reaches the slot
+        # it plans a 600 s sleep, and the clock reaches the slot
+        await storage.release_then_advance(clock, 600, turns, "the scheduler reading the schedules")
         await eventually(lambda: d.get_runs(), "the 01:00 slot fired")
         assert slots_of(await d.get_runs()) == ["2026-01-01T01:00:00.000Z"]
 

@@ -261,12 +261,10 @@ async def test_sleep__deadline_reached_while_the_worker_plans_its_sleep_still_wa
         await settle()  # the worker sleeps until its next poll (600 s: before the deadline)
         storage.armed = True
         await clock.advance(600)  # that poll: its maintenance reads the next deadline
-        await eventually(storage.held.is_set, "the maintenance reading the next wake-up")
-        assert storage.release is not None
-        storage.release.set_result(None)  # the worker plans a 300 s sleep ...
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        await clock.advance(300)  # ... and the clock reaches the deadline
+        # the worker plans a 300 s sleep, and the clock reaches the deadline
+        await storage.release_then_advance(
+            clock, 300, turns, "the maintenance reading the next wake-up"
+        )
         await status_is(d, run_id, RunStatus.COMPLETED)
         assert resumed_at == [start + timedelta(seconds=900)]
     finally:

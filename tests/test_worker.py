@@ -316,12 +316,8 @@ async def test_wait_for_run__timeout_reached_while_it_plans_its_sleep_still_ends
     run_id = (await d.jobs.g.trigger({})).id  # no worker: it stays pending
     storage.armed = True
     waiting = asyncio.create_task(d.wait_for_run(run_id, timeout=5))
-    await eventually(storage.held.is_set, "the wait reading the run")
-    assert storage.release is not None
-    storage.release.set_result(None)  # it plans a 5 s sleep ...
-    for _ in range(turns):
-        await asyncio.sleep(0)
-    await clock.advance(5)  # ... and the clock reaches the timeout
+    # it plans a 5 s sleep, and the clock reaches the timeout
+    await storage.release_then_advance(clock, 5, turns, "the wait reading the run")
     await eventually(waiting.done, "the wait timing out")
     with pytest.raises(WaitTimeoutError):
         await waiting
