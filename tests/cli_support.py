@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from ci_support import unavailable
-from process_support import signal_state
+from process_support import abort_hung
 
 T = TypeVar("T")
 
@@ -67,10 +67,7 @@ class Process:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            signals = signal_state(self.proc.pid)
-            self.proc.send_signal(signal.SIGABRT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
+            signals = abort_hung(self.proc)
             raise AssertionError(
                 f"{self.proc.args!r} still running after {timeout:g}s; its signals: "
                 f"{signals}; its threads and output:\n{self.output()[-6000:]}"

@@ -41,6 +41,17 @@ def signal_state(pid: int) -> str:
     )
 
 
+def abort_hung(proc: subprocess.Popen[Any]) -> str:
+    """For a process that did not exit in time: its signal state (``signal_state``),
+    read first, then SIGABRT — with faulthandler on (``PYTHONFAULTHANDLER``) it prints
+    every thread's stack into its output — and up to 10 s for it to exit."""
+    signals = signal_state(proc.pid)
+    proc.send_signal(signal.SIGABRT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    return signals
+
+
 def run_captured(
     args: list[str | Path], cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ bounded timeout on every process.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from process_support import signal_state
+from process_support import abort_hung
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TIMEOUT = 30.0  # the most any one example may take here; they need a few seconds
@@ -101,11 +100,7 @@ class Example:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            signals = signal_state(self.proc.pid)
-            # PYTHONFAULTHANDLER (the env fixture): SIGABRT prints every thread's stack
-            self.proc.send_signal(signal.SIGABRT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
+            signals = abort_hung(self.proc)  # PYTHONFAULTHANDLER: the env fixture
             self.close()
             raise AssertionError(
                 f"still running after {timeout}s; its signals: {signals}; its threads and "
