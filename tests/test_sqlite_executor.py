@@ -11,8 +11,10 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from lock_support import LockHolder, Ticker
@@ -29,7 +31,7 @@ from durably import (
 )
 from durably.plugins import BackendRegistry
 from durably.sql import ConstraintViolation, SqlStorage
-from durably_sqlite import SqliteExecutor, open_sqlite
+from durably_sqlite import SqliteExecutor, _executor, open_sqlite
 from durably_sqlite._open import check_sqlite_version
 from durably_sqlite._url import config_from, parse_url
 
@@ -372,6 +374,40 @@ async def test_busy__gives_up_after_busy_timeout(tmp_path: Path) -> None:
         assert (await storage.enqueue(new_run(1))).disposition == "created"  # lock gone
     finally:
         await ticker.stop()
+        await storage.close()
+
+
+async def test_busy__slow_path_retries_from_a_millisecond_up_to_ten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another process holds the lock, the thread retries after 0.5–1 ms, then
+    after delays doubling (each jittered down by at most half) up to 10 ms. Finer
+    retries mostly found the lock taken again, with the CPU of the process holding it
+    (docs/performance.md, W5)."""
+    path = tmp_path / "d.db"
+    storage = open_sqlite(f"sqlite:///{path}", busy_timeout=60)
+    await storage.migrate()
+    delays: list[float] = []
+    enough = threading.Event()
+
+    def sleep(seconds: float) -> None:  # only the slow path's thread sleeps here
+        delays.append(seconds)
+        if len(delays) >= 8:
+            enough.set()
+        time.sleep(seconds)
+
+    monkeypatch.setattr(_executor, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    try:
+        with LockHolder(path) as holder:
+            write = asyncio.ensure_future(storage.enqueue(new_run(1)))
+            assert await asyncio.to_thread(enough.wait, 30)
+            holder.release()
+            assert (await write).disposition == "created"
+        for i, delay in enumerate(delays):
+            bound = min(0.001 * 2**i, 0.01)
+            assert bound / 2 <= delay <= bound, (i, delays)
+        assert delays[-1] >= 0.005  # reached the cap's range
+    finally:
         await storage.close()
 
 

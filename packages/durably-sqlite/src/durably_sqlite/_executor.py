@@ -9,14 +9,14 @@ operation first runs **directly on the event-loop thread** on a connection whose
 busy timeout is zero: it either completes at once or SQLite answers
 ``SQLITE_BUSY``/``SQLITE_LOCKED`` immediately (another process holds the write
 lock) and nothing was written. Only then is the operation handed to **one worker
-thread** with its own connection, which retries it with short jittered sleeps
-(50 µs doubling to 2 ms: much finer than SQLite's own busy handler, whose first
-waits are 1, 2, 5, 10 ms) until the busy timeout; the loop keeps running
-meanwhile. A batch runs whole in one call (one hop at most), inside
-``BEGIN IMMEDIATE`` … ``COMMIT``. The two connections are never used by two
-threads at once: the fast one only on the loop thread, the slow one only in the
-worker thread (one at a time, behind an ``asyncio.Lock``). ``:memory:`` has one
-connection (a second would be another database) and no slow path.
+thread** with its own connection, which retries it with jittered sleeps (1 ms
+doubling to 10 ms, as SQLite's own busy handler begins, without its later 25–100
+ms waits) until the busy timeout; the loop keeps running meanwhile. A batch runs
+whole in one call (one hop at most), inside ``BEGIN IMMEDIATE`` … ``COMMIT``.
+The two connections are never used by two threads at once: the fast one only on
+the loop thread, the slow one only in the worker thread (one at a time, behind an
+``asyncio.Lock``). ``:memory:`` has one connection (a second would be another
+database) and no slow path.
 
 Durability in WAL mode, by ``synchronous``
 ------------------------------------------
@@ -94,8 +94,13 @@ _CHECKPOINT_EVERY = 400
 _AUTOCHECKPOINT_PAGES = 4000
 
 #: The slow path's own retry delays while another process holds the lock (seconds).
-_SPIN_FIRST = 0.00005
-_SPIN_CAP = 0.002
+#: Not finer: when processes take turns at the lock, a retry within a fraction of a
+#: millisecond mostly finds it taken again, and its CPU is taken from the process
+#: that holds the lock (W5 in docs/performance.md: 50 µs doubling to 2 ms cost 1.5-1.7x
+#: the CPU per step of these with 2 and 4 processes on 2 cores, and ran 0.74-0.79x as
+#: many steps per second).
+_SPIN_FIRST = 0.001
+_SPIN_CAP = 0.01
 
 #: Slow-path attempts after the first fast one, and their backoff (seconds).
 _MAX_ATTEMPTS = 5
@@ -514,10 +519,9 @@ class SqliteExecutor:
     def _in_thread(self, fn: Callable[..., T], args: tuple[Any, ...], timeout: float) -> T:
         """Run ``fn`` on the slow connection, retrying while the database is locked.
 
-        SQLite's own busy handler sleeps 1, 2, 5, 10… ms between attempts, far longer
-        than another process holds the write lock for a checkpoint (tens of µs): so
-        with a zero busy timeout, this thread retries itself, from 50 µs doubling up
-        to 2 ms (jittered), until ``timeout``.
+        With a zero busy timeout, this thread retries itself, from 1 ms doubling up
+        to 10 ms (jittered), until ``timeout``: SQLite's own busy handler would sleep
+        1, 2, 5, 10, then 15 up to 100 ms, much longer than a turn at the lock.
         """
         conn = self._slow
         if conn is None:
