@@ -73,7 +73,17 @@ class Counts:
 
     def __init__(self) -> None:
         self.figures: dict[str, float] = dict.fromkeys(
-            ("slow_paths", "attempts", "busy", "thread_cpu", "checkpoints", "empty_claims"), 0
+            (
+                "slow_paths",
+                "slow_path_seconds",
+                "attempts",
+                "busy",
+                "thread_cpu",
+                "checkpoints",
+                "checkpoint_seconds",
+                "empty_claims",
+            ),
+            0,
         )
 
     def install(self) -> None:
@@ -85,7 +95,11 @@ class Counts:
 
         async def counted_slow_path(executor: Any, fn: Any, *args: Any) -> Any:
             figures["slow_paths"] += 1
-            return await slow_path(executor, fn, *args)
+            started = time.perf_counter()
+            try:
+                return await slow_path(executor, fn, *args)
+            finally:
+                figures["slow_path_seconds"] += time.perf_counter() - started
 
         def counted_in_thread(executor: Any, fn: Any, args: Any, timeout: float) -> Any:
             cpu0 = time.thread_time()
@@ -104,12 +118,13 @@ class Counts:
                 figures["thread_cpu"] += time.thread_time() - cpu0
 
         def counted_checkpoint(executor: Any, mode: str = "PASSIVE") -> bool:
-            cpu0 = time.thread_time()
+            cpu0, started = time.thread_time(), time.perf_counter()
             figures["checkpoints"] += 1
             try:
                 return checkpoint(executor, mode)
             finally:
                 figures["thread_cpu"] += time.thread_time() - cpu0
+                figures["checkpoint_seconds"] += time.perf_counter() - started
 
         from durably.sql import SqlStorage
 
@@ -334,7 +349,8 @@ async def durably_scaling(
     """(seconds from the enqueue to the last completion with ``procs`` workers, the
     same from the first run's start to the last run's completion as written in the
     file, CPU seconds the workers used from start to exit: where the time went, and
-    with ``DURABLY_W5_COUNT`` the workers' ``Counts`` summed, plus the WAL's size)."""
+    with ``DURABLY_W5_COUNT`` the workers' ``Counts`` summed, plus the WAL's largest
+    size seen)."""
     db = d / f"durably_{procs}.db"
     durably = create_durably(sqlite_url(db), jobs={"w5": w5_job}, synchronous=synchronous)
     await durably.migrate()
@@ -346,10 +362,12 @@ async def durably_scaling(
         await durably.jobs.w5.batch_trigger([{"steps": steps}] * runs)
         t0 = time.perf_counter()
         conn = sqlite3.connect(db)
+        wal_max = 0.0
         while True:
             (done,) = conn.execute(
                 "SELECT COUNT(*) FROM durably_runs WHERE status = 'completed'"
             ).fetchone()
+            wal_max = max(wal_max, wal_size(db))
             if done >= runs:
                 break
             await asyncio.sleep(0.01)
@@ -368,13 +386,13 @@ async def durably_scaling(
                 for key, value in json.loads(lines[-2]).items():
                     counts[key] = counts.get(key, 0) + value
         await durably.close()
-    counts["wal_bytes"] = wal_size(db)
+    counts["wal_bytes"] = wal_max
     return elapsed, span(db), cpu, counts
 
 
 def wal_size(db: Path) -> float:
-    """The WAL file's size: the most it held during the run (SQLite reuses it from the
-    start after a checkpoint, it never shrinks it here)."""
+    """The WAL file's size now (it grows until a checkpoint lets a writer start it
+    again from the beginning; the last connection to close deletes it)."""
     wal = db.with_name(db.name + "-wal")
     return float(wal.stat().st_size) if wal.exists() else 0.0
 
@@ -401,8 +419,12 @@ async def main(
                     extra[f"{key}_per_run"] = counts[key] / runs
             if "thread_cpu" in counts:
                 extra["executor_thread_cpu_us_per_step"] = counts["thread_cpu"] / n * 1e6
-            extra["wal_kib"] = counts["wal_bytes"] / 1024
-            extra["raw_mix_wal_kib"] = wal_size(d / f"rawmix_{procs}.db") / 1024
+                # the share of the workers' time spent waiting in the slow path
+                extra["slow_path_share"] = counts["slow_path_seconds"] / (procs * our_span)
+                # the share of the executor thread's time in WAL checkpoints (a slow
+                # path arriving meanwhile waits for the thread)
+                extra["checkpoint_share"] = counts["checkpoint_seconds"] / (procs * our_span)
+            extra["wal_max_kib"] = counts["wal_bytes"] / 1024  # seen every 10 ms
             steps_s = n / our_span
             mix_s = n / mix_span
             emit(
