@@ -20,6 +20,7 @@ checkpoint's shape.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from durably import Durably, JobDefinition, create_durably
 from durably.sql import SCHEMA_V1
 
 SYNCS = ("NORMAL", "FULL")
@@ -211,3 +213,36 @@ def sqlite_share(stats: pstats.Stats) -> float:
     total = sum(row[2] for row in table.values())
     sqlite = sum(row[2] for (_, _, name), row in table.items() if name.startswith(_SQLITE_CALLS))
     return sqlite / total if total else 0.0
+
+
+async def enqueue(path: Path, job: JobDefinition[Any, Any], runs: int, payload: Any) -> None:
+    """A file made and migrated by durably with ``runs`` runs of ``job`` pending (one
+    ``batch_trigger``), and no worker started."""
+    app = create_durably(sqlite_url(path), jobs={job.name: job})
+    await app.migrate()
+    await app.jobs[job.name].batch_trigger([payload] * runs)
+    await app.close()
+
+
+def completions(app: Durably, runs: int) -> asyncio.Event:
+    """An event set once ``app`` has completed ``runs`` runs."""
+    done = asyncio.Event()
+    count = 0
+
+    def on_complete(_: Any) -> None:
+        nonlocal count
+        count += 1
+        if count == runs:
+            done.set()
+
+    app.on("run:complete", on_complete)
+    return done
+
+
+def transaction(cur: sqlite3.Cursor, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    """``statements`` in one ``BEGIN IMMEDIATE`` … ``COMMIT``, as the SQLite executor
+    writes a batch (for the raw baselines that send durably's own statements)."""
+    cur.execute("BEGIN IMMEDIATE")
+    for sql, params in statements:
+        cur.execute(sql, params).fetchall()
+    cur.execute("COMMIT")

@@ -37,7 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _bench import emit, header, percentile, print_table, raw_us_per_insert, sqlite_url
+from _bench import (
+    completions,
+    emit,
+    header,
+    percentile,
+    print_table,
+    raw_us_per_insert,
+    sqlite_url,
+)
 
 from durably import Step, create_durably, define_job
 
@@ -112,16 +120,7 @@ async def w1_round(url: str, runs: int, steps: int, slots: int) -> float:
     d = create_durably(url, jobs={"w1": w1_job}, max_concurrent_runs=slots, polling_interval=0.05)
     await d.migrate()
     await d.jobs.w1.batch_trigger([{"steps": steps} for _ in range(runs)])
-    done = asyncio.Event()
-    count = 0
-
-    def finished(_: Any) -> None:
-        nonlocal count
-        count += 1
-        if count == runs:
-            done.set()
-
-    d.on("run:complete", finished)
+    done = completions(d, runs)
     t0 = time.perf_counter()
     d.start()
     await done.wait()

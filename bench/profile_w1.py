@@ -24,9 +24,8 @@ import pstats
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from _bench import raw_baseline, sqlite_share, sqlite_url
+from _bench import completions, raw_baseline, sqlite_share, sqlite_url
 from w1_throughput import w1_job
 
 import durably
@@ -49,16 +48,7 @@ async def one_round(
     )
     await app.migrate()
     await app.jobs.w1.batch_trigger([{"steps": steps}] * runs)
-    done = asyncio.Event()
-    count = 0
-
-    def on_complete(_: Any) -> None:
-        nonlocal count
-        count += 1
-        if count == runs:
-            done.set()
-
-    app.on("run:complete", on_complete)
+    done = completions(app, runs)
     if profile is not None:
         profile.enable()
     t0 = time.perf_counter()

@@ -22,33 +22,22 @@ import sqlite3
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _bench import raw_baseline, sqlite_url
+from _bench import enqueue, raw_baseline, transaction
 from w1_throughput import w1_job
 
-from durably import create_durably
+from durably._timefmt import format_ts
+from durably.sql import Statement
 from durably.sql import storage as sql
 
-_TS = "2026-12-04T00:00:01.000Z"
-_EXPIRES = "2100-01-01T00:00:00.000Z"
+_NOW = datetime(2026, 12, 4, 0, 0, 1, tzinfo=UTC)
+_TS = format_ts(_NOW)
+_EXPIRES = datetime(2100, 1, 1, tzinfo=UTC)
 #: Rows changed between two WAL checkpoints on the other thread (the executor's own).
 _CHECKPOINT_EVERY = 400
-
-
-async def enqueue(path: Path, runs: int, steps: int) -> None:
-    app = create_durably(sqlite_url(path), jobs={"w1": w1_job}, synchronous="NORMAL")
-    await app.migrate()
-    await app.jobs.w1.batch_trigger([{"steps": steps}] * runs)
-    await app.close()
-
-
-def group(cur: sqlite3.Cursor, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-    cur.execute("BEGIN IMMEDIATE")
-    for statement, params in statements:
-        cur.execute(statement, params).fetchall()
-    cur.execute("COMMIT")
 
 
 def replay(path: Path, steps: int, slots: int) -> tuple[float, float, dict[str, float]]:
@@ -62,7 +51,7 @@ def replay(path: Path, steps: int, slots: int) -> tuple[float, float, dict[str, 
     pool = ThreadPoolExecutor(1)
     running: Future[Any] | None = None
     cur = conn.cursor()
-    claim = sql._CLAIM.format(jobs="")
+    claim = sql._claim_statement("w", _NOW, _EXPIRES)
     parts = dict.fromkeys(("claim", "read", "checkpoints", "completion"), 0.0)
     mark = conn.total_changes
     n = 0
@@ -71,7 +60,7 @@ def replay(path: Path, steps: int, slots: int) -> tuple[float, float, dict[str, 
         a = time.perf_counter()
         ids: list[str] = []
         for _ in range(slots):
-            rows = cur.execute(claim, ("w", _EXPIRES, *(_TS,) * 7)).fetchall()
+            rows = cur.execute(*claim).fetchall()
             if not rows:
                 break
             ids.append(rows[0][0])
@@ -84,16 +73,12 @@ def replay(path: Path, steps: int, slots: int) -> tuple[float, float, dict[str, 
         c = time.perf_counter()
         parts["read"] += c - b
         for i in range(steps):
-            statements: list[tuple[str, tuple[Any, ...]]] = []
+            statements: list[Statement] = []
             for run_id in ids:
                 n += 1
                 insert = (f"S{n:025d}", f"s{i}", i, "completed", "1", None, _TS, _TS, run_id, 1)
-                statements += [
-                    (sql._INSERT_STEP, insert),
-                    (sql._ADVANCE, (i + 1, _TS, run_id, 1)),
-                    (sql._CHANGES, ()),
-                ]
-            group(cur, statements)
+                statements += sql._checkpoint_statements(insert, (i + 1, _TS, run_id, 1))
+            transaction(cur, statements)
             if conn.total_changes - mark >= _CHECKPOINT_EVERY and (
                 running is None or running.done()
             ):
@@ -103,14 +88,9 @@ def replay(path: Path, steps: int, slots: int) -> tuple[float, float, dict[str, 
         parts["checkpoints"] += d - c
         statements = []
         for run_id in ids:
-            held = (run_id, run_id, 1)
-            statements += [
-                (sql._CLOSE_WAITS, ("closed", _TS, *held)),
-                (sql._DELETE_STEPS_IF_HELD, held),
-                (sql._DELETE_LOGS_IF_HELD, held),
-                (sql._COMPLETE + " RETURNING 1", ("1", _TS, _TS, run_id, 1)),
-            ]
-        group(cur, statements)
+            complete = ("1", _TS, _TS, run_id, 1)
+            statements += sql._finish_statements(sql._COMPLETE, complete, _TS, delete_steps=True)
+        transaction(cur, statements)
         parts["completion"] += time.perf_counter() - d
     elapsed, cpu = time.perf_counter() - t0, time.thread_time() - c0
     pool.shutdown()
@@ -125,7 +105,7 @@ def main(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             bare, _ = raw_baseline(d, "NORMAL", 1000)
-            asyncio.run(enqueue(d / "d.db", args.runs, args.steps))
+            asyncio.run(enqueue(d / "d.db", w1_job, args.runs, {"steps": args.steps}))
             elapsed, cpu, parts = replay(d / "d.db", args.steps, args.slots)
             bare2, _ = raw_baseline(d, "NORMAL", 1000)
         raw = (bare + bare2) / 2

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _bench import SYNCS, emit, header, print_table, raw_baseline, sqlite_url
+from _bench import SYNCS, completions, emit, header, print_table, raw_baseline, sqlite_url
 
 from durably import Step, create_durably, define_job
 
@@ -44,16 +44,7 @@ async def durably_round(
     t0 = time.perf_counter()
     await durably.jobs.w1.batch_trigger([{"steps": steps}] * runs)
     enqueue = time.perf_counter() - t0
-    done = asyncio.Event()
-    count = 0
-
-    def on_complete(_: Any) -> None:
-        nonlocal count
-        count += 1
-        if count == runs:
-            done.set()
-
-    durably.on("run:complete", on_complete)
+    done = completions(durably, runs)
     t0 = time.perf_counter()
     durably.start()
     await done.wait()

@@ -44,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _bench import emit, header, print_table, raw_connect, sqlite_url
+from _bench import emit, enqueue, header, print_table, raw_connect, sqlite_url, transaction
 
 from durably import Step, create_durably, define_job
 from durably._timefmt import format_ts, parse_ts
@@ -235,53 +235,28 @@ def raw_mix_child(db: str, synchronous: str, steps: int) -> None:
     then print [CPU seconds, runs done]. Waits for a line on stdin to start."""
     conn = sqlite3.connect(db, isolation_level=None, timeout=30.0, cached_statements=1024)
     conn.execute(f"PRAGMA synchronous = {synchronous}")
-    claim = sql._CLAIM.format(jobs="")
-    get_steps, insert, advance, changes = (
-        sql._GET_COMPLETED_STEPS,
-        sql._INSERT_STEP,
-        sql._ADVANCE,
-        sql._CHANGES,
-    )
-    close_waits, delete_steps, delete_logs = (
-        sql._CLOSE_WAITS,
-        sql._DELETE_STEPS_IF_HELD,
-        sql._DELETE_LOGS_IF_HELD,
-    )
-    complete = sql._COMPLETE + " RETURNING 1"
+    cur = conn.cursor()
     owner = f"raw:{os.getpid()}"
-    execute = conn.execute
     print("ready", flush=True)
     sys.stdin.readline()
     cpu0 = time.process_time()
     done = 0
     while True:
         now = datetime.now(UTC)
-        now_s = format_ts(now)
-        expires_s = format_ts(now + timedelta(seconds=30))
-        # the claim's parameters: owner, expiry, started, updated, then each of the
-        # three branches' instants (see SqlStorage.claim_next)
-        rows = execute(claim, (owner, expires_s, now_s, now_s, now_s, now_s, now_s, now_s, now_s))
-        row = rows.fetchall()
-        if not row:
+        row = cur.execute(*sql._claim_statement(owner, now, now + timedelta(seconds=30)))
+        claimed = row.fetchall()
+        if not claimed:
             break
-        run_id, generation = row[0][0], row[0][14]
-        execute(get_steps, (run_id,)).fetchall()
+        run_id, generation = claimed[0][0], claimed[0][14]
+        cur.execute(sql._GET_COMPLETED_STEPS, (run_id,)).fetchall()
         for i in range(steps):
             now_s = format_ts(datetime.now(UTC))
-            execute("BEGIN IMMEDIATE")
             step = (f"{run_id}-{i}", f"s{i}", i, "completed", "1", None, now_s, now_s)
-            execute(insert, (*step, run_id, generation)).fetchall()
-            execute(advance, (i + 1, now_s, run_id, generation)).fetchall()
-            execute(changes).fetchall()
-            execute("COMMIT")
+            advance = (i + 1, now_s, run_id, generation)
+            transaction(cur, sql._checkpoint_statements((*step, run_id, generation), advance))
         now_s = format_ts(datetime.now(UTC))
-        held = (run_id, run_id, generation)
-        execute("BEGIN IMMEDIATE")
-        execute(close_waits, ("closed", now_s, *held)).fetchall()
-        execute(delete_steps, held).fetchall()
-        execute(delete_logs, held).fetchall()
-        execute(complete, (str(steps), now_s, now_s, run_id, generation)).fetchall()
-        execute("COMMIT")
+        complete = (str(steps), now_s, now_s, run_id, generation)
+        transaction(cur, sql._finish_statements(sql._COMPLETE, complete, now_s, delete_steps=True))
         done += 1
     print(json.dumps([time.process_time() - cpu0, done]), flush=True)
     conn.close()
@@ -312,10 +287,7 @@ async def raw_mix_scaling(
     """(span, CPU seconds) of ``procs`` plain sqlite3 processes running durably's
     statements for ``runs`` runs of ``steps`` checkpoints on a durably-made file."""
     db = d / f"rawmix_{procs}.db"
-    durably = create_durably(sqlite_url(db), jobs={"w5": w5_job}, synchronous=synchronous)
-    await durably.migrate()
-    await durably.jobs.w5.batch_trigger([{"steps": steps}] * runs)
-    await durably.close()
+    await enqueue(db, w5_job, runs, {"steps": steps})
     children = [spawn_raw_mix(db, synchronous, steps) for _ in range(procs)]
     for c in children:
         assert c.stdout is not None

@@ -285,6 +285,45 @@ def _in_list(count: int) -> str:
     return "(" + ", ".join("?" * count) + ")"
 
 
+def _claim_statement(
+    owner: str, now: datetime, lease_expires_at: datetime, job_names: Sequence[str] = ()
+) -> Statement:
+    """The claim of the next claimable run (of ``job_names``, when given): one
+    statement, its row ``RETURNING``. (Also sent as is by ``bench/``.)"""
+    now_s = format_ts(now)
+    jobs = f" AND c.job_name IN {_in_list(len(job_names))}" if job_names else ""
+    params: list[SqlValue] = [owner, format_ts(lease_expires_at), now_s, now_s]
+    params += (*job_names, now_s)  # pending: job names, key guard
+    params += (now_s, *job_names, now_s)  # expired leases: expiry, job names, key guard
+    params += (now_s, *job_names, now_s)  # waiting runs: wake-up, job names, key guard
+    return _CLAIM.format(jobs=jobs), params
+
+
+def _checkpoint_statements(insert: Params, advance: Params) -> list[Statement]:
+    """A checkpoint: a completed step row (``_INSERT_STEP``'s parameters) and the run
+    advanced (``step.index + 1, now, run_id, generation``), both fenced, then the
+    UPDATE's ``changes()``. No RETURNING (it makes SQLite build a temporary table:
+    ~10 µs of a ~50 µs checkpoint): the INSERT and the UPDATE carry the same fence in
+    one transaction, so the UPDATE's changes() says whether both were written."""
+    return [(_INSERT_STEP, insert), (_ADVANCE, advance), (_CHANGES, ())]
+
+
+def _finish_statements(
+    update: str, params: Params, now_s: str, *, delete_steps: bool
+) -> list[Statement]:
+    """A run's fenced final ``update`` (``_COMPLETE`` or ``_FAIL``; its parameters end
+    with the run id and generation) with its pending waits closed and, with
+    ``delete_steps``, its steps and logs deleted; the last statement returns a row
+    when the update was written."""
+    guard: Params = params[-2:]
+    statements: list[Statement] = [(_CLOSE_WAITS, ("closed", now_s, guard[0], *guard))]
+    if delete_steps:
+        held = (guard[0], *guard)
+        statements += [(_DELETE_STEPS_IF_HELD, held), (_DELETE_LOGS_IF_HELD, held)]
+    statements.append((update + " RETURNING 1", params))
+    return statements
+
+
 def _pending_conflict(run: NewRun, pending_id: str | None) -> ConflictError:
     which = f" ({pending_id})" if pending_id else ""
     return ConflictError(
@@ -589,19 +628,10 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         lease_expires_at: datetime,
         job_names: Sequence[str] | None = None,
     ) -> Run | None:
-        now_s = format_ts(now)
-        jobs = ""
-        names: Sequence[str] = ()
-        if job_names is not None:
-            if not job_names:
-                return None
-            jobs = f" AND c.job_name IN {_in_list(len(job_names))}"
-            names = job_names
-        params: list[SqlValue] = [owner, format_ts(lease_expires_at), now_s, now_s]
-        params += (*names, now_s)  # pending: job names, key guard
-        params += (now_s, *names, now_s)  # expired leases: expiry, job names, key guard
-        params += (now_s, *names, now_s)  # waiting runs: wake-up, job names, key guard
-        rows = await self.executor.fetch(_CLAIM.format(jobs=jobs), params)
+        if job_names is not None and not job_names:
+            return None
+        sql, params = _claim_statement(owner, now, lease_expires_at, job_names or ())
+        rows = await self.executor.fetch(sql, params)
         return to_run(rows[0]) if rows else None
 
     async def renew_lease(
@@ -697,15 +727,9 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
             raise
 
     async def _checkpoint(self, insert: Params, advance: Params) -> bool:
-        """Insert a completed step row (``_INSERT_STEP``'s parameters) and advance the
-        run (``step.index + 1, now, run_id, generation``), both fenced, atomically.
-        Whether both were written."""
-        # No RETURNING (it makes SQLite build a temporary table: ~10 µs of a ~50 µs
-        # checkpoint): the INSERT and the UPDATE carry the same fence in one
-        # transaction, so the UPDATE's changes() says whether both were written.
-        results = await self._group.write(
-            [(_INSERT_STEP, insert), (_ADVANCE, advance), (_CHANGES, ())]
-        )
+        """Insert a completed step row and advance the run, both fenced, atomically
+        (``_checkpoint_statements``). Whether both were written."""
+        results = await self._group.write(_checkpoint_statements(insert, advance))
         return bool(results[2] and results[2][0][0])
 
     async def _persist_with_attempt(
@@ -821,19 +845,12 @@ class SqlStorage(SqlWaits, SqlAttempts, ScheduleSql):
         return await resolved(write, lambda: self._lease_state(run_id, generation, done))
 
     async def _finish(self, update: str, params: Params, now_s: str, *, delete_steps: bool) -> bool:
-        """A run's fenced final ``update`` (``_COMPLETE`` or ``_FAIL``; its parameters
-        end with the run id and generation) with its pending waits closed and, with
-        ``delete_steps``, its steps and logs deleted: atomically, and only while the
+        """A run's final write (``_finish_statements``): atomically, and only while the
         lease holds. Whether it was written. Group-committed with the checkpoints and
         completions of other runs ready in the same loop turn (``durably/sql/_group.py``):
         runs of a worker's slots often finish together, and a commit of its own would
         cost more than the statements (each member keeps its own fence)."""
-        guard: Params = params[-2:]
-        statements: list[Statement] = [(_CLOSE_WAITS, ("closed", now_s, guard[0], *guard))]
-        if delete_steps:
-            held = (guard[0], *guard)
-            statements += [(_DELETE_STEPS_IF_HELD, held), (_DELETE_LOGS_IF_HELD, held)]
-        statements.append((update + " RETURNING 1", params))
+        statements = _finish_statements(update, params, now_s, delete_steps=delete_steps)
         results = await self._group.write(statements)
         return bool(results[-1])
 
